@@ -1,0 +1,207 @@
+"""Typed run configuration: YAML presets, ``--set`` overrides, validation and the config hash.
+
+A run is fully described by a :class:`RunConfig`. Its canonical JSON form (sorted keys, defaults
+filled in) is hashed; the hash names the run and seeds every derived id, so two runs with the same
+resolved config produce the same dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Cosine = Annotated[float, Field(ge=-1.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key path and what is allowed."""
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class RunSection(StrictModel):
+    name: str = Field("facefoundry", min_length=1, description="Human-readable run name.")
+    seed: int = Field(0, ge=0, description="Run seed: every vector and image seed derives from it.")
+
+
+class IdentitiesConfig(StrictModel):
+    sampler: Literal["gaussian_rejection"] = "gaussian_rejection"
+    count: int = Field(..., ge=1, description="Number of synthetic identities.")
+    dim: int = Field(512, ge=2, description="Embedding dimension of the generator's identity space.")
+    max_cosine: Cosine = Field(0.3, description="Reject a candidate whose cosine to a kept vector exceeds this.")
+    space: Literal["unit", "raw"] = Field(
+        "unit", description="unit: L2-normalised vectors (Arc2Face); raw: scaled to `norm` (Vec2Face)."
+    )
+    norm: float = Field(1.0, gt=0, description="Vector norm in the `raw` space (Vec2Face: about 22).")
+    max_candidates: int | None = Field(
+        None, ge=1, description="Stop after this many candidates (default 1000 x count) and report."
+    )
+
+
+class ImagesConfig(StrictModel):
+    per_identity: int = Field(..., ge=1, description="Images generated per identity.")
+    format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class Arc2FaceConfig(StrictModel):
+    kind: Literal["arc2face"] = "arc2face"
+    model: str = Field("FoivosPar/Arc2Face", description="Hub id or folder holding arc2face/ and encoder/.")
+    base_model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="Hub id or folder holding the SD-1.5 tokenizer/, vae/ and scheduler/.",
+    )
+    revision: str | None = Field(None, description="Hub revision (commit) of `model`, for reproducibility.")
+    tiny: bool = Field(
+        False, description="Build tiny random weights in the official layout under <out>/models and load them."
+    )
+    steps: int = Field(25, ge=1, le=1000)
+    guidance_scale: float = Field(3.0, ge=0.0)
+    prompt: str = Field("photo of a id person", description="Prompt whose `id` token carries the identity.")
+    output_size: int | None = Field(None, ge=16, description="Square size of stored images; null = native.")
+    batch_size: int = Field(8, ge=1, description="Images per generator forward (micro-batch).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+GeneratorConfig = Arc2FaceConfig
+
+
+class DlibFilterConfig(StrictModel):
+    kind: Literal["dlib"] = "dlib"
+    mode: Literal["drop", "annotate"] = Field(
+        "drop", description="drop: remove rejected images; annotate: keep them and record the reason."
+    )
+    detector: Literal["hog", "cnn"] = "hog"
+    upsample: int = Field(1, ge=0, le=3, description="dlib detector upsampling passes (finds smaller faces).")
+    min_face_score: float = Field(0.0, description="Minimum dlib detector score.")
+    max_judge_distance: float = Field(
+        0.6, gt=0.0, description="Max Euclidean distance of a face's dlib descriptor to its identity centroid."
+    )
+
+
+FilterConfig = DlibFilterConfig
+
+
+class OutputConfig(StrictModel):
+    identities_per_unit: int = Field(8, ge=1, description="Identities per work unit (= per shard).")
+    row_group_size: int = Field(100, ge=1, description="Rows per Parquet row group (Hub viewer: ~100).")
+    compression: Literal["none", "zstd", "snappy"] = "zstd"
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="Ray cluster address; null = embedded local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: all).")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of the embedded Ray (default: detected).")
+    generator_actors: int = Field(1, ge=1, description="Generator actor pool size.")
+    generator_gpus: float = Field(0.0, ge=0.0, description="GPUs per generator actor (0 on CPU).")
+    filter_actors: int = Field(1, ge=1, description="Filter actor pool size.")
+
+
+class RunConfig(StrictModel):
+    run: RunSection = RunSection()
+    identities: IdentitiesConfig
+    images: ImagesConfig
+    generator: GeneratorConfig = Field(default_factory=Arc2FaceConfig)
+    filter: FilterConfig = Field(default_factory=DlibFilterConfig)
+    output: OutputConfig = OutputConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _check_space(self) -> RunConfig:
+        if self.generator.kind == "arc2face" and self.identities.space != "unit":
+            raise ValueError("identities.space must be 'unit' for the arc2face generator (L2-normalised ArcFace)")
+        return self
+
+    def canonical_json(self) -> str:
+        """Sorted, default-filled JSON: the form that is hashed and written to run.json."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys allowed in the section at ``loc`` (for 'unknown key' messages)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _format_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _section_keys(e["loc"][:-1])
+            msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"must be one of {e['ctx']['expected']}"
+        parts.append(f"{path}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"{path}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value``; the value is read as YAML (so 3, 0.5, true, null, [1,2] work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {text!r}: empty key in path {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config mapping (validation happens afterwards)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def validate_config(data: Any, source: str = "config") -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_error(err)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML preset, apply ``--set`` overrides and validate."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = apply_overrides(data if data is not None else {}, overrides or [])
+    return validate_config(data, str(path))

@@ -1,0 +1,82 @@
+"""Shard writer: one Parquet file per work unit, committed atomically, then its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from facefoundry.dataset.atomic import atomic_path, atomic_write_bytes
+from facefoundry.dataset.manifest import Unit, manifest_path, shard_path
+from facefoundry.dataset.schema import with_hf_metadata
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _column_stats(table: pa.Table) -> dict[str, dict[str, float]]:
+    """Mean/min/max of the float score columns (for the report, without rescanning shards)."""
+    stats = {}
+    for field in table.schema:
+        if pa.types.is_floating(field.type):
+            values = table.column(field.name).to_numpy(zero_copy_only=False).astype(np.float64)
+            values = values[np.isfinite(values)]
+            if values.size:
+                stats[field.name] = {
+                    "count": int(values.size),
+                    "mean": float(values.mean()),
+                    "min": float(values.min()),
+                    "max": float(values.max()),
+                }
+    return stats
+
+
+def write_unit(
+    out: Path,
+    unit: Unit,
+    table: pa.Table,
+    *,
+    generated: int,
+    drops: dict[str, int],
+    config_hash: str,
+    file_metadata: dict,
+    row_group_size: int = 100,
+    compression: str = "zstd",
+) -> dict:
+    """Write ``table`` as the unit's shard and then its manifest; return the manifest.
+
+    Rows are sorted by (identity, image_index) so a shard's bytes do not depend on the order in
+    which workers produced its images.
+    """
+    table = table.sort_by([("identity", "ascending"), ("image_index", "ascending")])
+    table = table.replace_schema_metadata(with_hf_metadata(table.schema, file_metadata).metadata)
+    shard = shard_path(out, unit)
+    with atomic_path(shard) as tmp:
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression)
+    identities = pc.unique(table.column("identity")).to_pylist() if table.num_rows else []
+    manifest = {
+        "unit": unit.name,
+        "identity_start": unit.start,
+        "identity_stop": unit.stop,
+        "shard": f"{shard.parent.name}/{shard.name}",
+        "rows": table.num_rows,
+        "generated": generated,
+        "identities_kept": len(identities),
+        "drops": dict(sorted(drops.items())),
+        "bytes": shard.stat().st_size,
+        "sha256": _sha256(shard),
+        "config_hash": config_hash,
+        "stats": _column_stats(table),
+    }
+    atomic_write_bytes(manifest_path(out, unit), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return manifest

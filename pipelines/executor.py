@@ -1,0 +1,111 @@
+"""Ray Data wiring: units stream through generator actors -> filter actors -> writer tasks.
+
+Every row of the Ray dataset is one whole work unit; its image rows travel as one Arrow IPC
+payload, so identity-level decisions and the shard write see the complete unit and Ray never
+splits a unit across blocks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, UnitResult, WriteStage
+
+from facefoundry.config import RunConfig
+from facefoundry.dataset.manifest import Unit
+
+
+def _pack(results: list[UnitResult]) -> dict[str, np.ndarray]:
+    payloads = []
+    for r in results:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, r.table.schema) as writer:
+            writer.write_table(r.table)
+        payloads.append(sink.getvalue().to_pybytes())
+    return {
+        "start": np.array([r.unit.start for r in results], dtype=np.int64),
+        "stop": np.array([r.unit.stop for r in results], dtype=np.int64),
+        "generated": np.array([r.generated for r in results], dtype=np.int64),
+        "drops": np.array([json.dumps(r.drops) for r in results], dtype=object),
+        "payload": np.array(payloads, dtype=object),
+    }
+
+
+def _unpack(batch: dict[str, np.ndarray]) -> list[UnitResult]:
+    return [
+        UnitResult(
+            Unit(int(start), int(stop)),
+            pa.ipc.open_stream(pa.py_buffer(payload)).read_all(),
+            int(generated),
+            json.loads(drops),
+        )
+        for start, stop, generated, drops, payload in zip(
+            batch["start"], batch["stop"], batch["generated"], batch["drops"], batch["payload"], strict=True
+        )
+    ]
+
+
+class GenerateActor:
+    def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths):
+        self.stage = GenerateStage(cfg, out, paths)
+        self.stage.setup()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        units = [Unit(int(a), int(b)) for a, b in zip(batch["start"], batch["stop"], strict=True)]
+        return _pack([self.stage(u) for u in units])
+
+
+class FilterActor:
+    def __init__(self, cfg: RunConfig):
+        self.stage = FilterStage(cfg)
+        self.stage.setup()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _pack([self.stage(r) for r in _unpack(batch)])
+
+
+def _write_batch(batch: dict[str, np.ndarray], cfg: RunConfig, out: str, meta: dict) -> dict[str, np.ndarray]:
+    stage = WriteStage(cfg, out, meta)
+    manifests = [stage(r) for r in _unpack(batch)]
+    return {"manifest": np.array([json.dumps(m) for m in manifests], dtype=object)}
+
+
+def stream_units(
+    cfg: RunConfig, out: str, units: list[Unit], paths: ModelPaths, file_metadata: dict
+) -> Iterator[dict]:
+    """Run ``units`` through the stages on the current Ray; yield each manifest as its unit commits."""
+    import ray.data
+    from ray.data import ActorPoolStrategy, DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ds = ray.data.from_items(
+        [{"start": u.start, "stop": u.stop} for u in units], override_num_blocks=len(units)
+    )
+    ds = ds.map_batches(
+        GenerateActor,
+        fn_constructor_args=(cfg, out, paths),
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.ray.generator_actors),
+        num_gpus=cfg.ray.generator_gpus,
+        num_cpus=1,
+    )
+    ds = ds.map_batches(
+        FilterActor,
+        fn_constructor_args=(cfg,),
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.ray.filter_actors),
+        num_cpus=0.5,
+    )
+    ds = ds.map_batches(
+        _write_batch, fn_args=(cfg, out, file_metadata), batch_size=1, batch_format="numpy", num_cpus=0.25
+    )
+    for batch in ds.iter_batches(batch_size=1, batch_format="numpy"):
+        for text in batch["manifest"]:
+            yield json.loads(text)

@@ -1,0 +1,47 @@
+"""Start and stop Ray: an embedded instance on loopback by default, or a connection to a cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+from facefoundry.config import RayConfig
+
+# An embedded Ray must listen on loopback only and must not need an auth token.
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig) -> Iterator[None]:
+    """Connect to ``cfg.address`` or start an embedded Ray with its own short temp dir."""
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    temp_dir = None
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=False, logging_level="ERROR")
+    else:
+        # Unix socket paths are limited to ~107 bytes: keep the temp dir short.
+        temp_dir = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")
+        ray.init(
+            num_cpus=cfg.num_cpus or os.cpu_count(),
+            num_gpus=cfg.num_gpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,43 @@
+"""One progress line for a run: units done, images, acceptance, images/s and ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Counts committed units; redraws in place on a terminal, one line per unit otherwise."""
+
+    def __init__(self, total_units: int, images_per_unit: float, stream: TextIO | None = None):
+        self.total_units = total_units
+        self.images_per_unit = images_per_unit
+        self.stream = stream or sys.stderr
+        self.units = self.generated = self.kept = 0
+        self.started = time.monotonic()
+
+    def update(self, manifest: dict) -> None:
+        self.units += 1
+        self.generated += manifest["generated"]
+        self.kept += manifest["rows"]
+        self.stream.write(("\r" if self.stream.isatty() else "") + self.line())
+        if not self.stream.isatty() or self.units == self.total_units:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = self.generated / elapsed if elapsed > 0 else 0.0
+        left = (self.total_units - self.units) * self.images_per_unit
+        eta = _clock(left / rate) if rate > 0 else "?"
+        accepted = 100.0 * self.kept / self.generated if self.generated else 0.0
+        return (
+            f"units {self.units}/{self.total_units} | images {self.generated} "
+            f"(kept {accepted:.1f}%) | {rate:.2f} img/s | ETA {eta}"
+        )

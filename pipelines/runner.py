@@ -1,0 +1,85 @@
+"""``facefoundry run``: prepare the run folder, sample identities, stream the pending units."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from facefoundry.pipelines.local_ray import ray_session
+from facefoundry.pipelines.progress import Progress
+from facefoundry.pipelines.stages import ModelPaths
+
+from facefoundry import __version__
+from facefoundry.config import RunConfig
+from facefoundry.dataset.manifest import is_done, plan_units
+from facefoundry.identities.store import write_identities
+from facefoundry.runinfo import prepare_run_folder, run_id
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    units_total: int
+    units_skipped: int
+    units_written: int
+    images_generated: int
+    rows_written: int
+    seconds: float
+
+
+def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
+    """Hub ids / folders from the config, or a tiny random-weight build in the official layout."""
+    if not cfg.generator.tiny:
+        return ModelPaths(cfg.generator.model, cfg.generator.base_model)
+    from facefoundry.generators.tiny_arc2face import build_tiny_arc2face
+
+    model, base = build_tiny_arc2face(out / "models", seed=cfg.run.seed)
+    return ModelPaths(str(model), str(base))
+
+
+def file_metadata(cfg: RunConfig, paths: ModelPaths) -> dict:
+    """What every shard records once (not per row): models, thresholds, run identity."""
+    return {
+        "run_id": run_id(cfg),
+        "config_hash": cfg.config_hash(),
+        "facefoundry_version": __version__,
+        "generator": {"kind": cfg.generator.kind, "model": paths.model, "base_model": paths.base_model,
+                      "revision": cfg.generator.revision, "tiny_random_weights": cfg.generator.tiny},
+        "filter": cfg.filter.model_dump(mode="json"),
+        "synthetic": True,
+    }
+
+
+def run(cfg: RunConfig, out: Path, fresh: bool = False, log: TextIO | None = None) -> RunSummary:
+    """Run (or resume) ``cfg`` into ``out``. Units with a valid manifest are skipped untouched."""
+    log = log or sys.stderr
+    started = time.monotonic()
+    resuming = prepare_run_folder(out, cfg, fresh=fresh)
+    meta = write_identities(out, cfg)
+    units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
+    pending = [u for u in units if not is_done(out, u, cfg.config_hash())]
+    skipped = len(units) - len(pending)
+    log.write(
+        f"run {run_id(cfg)}: {cfg.identities.count} identities (nearest-neighbour cosine max "
+        f"{meta['nn_cosine']['max']:.3f}), {len(units)} units"
+        + (f", {skipped} already done (resuming)" if resuming else "")
+        + "\n"
+    )
+    generated = rows = 0
+    if pending:
+        paths = resolve_model_paths(cfg, out)
+        from facefoundry.pipelines.executor import stream_units
+
+        progress = Progress(len(pending), (cfg.identities.count / len(units)) * cfg.images.per_identity, log)
+        with ray_session(cfg.ray):
+            for manifest in stream_units(cfg, str(out), pending, paths, file_metadata(cfg, paths)):
+                progress.update(manifest)
+                generated += manifest["generated"]
+                rows += manifest["rows"]
+    else:
+        log.write("nothing to do: every unit is already written\n")
+    return RunSummary(run_id(cfg), len(units), skipped, len(pending), generated, rows,
+                      time.monotonic() - started)

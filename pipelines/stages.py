@@ -1,0 +1,127 @@
+"""The pipeline's stages, each testable without Ray: generate a unit, filter it, write it.
+
+A stage takes one work unit (a contiguous identity block) and returns a ``pa.Table`` of its image
+rows; ``setup()`` loads models once per worker. ``pipelines.executor`` wraps them for Ray Data.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from facefoundry.config import ImagesConfig, RunConfig
+from facefoundry.dataset.manifest import Unit
+from facefoundry.dataset.schema import image_struct
+from facefoundry.dataset.shards import write_unit
+from facefoundry.identities.store import IDENTITIES_FILE, read_vectors
+from facefoundry.seeds import image_seeds
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Where the generator loads from: Hub ids or local folders (tiny builds live under <out>/models)."""
+
+    model: str
+    base_model: str
+
+
+@dataclass
+class UnitResult:
+    """A unit's rows on their way to the writer, with what the filter removed."""
+
+    unit: Unit
+    table: pa.Table
+    generated: int
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+def encode_image(array: np.ndarray, cfg: ImagesConfig) -> bytes:
+    buf = io.BytesIO()
+    image = Image.fromarray(array)
+    if cfg.format == "png":
+        image.save(buf, format="PNG")
+    else:
+        image.save(buf, format="JPEG", quality=cfg.jpeg_quality)
+    return buf.getvalue()
+
+
+class GenerateStage:
+    """Renders every image of a unit. Seeds come from (run seed, identity, image index) only."""
+
+    def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths):
+        self.cfg, self.out, self.paths = cfg, Path(out), paths
+        self.generator = None
+
+    def setup(self) -> None:
+        if self.generator is not None:
+            return
+        from facefoundry.generators.arc2face import Arc2FaceGenerator
+
+        self.vectors = read_vectors(self.out / IDENTITIES_FILE)
+        self.generator = Arc2FaceGenerator(self.cfg.generator, self.paths.model, self.paths.base_model)
+        self.generator.setup()
+
+    def __call__(self, unit: Unit) -> UnitResult:
+        self.setup()
+        per = self.cfg.images.per_identity
+        identities = np.repeat(np.arange(unit.start, unit.stop, dtype=np.int64), per)
+        indices = np.tile(np.arange(per, dtype=np.int32), unit.stop - unit.start)
+        seeds = image_seeds(self.cfg.run.seed, identities, indices)
+        images = self.generator.generate(self.vectors[identities], seeds)
+        ext = "png" if self.cfg.images.format == "png" else "jpg"
+        data = [encode_image(img, self.cfg.images) for img in images]
+        paths = [f"{i:07d}_{j:04d}.{ext}" for i, j in zip(identities, indices, strict=True)]
+        table = pa.table(
+            {
+                "image": image_struct(data, paths),
+                "identity": pa.array(identities, pa.int64()),
+                "image_index": pa.array(indices, pa.int32()),
+                "seed": pa.array(seeds, pa.int64()),
+            }
+        )
+        return UnitResult(unit, table, generated=len(images))
+
+
+class FilterStage:
+    """Scores (and in ``drop`` mode removes) the images of a unit with the configured face filter."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.filter = None
+
+    def setup(self) -> None:
+        if self.filter is None:
+            from facefoundry.filters.face_filter import FaceFilter
+
+            self.filter = FaceFilter(self.cfg.filter)
+            self.filter.setup()
+
+    def __call__(self, result: UnitResult) -> UnitResult:
+        self.setup()
+        filtered = self.filter.process(result.table)
+        return UnitResult(result.unit, filtered.table, result.generated, dict(filtered.drops))
+
+
+class WriteStage:
+    """Commits a unit: shard first (atomic rename), manifest last."""
+
+    def __init__(self, cfg: RunConfig, out: str, file_metadata: dict):
+        self.cfg, self.out, self.file_metadata = cfg, Path(out), file_metadata
+
+    def __call__(self, result: UnitResult) -> dict:
+        return write_unit(
+            self.out,
+            result.unit,
+            result.table,
+            generated=result.generated,
+            drops=result.drops,
+            config_hash=self.cfg.config_hash(),
+            file_metadata=self.file_metadata,
+            row_group_size=self.cfg.output.row_group_size,
+            compression=self.cfg.output.compression,
+        )

@@ -1,0 +1,16 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# Any Ray a test starts stays on loopback and needs no token.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def smoke_config_path() -> Path:
+    return REPO / "configs" / "smoke.yaml"

@@ -1,0 +1,99 @@
+"""End-to-end: the CLI runs the smoke preset on an embedded Ray, resumes, and refuses bad input."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from facefoundry.cli import app
+
+pytestmark = pytest.mark.slow
+SMALL = ["--set", "identities.count=4", "--set", "images.per_identity=2"]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "smoke"
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    return config, out, result
+
+
+def test_run_writes_dataset(smoke_run):
+    _, out, result = smoke_run
+    assert "done:" in result.output and "units 2/2" in result.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["identities"]["count"] == 4 and len(record["config_hash"]) == 16
+    assert (out / "identities.parquet").exists()
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "train-0000000-0000002.parquet", "train-0000002-0000004.parquet"]
+    manifests = [json.loads(p.read_text()) for p in sorted((out / "manifests").iterdir())]
+    assert [m["rows"] for m in manifests] == [4, 4]
+    # annotate mode: noise images are kept and the reason they would be dropped is counted
+    assert sum(m["drops"].get("no_face", 0) for m in manifests) == 8
+
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert len(ds) == 4 * 2
+    assert ds[0]["image"].size == (112, 112)
+    assert {"image", "identity", "image_index", "seed", "face_count", "filter_reason"} <= set(ds.column_names)
+    assert sorted(set(ds["identity"])) == [0, 1, 2, 3]
+    assert len(set(ds["seed"])) == 8
+
+
+def test_rerun_is_a_no_op(smoke_run):
+    config, out, _ = smoke_run
+    before = tree_digest(out)
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "nothing to do" in result.output and "2 skipped" in result.output
+    assert tree_digest(out) == before
+
+
+def test_lost_unit_is_redone_identically(smoke_run, tmp_path):
+    config, out, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = tree_digest(copy)
+    (copy / "manifests" / "0000002-0000004.json").unlink()  # as if killed before the manifest landed
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(copy), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "1 units written, 1 skipped" in result.output
+    assert tree_digest(copy) == before
+
+
+def test_changed_config_is_refused(smoke_run):
+    config, out, _ = smoke_run
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), *SMALL, "--set", "run.seed=1"])
+    assert result.exit_code != 0 and "different config" in result.output
+
+
+def test_malformed_config_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("identities: {count: 2, colour: red}\nimages: {per_identity: 1}\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(bad), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "identities.colour: unknown key" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(app, ["run", str(bad), "--out", str(out), "--set", "images.per_identity=x"])
+    assert result.exit_code == 2 and not out.exists()
+
+
+def test_help_on_every_command():
+    for args in (["--help"], ["run", "--help"], ["sample", "--help"], ["config", "--help"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.output

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import yaml
+
+from facefoundry.config import ConfigError, RunConfig, apply_overrides, load_config, validate_config
+
+MINIMAL = {"identities": {"count": 4}, "images": {"per_identity": 2}}
+
+
+def write(tmp_path, data):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_presets_validate(smoke_config_path):
+    cfg = load_config(smoke_config_path)
+    assert cfg.identities.count == 8 and cfg.generator.tiny and cfg.filter.mode == "annotate"
+    load_config(smoke_config_path.parent / "arc2face.yaml")
+
+
+def test_defaults_filled_and_hash_stable():
+    a = validate_config(json.loads(json.dumps(MINIMAL)))
+    b = validate_config(json.loads(json.dumps(MINIMAL)))
+    assert a.generator.steps == 25 and a.generator.guidance_scale == 3.0
+    assert a.config_hash() == b.config_hash()
+    explicit = validate_config({**MINIMAL, "generator": {"steps": 25}})
+    assert explicit.config_hash() == a.config_hash()  # defaults spelled out hash the same
+    changed = validate_config({**MINIMAL, "generator": {"steps": 24}})
+    assert changed.config_hash() != a.config_hash()
+
+
+def test_overrides_typed_and_nested(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), ["identities.count=10", "generator.guidance_scale=1.5",
+                                                 "generator.output_size=null", "filter.mode=annotate"])
+    assert cfg.identities.count == 10 and cfg.generator.guidance_scale == 1.5
+    assert cfg.generator.output_size is None and cfg.filter.mode == "annotate"
+
+
+@pytest.mark.parametrize(
+    "data, overrides, needle",
+    [
+        ({**MINIMAL, "identites": {"count": 3}}, [], "identites: unknown key"),
+        (MINIMAL, ["generator.stepz=3"], "generator.stepz: unknown key"),
+        (MINIMAL, ["images.per_identity=0"], "images.per_identity"),
+        (MINIMAL, ["identities.count=many"], "identities.count"),
+        (MINIMAL, ["identities.max_cosine=1.5"], "identities.max_cosine"),
+        (MINIMAL, ["identities.max_cosine=-2"], "identities.max_cosine"),
+        (MINIMAL, ["filter.mode=keep"], "'drop' or 'annotate'"),
+        ({"images": {"per_identity": 2}}, [], "identities: Field required"),
+        (MINIMAL, ["identities.space=raw"], "identities.space must be 'unit'"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, data, overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data), overrides)
+    assert needle in str(err.value)
+
+
+def test_malformed_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("identities: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        apply_overrides({}, ["identities.count"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        apply_overrides({"images": 3}, ["images.per_identity=2"])
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        validate_config([1, 2])
+
+
+def test_roundtrip_through_json():
+    cfg = validate_config(MINIMAL)
+    again = RunConfig.model_validate_json(json.dumps(cfg.model_dump(mode="json")))
+    assert again.config_hash() == cfg.config_hash()

@@ -1,0 +1,24 @@
+import re
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from facefoundry.config import RunConfig
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+
+
+def config_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys |= config_keys(sub, f"{prefix}{name}.")
+        else:
+            keys.add(prefix + name)
+    return keys
+
+
+def test_every_config_key_is_documented_and_no_stale_keys():
+    documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", DOC.read_text(), flags=re.M))
+    assert documented == config_keys(RunConfig)
