@@ -1,0 +1,184 @@
+"""Tiny random-weight Arc2Face, saved in the official on-disk layout.
+
+Tests and the offline ``smoke`` preset load these folders through exactly the same
+``from_pretrained`` calls as a real run against ``FoivosPar/Arc2Face`` and SD-1.5::
+
+    <root>/Arc2Face/arc2face/{config.json, diffusion_pytorch_model.safetensors}    UNet2DConditionModel
+    <root>/Arc2Face/encoder/{config.json, model.safetensors}                       CLIPTextModel
+    <root>/stable-diffusion-v1-5/tokenizer/{vocab.json, merges.txt, tokenizer_config.json,
+                                            special_tokens_map.json}               CLIPTokenizer
+    <root>/stable-diffusion-v1-5/vae/{config.json, diffusion_pytorch_model.safetensors}  AutoencoderKL
+    <root>/stable-diffusion-v1-5/scheduler/scheduler_config.json                   SD-1.5 PNDM config
+    <root>/stable-diffusion-v1-5/model_index.json
+
+The encoder keeps the real hidden size (768) so the 512-d identity vector is zero-padded exactly as
+with the published weights; everything else is shrunk (64x64 images, 2 encoder layers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODEL_DIR = "Arc2Face"
+BASE_DIR = "stable-diffusion-v1-5"
+MARKER = ".facefoundry-tiny-arc2face.json"
+FORMAT_VERSION = 1
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# Whole words of the vocabulary (each one BPE token); anything else falls back to byte-level pieces.
+WORDS = ("photo", "of", "a", "id", "person", "face", "portrait", "smiling")
+HIDDEN = 768
+
+# SD-1.5's scheduler/scheduler_config.json: a PNDM config that Arc2Face reads as DPM-Solver.
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable characters that byte-level BPE uses for bytes 0..255, in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)}
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def tiny_clip_vocab(words: tuple[str, ...] = WORDS) -> tuple[dict[str, int], list[str]]:
+    """A small CLIP-style BPE vocabulary: byte pieces, byte pieces + ``</w>``, whole words, BOS, EOS.
+
+    Same ordering as the real CLIP vocabulary (specials last). Each word gets a left-to-right merge
+    chain so it becomes a single ``word</w>`` token.
+    """
+    base = _byte_alphabet()
+    tokens = base + [c + "</w>" for c in base]
+    merges: list[str] = []
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        left = pieces[0]
+        for right in pieces[1:]:
+            merge = f"{left} {right}"
+            if merge not in merges:
+                merges.append(merge)
+                tokens.append(left + right)
+            left = left + right
+    tokens += [BOS, EOS]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _write_tokenizer(folder: Path) -> dict[str, int]:
+    vocab, merges = tiny_clip_vocab()
+    _write_json(folder / "vocab.json", vocab)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}
+    _write_json(folder / "special_tokens_map.json", specials)
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
+              "errors": "replace", "add_prefix_space": False, **specials}
+    _write_json(folder / "tokenizer_config.json", config)
+    return vocab
+
+
+def make_tiny_components(vocab_size: int, seed: int = 0) -> dict[str, Any]:
+    """Tiny random UNet, CLIP text encoder and VAE, deterministic in ``seed`` (global RNG untouched)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=HIDDEN,
+            attention_head_dim=8, norm_num_groups=32,
+        )
+        encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        ))
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=32, sample_size=64, scaling_factor=0.18215,
+        )
+    return {"unet": unet.eval(), "text_encoder": encoder.eval(), "vae": vae.eval()}
+
+
+def _model_index() -> dict[str, Any]:
+    return {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+        "feature_extractor": [None, None], "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": [None, None],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": [None, None],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+def _is_complete(root: Path, seed: int) -> bool:
+    try:
+        marker = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if marker.get("seed") != seed or marker.get("format") != FORMAT_VERSION:
+        return False
+    return all((root / rel).is_file() for rel in marker.get("files", []))
+
+
+def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Build (once) tiny random Arc2Face weights under ``root``; return ``(model_path, base_path)``.
+
+    Idempotent: if a complete build with the same seed exists (its marker is written last) nothing is
+    rewritten. Otherwise everything is built in a temporary folder inside ``root`` and moved into place.
+    The same seed gives byte-identical files.
+    """
+    root = Path(root)
+    model_path, base_path = root / MODEL_DIR, root / BASE_DIR
+    if _is_complete(root, seed):
+        return model_path, base_path
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+    try:
+        vocab = _write_tokenizer(tmp / BASE_DIR / "tokenizer")
+        parts = make_tiny_components(len(vocab), seed)
+        parts["unet"].save_pretrained(tmp / MODEL_DIR / "arc2face")
+        parts["text_encoder"].save_pretrained(tmp / MODEL_DIR / "encoder")
+        parts["vae"].save_pretrained(tmp / BASE_DIR / "vae")
+        _write_json(tmp / BASE_DIR / "scheduler" / "scheduler_config.json", SD15_SCHEDULER)
+        _write_json(tmp / BASE_DIR / "model_index.json", _model_index())
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        (root / MARKER).unlink(missing_ok=True)
+        for name in (MODEL_DIR, BASE_DIR):
+            if (root / name).exists():
+                shutil.rmtree(root / name)
+            os.replace(tmp / name, root / name)
+        marker_tmp = tmp / MARKER
+        _write_json(marker_tmp, {"format": FORMAT_VERSION, "seed": seed, "files": files})
+        os.replace(marker_tmp, root / MARKER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model_path, base_path
