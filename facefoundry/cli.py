@@ -84,7 +84,17 @@ def sample(config: ConfigArg, out: OutOpt, set_: SetOpt = None) -> None:
         meta = write_identities(out, cfg)
     except Exception as exc:
         _fail(_one_line(exc))
-    typer.echo(json.dumps(meta, indent=2, sort_keys=True))
+    nn = meta["nn_cosine"]
+    typer.echo(f"{meta['count']} identities ({meta['sampler']}, {meta['candidates']} candidates) -> {out}")
+    typer.echo(f"nearest-neighbour cosine: min {nn['min']:.4f}  p50 {nn['p50']:.4f}  p99 {nn['p99']:.4f}  "
+               f"max {nn['max']:.4f}  (rule: <= {meta['max_cosine']})")
+    leak = meta["leakage"]
+    if leak:
+        typer.echo(f"leakage: {leak['rejected']} rejected against {leak['gallery_size']} gallery vectors "
+                   f"(> {leak['max_cosine']}), {leak['possible_morphs']} kept identities flagged as possible "
+                   f"morphs; top-1 gallery cosine p99 {leak['top1_p99']:.4f} max {leak['top1_max']:.4f}")
+    else:
+        typer.echo("leakage: not screened (no identities.leakage.galleries)")
 
 
 @app.command()

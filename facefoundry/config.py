@@ -33,11 +33,44 @@ class RunSection(StrictModel):
     seed: int = Field(0, ge=0, description="Run seed: every vector and image seed derives from it.")
 
 
+class HyperFaceConfig(StrictModel):
+    """Packing by gradient descent on the sphere (HyperFace, ICLR 2025)."""
+
+    iterations: int = Field(300, ge=1, description="Iteration cap.")
+    learning_rate: float = Field(0.05, gt=0, description="Step size of the projected gradient descent.")
+    neighbours: int = Field(1, ge=1, description="Nearest neighbours of each point pushed away per step.")
+    temperature: float = Field(0.01, gt=0, description="Softness of the max over neighbours (log-sum-exp).")
+    alpha: float = Field(0.0, ge=0, description="Weight pulling points toward their nearest gallery vector.")
+    batch_size: int | None = Field(
+        None, ge=2, description="Points moved per step (stochastic variant for large N); null = all."
+    )
+    target_max_cosine: Cosine | None = Field(None, description="Stop once the max nearest-neighbour cosine <= this.")
+
+
+class LeakageConfig(StrictModel):
+    """Screening of sampled identities against galleries of real-face embeddings (same space)."""
+
+    galleries: list[str] = Field(default_factory=list, description="Files (.npy or .parquet) of real embeddings.")
+    max_cosine: Cosine = Field(0.3, description="Reject an identity whose cosine to any gallery vector exceeds this.")
+    morph_cosine: Cosine = Field(
+        0.25, description="Flag an identity whose top-2 gallery similarities both reach this (possible morph)."
+    )
+    reject_morphs: bool = Field(False, description="Also reject flagged possible morphs (else only record them).")
+    backend: Literal["exact", "faiss"] = Field("exact", description="exact: blockwise; faiss: approximate (IVF).")
+    nlist: int | None = Field(None, ge=1, description="faiss: IVF cells (default 4 x sqrt(gallery size)).")
+    nprobe: int = Field(32, ge=1, description="faiss: cells searched per query (recall vs speed).")
+    block_size: int = Field(65536, ge=1, description="Gallery vectors per block of the exact search.")
+
+
 class IdentitiesConfig(StrictModel):
-    sampler: Literal["gaussian_rejection"] = "gaussian_rejection"
+    sampler: Literal["gaussian_rejection", "uniform_sphere", "pca_gaussian", "hyperface", "from_file"] = (
+        "gaussian_rejection"
+    )
     count: int = Field(..., ge=1, description="Number of synthetic identities.")
     dim: int = Field(512, ge=2, description="Embedding dimension of the generator's identity space.")
-    max_cosine: Cosine = Field(0.3, description="Reject a candidate whose cosine to a kept vector exceeds this.")
+    max_cosine: Cosine | None = Field(
+        0.3, description="Separation rule: no pair of identities above this cosine; null = no rule (baseline)."
+    )
     space: Literal["unit", "raw"] = Field(
         "unit", description="unit: L2-normalised vectors (Arc2Face); raw: scaled to `norm` (Vec2Face)."
     )
@@ -45,10 +78,46 @@ class IdentitiesConfig(StrictModel):
     max_candidates: int | None = Field(
         None, ge=1, description="Stop after this many candidates (default 1000 x count) and report."
     )
+    gallery: str | None = Field(None, description="Embeddings (.npy/.parquet) for pca_gaussian and hyperface.")
+    pca_components: int | None = Field(None, ge=1, description="PCA components kept by pca_gaussian (null = all).")
+    file: str | None = Field(None, description="Vectors (.npy/.parquet) for the from_file sampler.")
+    hyperface: HyperFaceConfig = HyperFaceConfig()
+    leakage: LeakageConfig = LeakageConfig()
+
+    @model_validator(mode="after")
+    def _check_sampler_inputs(self) -> IdentitiesConfig:
+        if self.sampler == "pca_gaussian" and not self.gallery:
+            raise ValueError("identities.gallery is required by the pca_gaussian sampler (a .npy or .parquet file)")
+        if self.sampler == "from_file" and not self.file:
+            raise ValueError("identities.file is required by the from_file sampler (a .npy or .parquet file)")
+        if self.sampler in ("gaussian_rejection", "pca_gaussian") and self.max_cosine is None:
+            raise ValueError(f"identities.max_cosine must be set for the {self.sampler} sampler")
+        return self
+
+
+class PerturbationConfig(StrictModel):
+    """Vec2Face intra-class variation: Gaussian noise on the identity vector, rescaled to its norm."""
+
+    sigmas: list[Annotated[float, Field(ge=0)]] = Field([0.3, 0.5, 0.7], min_length=1)
+    weights: list[Annotated[float, Field(ge=0)]] = Field([0.4, 0.4, 0.2], min_length=1)
+    reference_norm: float = Field(
+        22.0, gt=0, description="Noise is added at this vector norm (Vec2Face's feature scale, about 22)."
+    )
+
+    @model_validator(mode="after")
+    def _check_mixture(self) -> PerturbationConfig:
+        if len(self.sigmas) != len(self.weights):
+            raise ValueError(f"sigmas ({len(self.sigmas)}) and weights ({len(self.weights)}) differ in length")
+        if abs(sum(self.weights) - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1, got {sum(self.weights)}")
+        return self
 
 
 class ImagesConfig(StrictModel):
     per_identity: int = Field(..., ge=1, description="Images generated per identity.")
+    perturbation: PerturbationConfig | None = Field(
+        None, description="Per-image identity-vector perturbation (Vec2Face); null = vary only the seed."
+    )
     format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
 

@@ -166,6 +166,9 @@ def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
         vocab = _write_tokenizer(tmp / BASE_DIR / "tokenizer")
         parts = make_tiny_components(len(vocab), seed)
         parts["unet"].save_pretrained(tmp / MODEL_DIR / "arc2face")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a tiny save needs no "Writing model shards" bar
         parts["text_encoder"].save_pretrained(tmp / MODEL_DIR / "encoder")
         parts["vae"].save_pretrained(tmp / BASE_DIR / "vae")
         _write_json(tmp / BASE_DIR / "scheduler" / "scheduler_config.json", SD15_SCHEDULER)

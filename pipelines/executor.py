@@ -8,14 +8,15 @@ splits a unit across blocks.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, UnitResult, WriteStage
 
 from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import Unit
+from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, UnitResult, WriteStage
 
 
 def _pack(results: list[UnitResult]) -> dict[str, np.ndarray]:
@@ -80,6 +81,8 @@ def stream_units(
     import ray.data
     from ray.data import ActorPoolStrategy, DataContext
 
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -12,12 +12,14 @@ from facefoundry.config import RayConfig
 
 # An embedded Ray must listen on loopback only and must not need an auth token.
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+# Ray's own progress bars and per-operator logs are replaced by facefoundry's progress line.
+QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
 
 @contextlib.contextmanager
 def ray_session(cfg: RayConfig) -> Iterator[None]:
     """Connect to ``cfg.address`` or start an embedded Ray with its own short temp dir."""
-    for key, value in LOCAL_ENV.items():
+    for key, value in {**LOCAL_ENV, **QUIET_ENV}.items():
         os.environ.setdefault(key, value)
     import ray
 

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from facefoundry.pipelines.local_ray import ray_session
-from facefoundry.pipelines.progress import Progress
-from facefoundry.pipelines.stages import ModelPaths
-
 from facefoundry import __version__
 from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import is_done, plan_units
 from facefoundry.identities.store import write_identities
+from facefoundry.pipelines.local_ray import ray_session
+from facefoundry.pipelines.progress import Progress
+from facefoundry.pipelines.stages import ModelPaths
 from facefoundry.runinfo import prepare_run_folder, run_id
 
 
@@ -40,14 +39,19 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
     return ModelPaths(str(model), str(base))
 
 
-def file_metadata(cfg: RunConfig, paths: ModelPaths) -> dict:
+def file_metadata(cfg: RunConfig) -> dict:
     """What every shard records once (not per row): models, thresholds, run identity."""
     return {
         "run_id": run_id(cfg),
         "config_hash": cfg.config_hash(),
         "facefoundry_version": __version__,
-        "generator": {"kind": cfg.generator.kind, "model": paths.model, "base_model": paths.base_model,
-                      "revision": cfg.generator.revision, "tiny_random_weights": cfg.generator.tiny},
+        # Hub ids, never local paths: a shard's bytes must not depend on where the run folder lives.
+        "generator": {
+            "kind": cfg.generator.kind,
+            "model": "tiny-random (built in code)" if cfg.generator.tiny else cfg.generator.model,
+            "base_model": "tiny-random (built in code)" if cfg.generator.tiny else cfg.generator.base_model,
+            "revision": cfg.generator.revision,
+        },
         "filter": cfg.filter.model_dump(mode="json"),
         "synthetic": True,
     }
@@ -75,7 +79,7 @@ def run(cfg: RunConfig, out: Path, fresh: bool = False, log: TextIO | None = Non
 
         progress = Progress(len(pending), (cfg.identities.count / len(units)) * cfg.images.per_identity, log)
         with ray_session(cfg.ray):
-            for manifest in stream_units(cfg, str(out), pending, paths, file_metadata(cfg, paths)):
+            for manifest in stream_units(cfg, str(out), pending, paths, file_metadata(cfg)):
                 progress.update(manifest)
                 generated += manifest["generated"]
                 rows += manifest["rows"]

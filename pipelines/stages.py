@@ -19,6 +19,7 @@ from facefoundry.dataset.manifest import Unit
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.identities.store import IDENTITIES_FILE, read_vectors
+from facefoundry.identities.variation import perturb, sigma_schedule
 from facefoundry.seeds import image_seeds
 
 
@@ -72,7 +73,19 @@ class GenerateStage:
         identities = np.repeat(np.arange(unit.start, unit.stop, dtype=np.int64), per)
         indices = np.tile(np.arange(per, dtype=np.int32), unit.stop - unit.start)
         seeds = image_seeds(self.cfg.run.seed, identities, indices)
-        images = self.generator.generate(self.vectors[identities], seeds)
+        vectors = self.vectors[identities]
+        extra = {}
+        pcfg = self.cfg.images.perturbation
+        if pcfg is not None:
+            sigmas = sigma_schedule(pcfg, per)[indices]
+            moved = perturb(vectors, sigmas, seeds, pcfg)
+            cosine = np.sum(moved * vectors, axis=1) / (np.linalg.norm(moved, axis=1) * np.linalg.norm(vectors, axis=1))
+            extra = {
+                "perturbation_sigma": pa.array(sigmas, pa.float32()),
+                "vector_cosine": pa.array(cosine, pa.float32()),
+            }
+            vectors = moved
+        images = self.generator.generate(vectors, seeds)
         ext = "png" if self.cfg.images.format == "png" else "jpg"
         data = [encode_image(img, self.cfg.images) for img in images]
         paths = [f"{i:07d}_{j:04d}.{ext}" for i, j in zip(identities, indices, strict=True)]
@@ -82,6 +95,7 @@ class GenerateStage:
                 "identity": pa.array(identities, pa.int64()),
                 "image_index": pa.array(indices, pa.int32()),
                 "seed": pa.array(seeds, pa.int64()),
+                **extra,
             }
         )
         return UnitResult(unit, table, generated=len(images))

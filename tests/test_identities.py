@@ -34,12 +34,12 @@ def test_rejection_matches_sequential_reference():
     cfg = IdentitiesConfig(count=150, dim=16, max_cosine=0.6, max_candidates=5000)
     got = sample_identities(cfg, run_seed=3).vectors
     rng_vectors = []
-    from facefoundry.identities import sampling
+    from facefoundry.identities import rejection as sampling
     from facefoundry.seeds import derive_seed
 
     rng = np.random.default_rng(derive_seed(3, "identities"))
     while len(rng_vectors) < 150:
-        block = rng.standard_normal((sampling._BLOCK, 16)).astype(np.float32)
+        block = rng.standard_normal((sampling.BLOCK, 16)).astype(np.float32)
         block = block / np.linalg.norm(block, axis=1, keepdims=True)
         for row in block:
             if all(float(row.astype(np.float64) @ k.astype(np.float64)) <= 0.6 for k in rng_vectors):

@@ -1,82 +1,129 @@
-"""Identity sampling on the hypersphere.
-
-``gaussian_rejection`` (Vec2Face's rule): draw Gaussian candidates in order and keep one only if its
-cosine to every vector kept so far is <= ``max_cosine``. The decision is exact: a float32 screen
-decides clear cases and every candidate whose similarity falls within a margin of the threshold
-is re-checked in float64.
-"""
+"""Identity samplers: dispatch on ``identities.sampler``, screen for leakage, bring vectors into the
+generator's space. Every sampler is deterministic in the run seed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from facefoundry.config import IdentitiesConfig
+from facefoundry.identities.leakage import LeakageResult, screen
+from facefoundry.identities.pca import fit_pca_gaussian
+from facefoundry.identities.rejection import SamplingError, gaussian_proposal, rejection_sample
+from facefoundry.identities.vectors_io import load_vectors
 from facefoundry.seeds import derive_seed
 
-_BLOCK = 1024
-_MARGIN = 1e-4  # float32 dot products of unit vectors in d <= 4096 are accurate far inside this
-
-
-class SamplingError(RuntimeError):
-    """Sampling could not reach the requested number of identities."""
+__all__ = ["SampledIdentities", "SamplingError", "sample_identities"]
 
 
 @dataclass
 class SampledIdentities:
     vectors: np.ndarray  # (N, dim) float32 in the configured space
-    candidates: int  # candidates drawn to reach N
+    candidates: int  # candidates drawn (or vectors optimised) to reach N
+    leakage: LeakageResult | None = None
+    details: dict = field(default_factory=dict)  # sampler-specific facts for the summary
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _exceeds(cands: np.ndarray, kept: np.ndarray, tau: float) -> np.ndarray:
-    """For each candidate (unit rows), whether its cosine to any kept unit row exceeds ``tau``, exactly."""
-    if len(kept) == 0:
-        return np.zeros(len(cands), dtype=bool)
-    sims = cands @ kept.T
-    worst = sims.max(axis=1)
-    out = worst > tau + _MARGIN
-    unsure = np.where((worst > tau - _MARGIN) & ~out)[0]
-    for i in unsure:
-        exact = kept.astype(np.float64) @ cands[i].astype(np.float64)
-        out[i] = bool((exact > tau).any())
-    return out
+def _limit(cfg: IdentitiesConfig, count: int) -> int:
+    return cfg.max_candidates or 1000 * count
 
 
-def gaussian_rejection(cfg: IdentitiesConfig, run_seed: int) -> SampledIdentities:
-    """Sample ``cfg.count`` identities, deterministic in ``run_seed``."""
+def _gaussian_rejection(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+    propose = gaussian_proposal(cfg.dim)
+    vectors, drawn = rejection_sample(propose, count, cfg.dim, cfg.max_cosine, _limit(cfg, count), rng)
+    return SampledIdentities(vectors, drawn)
+
+
+def _uniform_sphere(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+    return SampledIdentities(_unit(rng.standard_normal((count, cfg.dim)).astype(np.float32)), count)
+
+
+def _pca_gaussian(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+    gallery = load_vectors(cfg.gallery, cfg.dim, "gallery vectors")
+    propose = fit_pca_gaussian(gallery, cfg.pca_components)
+    vectors, drawn = rejection_sample(propose, count, cfg.dim, cfg.max_cosine, _limit(cfg, count), rng)
+    return SampledIdentities(vectors, drawn)
+
+
+def _hyperface(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+    from facefoundry.identities.hyperface import hyperface_pack
+
+    gallery = load_vectors(cfg.gallery, cfg.dim, "gallery vectors") if cfg.gallery else None
+    start = _uniform_sphere(cfg, count, rng, seed).vectors
+    result = hyperface_pack(start, cfg.hyperface, gallery, seed=derive_seed(seed, "hyperface"))
+    details = {
+        "iterations": result.iterations,
+        "stop_reason": result.stop_reason,
+        "max_nn_before": result.max_nn_before,
+        "max_nn_after": result.max_nn_after,
+        "seconds": result.seconds,
+    }
+    return SampledIdentities(_unit(result.vectors), count, details=details)
+
+
+def _from_file(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+    vectors = load_vectors(cfg.file, cfg.dim, "identity vectors")
+    if len(vectors) < count:
+        raise SamplingError(f"identities.file {cfg.file} holds {len(vectors)} vectors; identities.count is {count}")
+    vectors = vectors[:count]
+    return SampledIdentities(vectors if cfg.space == "raw" else _unit(vectors), count, details={"file": cfg.file})
+
+
+_SAMPLERS = {
+    "gaussian_rejection": _gaussian_rejection,
+    "uniform_sphere": _uniform_sphere,
+    "pca_gaussian": _pca_gaussian,
+    "hyperface": _hyperface,
+    "from_file": _from_file,
+}
+
+
+def _sample(cfg: IdentitiesConfig, run_seed: int, count: int) -> SampledIdentities:
     rng = np.random.default_rng(derive_seed(run_seed, "identities"))
-    limit = cfg.max_candidates or 1000 * cfg.count
-    kept = np.empty((cfg.count, cfg.dim), dtype=np.float32)
-    n_kept = drawn = 0
-    while n_kept < cfg.count and drawn < limit:
-        block = _normalise(rng.standard_normal((min(_BLOCK, limit - drawn), cfg.dim)).astype(np.float32))
-        drawn += len(block)
-        alive = ~_exceeds(block, kept[:n_kept], cfg.max_cosine)
-        block_start = n_kept
-        for row in block[alive]:
-            if n_kept == cfg.count:
-                break
-            # The screen above saw only vectors kept before this block: check those kept within it.
-            if _exceeds(row[None], kept[block_start:n_kept], cfg.max_cosine)[0]:
-                continue
-            kept[n_kept] = row
-            n_kept += 1
-    if n_kept < cfg.count:
-        raise SamplingError(
-            f"identities: kept only {n_kept} of {cfg.count} identities after {drawn} candidates at "
-            f"max_cosine={cfg.max_cosine} in {cfg.dim} dimensions; raise identities.max_cosine, lower "
-            f"identities.count, or raise identities.max_candidates"
-        )
-    vectors = kept if cfg.space == "unit" else kept * np.float32(cfg.norm)
-    return SampledIdentities(vectors=vectors, candidates=drawn)
+    sampled = _SAMPLERS[cfg.sampler](cfg, count, rng, run_seed)
+    if cfg.space == "raw" and cfg.sampler != "from_file":
+        sampled.vectors = sampled.vectors * np.float32(cfg.norm)
+    return sampled
 
 
 def sample_identities(cfg: IdentitiesConfig, run_seed: int) -> SampledIdentities:
-    """Run the configured sampler."""
-    samplers = {"gaussian_rejection": gaussian_rejection}
-    return samplers[cfg.sampler](cfg, run_seed)
+    """Sample ``cfg.count`` identities; with galleries configured, replace those that leak.
+
+    Rejected identities are replaced by sampling more: rejection samplers produce the same first k
+    vectors whatever the total, so the survivors keep their order and the run stays deterministic.
+    """
+    started = time.monotonic()
+    if not cfg.leakage.galleries:
+        sampled = _sample(cfg, run_seed, cfg.count)
+        sampled.details["seconds_total"] = time.monotonic() - started
+        return sampled
+    extra = 0
+    while True:
+        sampled = _sample(cfg, run_seed, cfg.count + extra)
+        result = screen(sampled.vectors, cfg.leakage)
+        keep = np.where(~result.rejected(cfg.leakage.reject_morphs))[0]
+        if len(keep) >= cfg.count:
+            break
+        if cfg.sampler == "from_file" or extra > 10 * cfg.count:
+            raise SamplingError(
+                f"leakage screening rejected {len(sampled.vectors) - len(keep)} of {len(sampled.vectors)} "
+                f"identities (cosine to a gallery vector > {cfg.leakage.max_cosine}); "
+                + ("remove them from identities.file" if cfg.sampler == "from_file"
+                   else "check that the gallery is in the same embedding space as the generator")
+            )
+        extra = max(2 * extra, 2 * (len(sampled.vectors) - len(keep)), 16)
+    keep = keep[: cfg.count]
+    sampled.vectors = sampled.vectors[keep]
+    sampled.leakage = LeakageResult(
+        top1=result.top1[keep], top2=result.top2[keep], leaked=result.leaked[keep], morph=result.morph[keep],
+        gallery_size=result.gallery_size, backend=result.backend, recall=result.recall,
+    )
+    sampled.details["leakage_rejected"] = int(len(result.top1) - (~result.rejected(cfg.leakage.reject_morphs)).sum())
+    sampled.details["seconds_total"] = time.monotonic() - started
+    return sampled

@@ -11,24 +11,30 @@ import pyarrow.parquet as pq
 
 from facefoundry.config import RunConfig
 from facefoundry.dataset.atomic import atomic_path
-from facefoundry.identities.sampling import sample_identities
+from facefoundry.identities.leakage import LeakageResult
+from facefoundry.identities.sampling import SamplingError, sample_identities
 from facefoundry.identities.separation import nearest_neighbours, separation_summary
 
 IDENTITIES_FILE = "identities.parquet"
 _META_KEY = b"facefoundry"
 
 
-def identities_table(vectors: np.ndarray, sampler: str) -> pa.Table:
+def identities_table(vectors: np.ndarray, sampler: str, leakage: LeakageResult | None = None) -> pa.Table:
+    """One row per identity: vector, nearest other identity and, when screened, top-2 gallery cosines."""
     nn_cos, nn_idx = nearest_neighbours(vectors)
-    dim = vectors.shape[1]
+    n, dim = vectors.shape
+    missing = pa.nulls(n, pa.float64())
     return pa.table(
         {
-            "identity": pa.array(np.arange(len(vectors)), pa.int64()),
+            "identity": pa.array(np.arange(n), pa.int64()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
             "norm": pa.array(np.linalg.norm(vectors, axis=1), pa.float32()),
             "nn_cosine": pa.array(nn_cos, pa.float64()),
             "nn_identity": pa.array(nn_idx, pa.int64()),
-            "sampler": pa.array([sampler] * len(vectors), pa.string()),
+            "sampler": pa.array([sampler] * n, pa.string()),
+            "gallery_top1": pa.array(leakage.top1, pa.float64()) if leakage else missing,
+            "gallery_top2": pa.array(leakage.top2, pa.float64()) if leakage else missing,
+            "possible_morph": pa.array(leakage.morph, pa.bool_()) if leakage else pa.nulls(n, pa.bool_()),
         }
     )
 
@@ -45,21 +51,32 @@ def write_identities(out: Path, cfg: RunConfig) -> dict:
         if meta.get("config_hash") == cfg.config_hash():
             return meta
         raise RuntimeError(f"{path} belongs to another config (hash {meta.get('config_hash')}); use a new --out")
-    sampled = sample_identities(cfg.identities, cfg.run.seed)
-    table = identities_table(sampled.vectors, cfg.identities.sampler)
+    icfg = cfg.identities
+    sampled = sample_identities(icfg, cfg.run.seed)
+    table = identities_table(sampled.vectors, icfg.sampler, sampled.leakage)
     nn = table.column("nn_cosine").to_numpy()
-    if len(nn) > 1 and nn.max() > cfg.identities.max_cosine:
-        raise RuntimeError(
-            f"identities: a pair has cosine {nn.max():.6f} > max_cosine {cfg.identities.max_cosine}"
+    if icfg.max_cosine is not None and len(nn) > 1 and nn.max() > icfg.max_cosine:
+        pairs = int((nn > icfg.max_cosine).sum())
+        raise SamplingError(
+            f"identities: {pairs} identities have a neighbour closer than max_cosine {icfg.max_cosine} "
+            f"(max cosine {nn.max():.6f}); for {icfg.sampler} raise the iterations, lower identities.count, "
+            f"or set identities.max_cosine to null to accept it"
         )
     meta = {
         "config_hash": cfg.config_hash(),
-        "sampler": cfg.identities.sampler,
+        "sampler": icfg.sampler,
         "count": len(nn),
+        "dim": icfg.dim,
         "candidates": sampled.candidates,
-        "max_cosine": cfg.identities.max_cosine,
-        "space": cfg.identities.space,
+        "max_cosine": icfg.max_cosine,
+        "space": icfg.space,
         "nn_cosine": separation_summary(nn),
+        "sampler_details": sampled.details,
+        "leakage": sampled.leakage.summary() | {
+            "rejected": sampled.details.get("leakage_rejected", 0),
+            "max_cosine": icfg.leakage.max_cosine,
+            "morph_cosine": icfg.leakage.morph_cosine,
+        } if sampled.leakage else None,
     }
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
     with atomic_path(path) as tmp:
