@@ -98,6 +98,19 @@ def sample(config: ConfigArg, out: OutOpt, set_: SetOpt = None) -> None:
 
 
 @app.command()
+def verify(run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).")]) -> None:
+    """Check every shard against its manifest, the identities file, and orphan or missing units."""
+    from facefoundry.verify import verify_run
+
+    problems = verify_run(run_dir)
+    for problem in problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if problems:
+        _fail(f"{run_dir}: {len(problems)} problem(s); rerun `facefoundry run` to redo broken units", code=1)
+    typer.echo(f"ok: {run_dir} verifies")
+
+
+@app.command()
 def config(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a config and print it resolved (every default filled in) with its hash."""
     cfg = _load(config, set_)

@@ -16,7 +16,7 @@ from facefoundry.dataset.manifest import Unit, manifest_path, shard_path
 from facefoundry.dataset.schema import with_hf_metadata
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -74,7 +74,7 @@ def write_unit(
         "identities_kept": len(identities),
         "drops": dict(sorted(drops.items())),
         "bytes": shard.stat().st_size,
-        "sha256": _sha256(shard),
+        "sha256": sha256_file(shard),
         "config_hash": config_hash,
         "stats": _column_stats(table),
     }
