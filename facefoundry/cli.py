@@ -111,6 +111,29 @@ def verify(run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    out: OutOpt,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder | rec | lmdb")],
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality for PNG-stored images.")] = 95,
+    include_rejected: Annotated[bool, typer.Option(help="Also export rows the filter marked.")] = False,
+    allow_partial: Annotated[bool, typer.Option(help="Export the finished units of an unfinished run.")] = False,
+    rec_header: Annotated[bool, typer.Option("--rec-header/--plain-rec", help="InsightFace header records.")] = True,
+) -> None:
+    """Export for FR training: ImageFolder, InsightFace RecordIO (.rec/.idx) or Vec2Face-style LMDB."""
+    from facefoundry.dataset.export import export_run
+
+    if fmt not in ("imagefolder", "rec", "lmdb"):
+        _fail(f"--format must be one of imagefolder, rec, lmdb (got {fmt!r})", code=2)
+    try:
+        summary = export_run(run_dir, out, fmt, jpeg_quality, include_rejected=include_rejected,
+                             allow_partial=allow_partial, rec_header=rec_header)
+    except Exception as exc:
+        _fail(_one_line(exc))
+    typer.echo(f"{summary['images']} images of {summary['identities']} identities -> {out} ({summary['bytes']} bytes)")
+
+
+@app.command()
 def config(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a config and print it resolved (every default filled in) with its hash."""
     cfg = _load(config, set_)
