@@ -134,6 +134,27 @@ def export(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default RUN/report).")] = None,
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Rows sampled for histograms.")] = 200_000,
+) -> None:
+    """Statistics and plots of a run: report/*.png and summary.json (from manifests + a bounded sample)."""
+    from facefoundry.report import build_report
+
+    try:
+        summary = build_report(run_dir, out, max_rows=max_rows)
+    except Exception as exc:
+        _fail(_one_line(exc))
+    images = summary["images"]
+    typer.echo(
+        f"{summary['run_id']}: {images['accepted']}/{images['generated']} images accepted "
+        f"({images['acceptance_pct']}%), {summary['units']['done']}/{summary['units']['planned']} units "
+        f"-> {out or run_dir / 'report'}"
+    )
+
+
+@app.command()
 def config(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a config and print it resolved (every default filled in) with its hash."""
     cfg = _load(config, set_)
