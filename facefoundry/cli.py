@@ -155,6 +155,55 @@ def report(
 
 
 @app.command()
+def card(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).")],
+    license: Annotated[str, typer.Option("--license", help="Dataset licence (Hub id).")] = "cc-by-nc-4.0",
+    pretty_name: Annotated[str | None, typer.Option("--pretty-name")] = None,
+) -> None:
+    """Write the dataset card (README.md in the run folder) from the run's manifests and metadata."""
+    from facefoundry.hub import licence_conflicts, read_run_facts, run_components, write_card
+
+    try:
+        path = write_card(run_dir, license, pretty_name)
+        warnings = licence_conflicts(license, run_components(read_run_facts(run_dir).cfg))
+    except ValueError as exc:
+        _fail(_one_line(exc), code=2)
+    except Exception as exc:
+        _fail(_one_line(exc))
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"card written: {path}")
+
+
+@app.command()
+def publish(
+    run_dir: Annotated[Path, typer.Argument(help="A verified run folder.")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo: ORG/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Create or switch the repo to private.")] = False,
+    gated: Annotated[bool, typer.Option("--gated", help="Gate access behind manual approval.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; send nothing.")] = False,
+    license: Annotated[str, typer.Option("--license", help="Dataset licence (Hub id).")] = "cc-by-nc-4.0",
+    include_identities: Annotated[
+        bool, typer.Option("--include-identities", help="Also upload identities.parquet (decodable vectors).")
+    ] = False,
+) -> None:
+    """Upload card, shards, manifests and report to the Hugging Face Hub (token: HF_TOKEN or login).
+
+    Resumable: rerunning uploads only what the Hub does not have yet."""
+    from facefoundry.hub import publish as publish_run
+
+    try:
+        result = publish_run(run_dir, repo, private=private, gated=gated, dry_run=dry_run, license=license,
+                             include_identities=include_identities)
+    except Exception as exc:
+        _fail(_one_line(exc))
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for line in result.summary_lines():
+        typer.echo(line)
+
+
+@app.command()
 def config(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a config and print it resolved (every default filled in) with its hash."""
     cfg = _load(config, set_)

@@ -36,8 +36,8 @@ class RunSection(StrictModel):
 class HyperFaceConfig(StrictModel):
     """Packing by gradient descent on the sphere (HyperFace, ICLR 2025)."""
 
-    iterations: int = Field(300, ge=1, description="Iteration cap.")
-    learning_rate: float = Field(0.05, gt=0, description="Step size of the projected gradient descent.")
+    iterations: int = Field(100, ge=1, description="Iteration cap.")
+    learning_rate: float = Field(0.02, gt=0, description="Step size of the projected gradient descent.")
     neighbours: int = Field(1, ge=1, description="Nearest neighbours of each point pushed away per step.")
     temperature: float = Field(0.01, gt=0, description="Softness of the max over neighbours (log-sum-exp).")
     alpha: float = Field(0.0, ge=0, description="Weight pulling points toward their nearest gallery vector.")
