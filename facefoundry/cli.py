@@ -161,7 +161,8 @@ def card(
     pretty_name: Annotated[str | None, typer.Option("--pretty-name")] = None,
 ) -> None:
     """Write the dataset card (README.md in the run folder) from the run's manifests and metadata."""
-    from facefoundry.hub import licence_conflicts, read_run_facts, run_components, write_card
+    from facefoundry.card import read_run_facts, write_card
+    from facefoundry.licensing import licence_conflicts, run_components
 
     try:
         path = write_card(run_dir, license, pretty_name)

@@ -46,7 +46,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from facefoundry import hub
+from facefoundry import card as card_mod
+from facefoundry import hub, licensing
 from facefoundry.config import validate_config
 from facefoundry.dataset.manifest import plan_units
 from facefoundry.dataset.schema import image_struct
@@ -363,9 +364,9 @@ def sections(text: str) -> dict[str, str]:
 
 
 def test_card_yaml_and_every_section_filled(run):
-    card = hub.build_card(run)
+    card = card_mod.build_card(run)
     text = str(card)
-    assert hub.card_problems(text) == []
+    assert card_mod.card_problems(text) == []
     meta = yaml.safe_load(text.split("---\n")[1])
     assert meta["license"] == "cc-by-nc-4.0" and "synthetic" in meta["tags"]
     assert meta["size_categories"] == ["n<1K"] and "image-classification" in meta["task_categories"]
@@ -399,16 +400,16 @@ def test_card_yaml_and_every_section_filled(run):
 
 def test_unscreened_run_says_so(tmp_path):
     run = make_run(tmp_path / "run")
-    found = sections(hub.build_card(run).text)
+    found = sections(card_mod.build_card(run).text)
     assert "**Not screened.**" in found["Leakage screening"]
 
 
 def test_card_is_deterministic_and_atomic(run):
-    first = hub.write_card(run).read_bytes()
-    second = hub.write_card(run).read_bytes()
+    first = card_mod.write_card(run).read_bytes()
+    second = card_mod.write_card(run).read_bytes()
     assert first == second
     assert not list(run.glob(".tmp-*"))
-    gated = hub.build_card(run, gated=True, license="cc-by-nc-sa-4.0", pretty_name="Faces")
+    gated = card_mod.build_card(run, gated=True, license="cc-by-nc-sa-4.0", pretty_name="Faces")
     meta = gated.data.to_dict()
     assert meta["pretty_name"] == "Faces" and meta["license"] == "cc-by-nc-sa-4.0"
     assert "non-commercial" in meta["extra_gated_prompt"] and len(meta["extra_gated_fields"]) >= 3
@@ -418,7 +419,7 @@ def test_card_is_deterministic_and_atomic(run):
 def test_load_dataset_reads_the_run_folder(run, tmp_path):
     import datasets
 
-    hub.write_card(run)
+    card_mod.write_card(run)
     ds = datasets.load_dataset(str(run), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds.num_rows == 10  # identities.parquet is not picked up: the card's configs point at data/
     assert isinstance(ds[0]["image"], Image.Image) and ds[0]["image"].size == (16, 16)
@@ -429,26 +430,26 @@ def test_load_dataset_reads_the_run_folder(run, tmp_path):
 def test_card_validates_offline_and_against_the_stub(run, stub):
     from huggingface_hub import DatasetCard
 
-    card = hub.build_card(run, gated=True)
+    card = card_mod.build_card(run, gated=True)
     DatasetCard(str(card)).validate()  # offline parse, then POST /api/validate-yaml on the stub
     assert stub.validated == [str(card)]
     broken = DatasetCard("---\nlicense: [1, 2]\nsize_categories: [huge]\n---\n# x\n")
     with pytest.raises(ValueError, match="size_categories"):
         broken.validate()
-    assert hub.card_problems(str(broken))  # offline checks catch it too
+    assert card_mod.card_problems(str(broken))  # offline checks catch it too
 
 
 def test_licence_checks_and_conflicts(run):
-    assert hub.licence_conflicts("cc-by-nc-4.0") == []
-    warnings = hub.licence_conflicts("MIT")
+    assert licensing.licence_conflicts("cc-by-nc-4.0") == []
+    warnings = licensing.licence_conflicts("MIT")
     assert warnings and all("non-commercial" in w for w in warnings) and "Arc2Face" in warnings[0]
-    tiny = hub.run_components({"generator": {"tiny": True}})
-    assert hub.licence_conflicts("apache-2.0", tiny) == []
+    tiny = licensing.run_components({"generator": {"tiny": True}})
+    assert licensing.licence_conflicts("apache-2.0", tiny) == []
     with pytest.raises(ValueError, match="unknown dataset licence"):
-        hub.check_license("beerware")
+        licensing.check_license("beerware")
     result = hub.publish(run, "org/faces", dry_run=True, license="cc-by-4.0")
     assert result.warnings and "cc-by-4.0 allows commercial use" in result.warnings[0]
-    assert "**Licence conflict:**" in str(hub.build_card(run, license="cc-by-4.0"))
+    assert "**Licence conflict:**" in str(card_mod.build_card(run, license="cc-by-4.0"))
 
 
 # ---------------------------------------------------------------- publish
@@ -587,4 +588,4 @@ def test_from_file_vectors_are_never_published(tmp_path, stub):
     run = make_run(tmp_path / "run", sampler={"sampler": "from_file", "file": str(vectors), "max_cosine": None})
     with pytest.raises(hub.PublishError, match="never published"):
         hub.publish(run, "org/faces", include_identities=True, dry_run=True)
-    assert "from_file" in sections(hub.build_card(run).text)["Privacy"]
+    assert "from_file" in sections(card_mod.build_card(run).text)["Privacy"]
