@@ -142,7 +142,30 @@ class Arc2FaceConfig(StrictModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
 
-GeneratorConfig = Arc2FaceConfig
+class Vec2FaceConfig(StrictModel):
+    kind: Literal["vec2face"] = "vec2face"
+    checkpoint: str = Field("BooBooWu/Vec2Face", description="Hub id, local folder (holding `filename`) or file.")
+    filename: str = Field("weights/vec2face_generator.pth", description="Checkpoint path inside the repo/folder.")
+    revision: str | None = Field(None, description="Hub revision of `checkpoint`, for reproducibility.")
+    state_dict_key: str = Field("model_vec2face", description="Entry of the checkpoint holding the state dict.")
+    tiny: bool = Field(False, description="Build a tiny random checkpoint in the official format under <out>/models.")
+    batch_size: int = Field(32, ge=1, description="Images per forward (micro-batch).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32"] = Field("auto", description="Vec2Face runs in float32 only.")
+    mask_ratio_min: float = Field(0.1, gt=0, le=1, description="Truncated-normal mask ratio: minimum (official 0.1).")
+    mask_ratio_max: float = Field(1.0, gt=0, le=1, description="Maximum (image_generation.py 1.0; demo 0.5).")
+    mask_ratio_mu: float = Field(0.15, description="Mean of the truncated normal (official 0.15).")
+    mask_ratio_std: float = Field(0.25, gt=0, description="Standard deviation (official 0.25).")
+    output_size: int | None = Field(None, ge=16, description="Square size of stored images; null = native 112.")
+
+    @model_validator(mode="after")
+    def _check_ratios(self) -> Vec2FaceConfig:
+        if self.mask_ratio_min > self.mask_ratio_max:
+            raise ValueError("generator.mask_ratio_min must not exceed generator.mask_ratio_max")
+        return self
+
+
+GeneratorConfig = Annotated[Arc2FaceConfig | Vec2FaceConfig, Field(discriminator="kind")]
 
 
 class DlibFilterConfig(StrictModel):
@@ -180,15 +203,25 @@ class RunConfig(StrictModel):
     run: RunSection = RunSection()
     identities: IdentitiesConfig
     images: ImagesConfig
-    generator: GeneratorConfig = Field(default_factory=Arc2FaceConfig)
+    generator: GeneratorConfig = Field(default_factory=Arc2FaceConfig)  # type: ignore[assignment]
     filter: FilterConfig = Field(default_factory=DlibFilterConfig)
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_generator_kind(cls, data: Any) -> Any:
+        generator = data.get("generator") if isinstance(data, dict) else None
+        if isinstance(generator, dict) and "kind" not in generator:
+            data = {**data, "generator": {"kind": "arc2face", **generator}}
+        return data
 
     @model_validator(mode="after")
     def _check_space(self) -> RunConfig:
         if self.generator.kind == "arc2face" and self.identities.space != "unit":
             raise ValueError("identities.space must be 'unit' for the arc2face generator (L2-normalised ArcFace)")
+        if self.generator.kind == "vec2face" and self.identities.space != "raw":
+            raise ValueError("identities.space must be 'raw' (identities.norm about 22) for the vec2face generator")
         return self
 
     def canonical_json(self) -> str:
@@ -211,17 +244,29 @@ def _section_keys(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _strip_tag(loc: tuple) -> tuple[tuple, str]:
+    """Pydantic puts a tagged union's tag in the path (generator.vec2face.steps): take it out."""
+    if len(loc) >= 2 and loc[0] == "generator" and loc[1] in _GENERATORS:
+        return ("generator", *loc[2:]), f" (generator.kind={loc[1]})"
+    return loc, ""
+
+
+_GENERATORS: dict[str, type[BaseModel]] = {"arc2face": Arc2FaceConfig, "vec2face": Vec2FaceConfig}
+
+
 def _format_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc, tag = _strip_tag(tuple(e["loc"]))
+        path = ".".join(str(p) for p in loc) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            allowed = _section_keys(e["loc"][:-1])
+            allowed = list(_GENERATORS[tag.split("=")[1][:-1]].model_fields) if tag and len(loc) == 2 else []
+            allowed = allowed or _section_keys(loc[:-1])
             msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
             msg = f"must be one of {e['ctx']['expected']}"
-        parts.append(f"{path}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"{path}: {msg}")
+        parts.append(f"{path}{tag}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"{path}: {msg}")
     return "; ".join(parts)
 
 

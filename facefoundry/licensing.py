@@ -71,6 +71,15 @@ def run_components(cfg: dict) -> list[Component]:
                       f"{model} (arcface.onnx)", "mit (Arc2Face model card); WebFace42M terms: non-commercial research",
                       "WebFace42M (web-crawled celebrity faces, no consent)", False, gen.get("revision")),
         ]
+    elif gen.get("kind") == "vec2face":
+        comps += [
+            Component("generator (masked autoencoder + image decoder)", "Vec2Face",
+                      hub_id(gen.get("checkpoint"), "BooBooWu/Vec2Face"), "mit (model card)",
+                      "web-crawled face images (see the Vec2Face paper); no consent", False, gen.get("revision")),
+            Component("identity space (ArcFace-R100; defines the vectors, not run here)", "ArcFace R100",
+                      "BooBooWu/Vec2Face (arcface-r100-glint360k.pth)", "not recorded: Glint360K terms apply",
+                      "Glint360K (web-crawled celebrity faces, no consent)", False),
+        ]
     else:
         comps.append(Component("generator", str(gen.get("kind")), hub_id(gen.get("model"), "unknown"),
                                "not recorded", "not recorded", None, gen.get("revision")))

@@ -31,8 +31,15 @@ class RunSummary:
 
 def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
     """Hub ids / folders from the config, or a tiny random-weight build in the official layout."""
-    if not cfg.generator.tiny:
-        return ModelPaths(cfg.generator.model, cfg.generator.base_model)
+    gen = cfg.generator
+    if gen.kind == "vec2face":
+        if not gen.tiny:
+            return ModelPaths(gen.checkpoint)
+        from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
+
+        return ModelPaths(str(build_tiny_vec2face(out / "models", seed=cfg.run.seed)))
+    if not gen.tiny:
+        return ModelPaths(gen.model, gen.base_model)
     from facefoundry.generators.tiny_arc2face import build_tiny_arc2face
 
     model, base = build_tiny_arc2face(out / "models", seed=cfg.run.seed)
@@ -41,17 +48,19 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
 
 def file_metadata(cfg: RunConfig) -> dict:
     """What every shard records once (not per row): models, thresholds, run identity."""
+    gen = cfg.generator
+    tiny = "tiny-random (built in code)"
+    models = (
+        {"checkpoint": tiny if gen.tiny else gen.checkpoint, "filename": gen.filename}
+        if gen.kind == "vec2face"
+        else {"model": tiny if gen.tiny else gen.model, "base_model": tiny if gen.tiny else gen.base_model}
+    )
     return {
         "run_id": run_id(cfg),
         "config_hash": cfg.config_hash(),
         "facefoundry_version": __version__,
         # Hub ids, never local paths: a shard's bytes must not depend on where the run folder lives.
-        "generator": {
-            "kind": cfg.generator.kind,
-            "model": "tiny-random (built in code)" if cfg.generator.tiny else cfg.generator.model,
-            "base_model": "tiny-random (built in code)" if cfg.generator.tiny else cfg.generator.base_model,
-            "revision": cfg.generator.revision,
-        },
+        "generator": {"kind": gen.kind, **models, "revision": gen.revision},
         "filter": cfg.filter.model_dump(mode="json"),
         "synthetic": True,
     }

@@ -25,10 +25,25 @@ from facefoundry.seeds import image_seeds
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """Where the generator loads from: Hub ids or local folders (tiny builds live under <out>/models)."""
+    """Where the generator loads from: Hub ids or local folders (tiny builds live under <out>/models).
+
+    Arc2Face: ``model`` holds arc2face/ and encoder/, ``base_model`` the SD-1.5 parts; Vec2Face:
+    ``model`` is the checkpoint (Hub id, folder or file) and ``base_model`` is unused."""
 
     model: str
-    base_model: str
+    base_model: str | None = None
+
+
+def build_generator(cfg: RunConfig, paths: ModelPaths):
+    """The configured generator, not yet set up."""
+    if cfg.generator.kind == "vec2face":
+        from facefoundry.generators.vec2face import Vec2FaceGenerator
+
+        # The config's own checkpoint (Hub id or path) is resolved by the generator; a tiny build is a file.
+        return Vec2FaceGenerator(cfg.generator, None if paths.model == cfg.generator.checkpoint else paths.model)
+    from facefoundry.generators.arc2face import Arc2FaceGenerator
+
+    return Arc2FaceGenerator(cfg.generator, paths.model, paths.base_model)
 
 
 @dataclass
@@ -61,10 +76,8 @@ class GenerateStage:
     def setup(self) -> None:
         if self.generator is not None:
             return
-        from facefoundry.generators.arc2face import Arc2FaceGenerator
-
         self.vectors = read_vectors(self.out / IDENTITIES_FILE)
-        self.generator = Arc2FaceGenerator(self.cfg.generator, self.paths.model, self.paths.base_model)
+        self.generator = build_generator(self.cfg, self.paths)
         self.generator.setup()
 
     def __call__(self, unit: Unit) -> UnitResult:
@@ -86,6 +99,10 @@ class GenerateStage:
             }
             vectors = moved
         images = self.generator.generate(vectors, seeds)
+        infos = getattr(self.generator, "last_info", None)
+        if infos:  # Vec2Face: the mask each image was generated with, so it can be regenerated alone
+            extra["mask_ratio"] = pa.array([i["mask_ratio"] for i in infos], pa.float32())
+            extra["token_mask"] = pa.array([i["token_mask"] for i in infos], pa.string())
         ext = "png" if self.cfg.images.format == "png" else "jpg"
         data = [encode_image(img, self.cfg.images) for img in images]
         paths = [f"{i:07d}_{j:04d}.{ext}" for i, j in zip(identities, indices, strict=True)]

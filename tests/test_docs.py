@@ -14,9 +14,10 @@ def config_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
         subs = [a for a in (field.annotation, *getattr(field.annotation, "__args__", ())) if isinstance(a, type)]
         models = [a for a in subs if issubclass(a, BaseModel)]
         if models:
-            if field.annotation is not models[0]:  # optional section: the section itself is a key too
+            if type(None) in getattr(field.annotation, "__args__", ()):  # optional section: itself a key too
                 keys.add(prefix + name)
-            keys |= config_keys(models[0], f"{prefix}{name}.")
+            for model in models:  # a tagged union (generator): every member's keys
+                keys |= config_keys(model, f"{prefix}{name}.")
         else:
             keys.add(prefix + name)
     return keys

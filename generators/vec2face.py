@@ -1,0 +1,340 @@
+"""Vec2Face: one forward pass from a raw 512-d ArcFace-R100-Glint360K feature (norm ~22) to a 112x112 face.
+
+Loads the published generator unchanged (``BooBooWu/Vec2Face``, ``weights/vec2face_generator.pth``,
+entry ``model_vec2face``) with ``torch.load(weights_only=True)``; the only global that may be allowed
+is ``argparse.Namespace`` (training checkpoints store their argparse arguments), and only inside a
+``safe_globals`` context. Anything else that needs unpickling is refused with the offending names.
+
+Variation: the official forward draws a random token mask every call. Here each image draws its own
+mask from a ``torch.Generator`` seeded with its seed: first a uniform number that the truncated
+normal's inverse CDF turns into the mask ratio, then 49 uniform noise values that rank the tokens
+(the official rule: the lowest ``ceil(49 * ratio)`` are masked, the lowest ``ceil(49 * min)`` dropped).
+An image therefore does not depend on its batch, and the drawn mask is recorded (``last_info``) as
+49 codes (0 keep, 1 masked, 2 dropped) that can be passed back as ``variations[i]["token_mask"]``.
+The sigma-mixture perturbation of the identity vector happens before this, in
+:mod:`facefoundry.identities.variation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .base import Resources, check_vectors, resolve_device
+from .vec2face_model import (
+    BASE_ARCH,
+    DROPPED,
+    KEEP,
+    MASKED,
+    TINY_ARCH,
+    Vec2FaceArch,
+    Vec2FaceModel,
+    build_model,
+    num_dropped_tokens,
+    num_masked_tokens,
+    token_mask_from_noise,
+)
+
+ID_DIM = 512
+# The only non-tensor global a published Vec2Face training checkpoint needs (its ``args`` entry).
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+_LOCAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass
+class Vec2FaceSettings:
+    """Settings of :class:`Vec2FaceGenerator` (mirrors the run config's ``generator`` section)."""
+
+    checkpoint: str = "BooBooWu/Vec2Face"  # Hub id, local folder (holding ``filename``) or local file
+    filename: str = "weights/vec2face_generator.pth"
+    revision: str | None = None
+    state_dict_key: str = "model_vec2face"
+    tiny: bool = False  # the tiny random architecture (tests, smoke runs)
+    batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "auto"  # Vec2Face runs in float32 only ("auto" = "float32")
+    mask_ratio_min: float = 0.1  # image_generation.py defaults (the gradio demo uses max 0.5)
+    mask_ratio_max: float = 1.0
+    mask_ratio_mu: float = 0.15
+    mask_ratio_std: float = 0.25
+    output_size: int | None = None  # square side of returned images; None = native 112
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """The checkpoint file is missing or could not be downloaded; the message names the path and the fix."""
+
+
+class CheckpointError(ValueError):
+    """The checkpoint exists but is not a usable Vec2Face generator checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint needs globals outside the allowlist to unpickle; it was not loaded."""
+
+
+# ----------------------------------------------------------------------------- token-mask helpers
+def token_mask_to_str(codes: np.ndarray | torch.Tensor) -> str:
+    """49 codes -> a 49-character string of digits (compact to store, e.g. ``"0120..."``)."""
+    return "".join(str(int(c)) for c in np.asarray(codes).reshape(-1))
+
+
+def parse_token_mask(value: Any, num_tokens: int = 49) -> np.ndarray:
+    """A token mask given as a digit string or a sequence of codes -> int8 array of ``num_tokens``."""
+    arr = np.array([int(c) for c in value], dtype=np.int8) if isinstance(value, str) else np.asarray(value)
+    if arr.shape != (num_tokens,) or not np.isin(arr, (KEEP, MASKED, DROPPED)).all():
+        raise ValueError(f"token_mask must be {num_tokens} codes in {{0, 1, 2}}, got {value!r}")
+    return arr.astype(np.int8)
+
+
+def truncnorm_ppf(u: float, lo: float, hi: float, mu: float, std: float) -> float:
+    """Inverse CDF of N(mu, std) truncated to [lo, hi], in float64."""
+    a = torch.tensor((lo - mu) / std, dtype=torch.float64)
+    b = torch.tensor((hi - mu) / std, dtype=torch.float64)
+    fa, fb = torch.special.ndtr(a), torch.special.ndtr(b)
+    x = mu + std * torch.special.ndtri(fa + torch.as_tensor(u, dtype=torch.float64) * (fb - fa))
+    return float(x.clamp(lo, hi))
+
+
+def draw_image_mask(seed: int, s: Any, num_tokens: int = 49) -> tuple[float, torch.Tensor]:
+    """(mask ratio, token noise) of one image: a ``torch.Generator`` seeded with ``seed``, ratio drawn first."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    u = float(torch.rand((), generator=gen, dtype=torch.float64))
+    noise = torch.rand(num_tokens, generator=gen)
+    return truncnorm_ppf(u, s.mask_ratio_min, s.mask_ratio_max, s.mask_ratio_mu, s.mask_ratio_std), noise
+
+
+# ----------------------------------------------------------------------------- loading
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with only :data:`SAFE_GLOBALS` allowed; memory-mapped when possible."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"Vec2Face checkpoint {path} does not exist")
+    mmap = zipfile.is_zipfile(path)  # mmap needs the zip format (torch >= 1.6 default)
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        message = str(exc)
+        if not (isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in message):
+            raise CheckpointError(f"cannot read Vec2Face checkpoint {path}: {exc}") from exc
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+        names: list[str] = []
+        if mmap:
+            try:
+                names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if n not in allowed]
+            except Exception:  # noqa: BLE001 - the list is a courtesy; the refusal stands without it
+                names = []
+        detail = next((line.strip() for line in message.splitlines() if "Unsupported global" in line), "")
+        raise UnsafeCheckpointError(
+            f"refusing to unpickle {path}: it needs globals outside the allowlist ({', '.join(names) or detail}). "
+            f"Only tensors, plain containers and {', '.join(sorted(allowed))} are loaded from a checkpoint; "
+            "if you trust the file, convert it to a plain state dict with a trusted tool."
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict with 'model_vec2face'")
+    return obj
+
+
+def check_state_dict(state: Any, model: Vec2FaceModel, source: str) -> None:
+    """Raise :class:`CheckpointError` naming a few missing/unexpected keys and shape mismatches."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source} is not a state dict of tensors")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
+    hint = ""
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        hint = " — keys start with 'module.': strip the DistributedDataParallel prefix"
+    elif shapes:
+        hint = " — is it a tiny build loaded as the full model (or the reverse)? check generator.tiny"
+    raise CheckpointError(f"{source} does not match the Vec2Face architecture ({len(expected)} keys): "
+                          f"{'; '.join(parts)}{hint}")
+
+
+class Vec2FaceGenerator:
+    """Raw ArcFace-R100-Glint360K vectors (512-d, norm ~22) + seeds -> 112x112 RGB faces."""
+
+    name = "vec2face"
+
+    def __init__(self, cfg: Any = None, checkpoint_path: str | Path | None = None,
+                 arch: Vec2FaceArch | None = None):
+        self.cfg = cfg if cfg is not None else Vec2FaceSettings()
+        self.checkpoint_path = str(checkpoint_path) if checkpoint_path is not None else None
+        self.arch = arch or (TINY_ARCH if getattr(self.cfg, "tiny", False) else BASE_ARCH)
+        self.resources = Resources()
+        self.device: torch.device | None = None
+        self.dtype = torch.float32
+        self.model: Vec2FaceModel | None = None
+        self.last_info: list[dict[str, Any]] = []
+        self.num_dropped = num_dropped_tokens(self.cfg.mask_ratio_min, self.arch.num_tokens)
+        if not 0 < self.cfg.mask_ratio_min <= self.cfg.mask_ratio_max <= 1 or self.cfg.mask_ratio_std <= 0:
+            raise ValueError("need 0 < mask_ratio_min <= mask_ratio_max <= 1 and mask_ratio_std > 0")
+
+    # ------------------------------------------------------------------ loading
+    def resolve_checkpoint(self) -> Path:
+        """A local checkpoint file: the explicit path, a local file/folder, or a Hub download."""
+        cfg = self.cfg
+        ref = self.checkpoint_path or str(cfg.checkpoint)
+        path = Path(ref).expanduser()
+        if path.is_file():
+            return path
+        if path.is_dir():
+            if (path / cfg.filename).is_file():
+                return path / cfg.filename
+            raise CheckpointNotFoundError(f"expected {path / cfg.filename} — download {cfg.filename} from "
+                                          f"BooBooWu/Vec2Face into {path} or set generator.checkpoint")
+        looks_local = (self.checkpoint_path is not None or path.is_absolute() or ref.startswith((".", "~"))
+                       or ref.count("/") != 1 or ref.endswith(_LOCAL_SUFFIXES))
+        if looks_local:
+            raise CheckpointNotFoundError(f"Vec2Face checkpoint {path} does not exist — download "
+                                          f"{cfg.filename} from BooBooWu/Vec2Face or set generator.checkpoint")
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(ref, cfg.filename, revision=cfg.revision))
+        except (OSError, ValueError) as exc:
+            raise CheckpointNotFoundError(f"cannot get {cfg.filename} from the Hub repo {ref}: {exc} — "
+                                          "download it (online) or point generator.checkpoint at a local file"
+                                          ) from exc
+
+    def setup(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        """Load the checkpoint (strict, all 349 keys) onto ``device`` in float32, once per worker."""
+        want = dtype if dtype is not None else self.cfg.dtype
+        if want not in (None, "auto", "float32", torch.float32):
+            raise ValueError(f"Vec2Face runs in float32 only (the official model fails in fp16/fp64), got {want}")
+        device = resolve_device(device if device is not None else self.cfg.device)
+        path = self.resolve_checkpoint()
+        ckpt = load_checkpoint(path)
+        key = self.cfg.state_dict_key
+        if key not in ckpt:
+            raise CheckpointError(f"{path} has no {key!r} entry (top-level keys: {sorted(map(str, ckpt))[:10]})")
+        state = ckpt[key]
+        del ckpt  # optimizer/discriminator/EMA entries are never materialised (mmap)
+        model = build_model(self.arch, device="meta")
+        check_state_dict(state, model, f"{path}[{key!r}]")
+        model.load_state_dict(state, strict=True, assign=True)
+        self.model = model.float().to(device).eval().requires_grad_(False)
+        self.device = device
+
+    def set_model(self, model: Vec2FaceModel, device: str | torch.device | None = None) -> None:
+        """Use an already-built model (what :meth:`setup` does after loading)."""
+        self.device = resolve_device(device if device is not None else self.cfg.device)
+        self.arch = model.arch
+        self.num_dropped = num_dropped_tokens(self.cfg.mask_ratio_min, self.arch.num_tokens)
+        self.model = model.float().to(self.device).eval().requires_grad_(False)
+
+    @property
+    def image_size(self) -> int:
+        return self.arch.image_size
+
+    # ------------------------------------------------------------------ masks
+    def token_masks(self, seeds: np.ndarray, variations: list[dict[str, Any]] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-image (mask ratios (N,), token-mask codes (N, 49) int8) from seeds and optional explicit masks.
+
+        ``variations[i]`` may hold ``token_mask`` (49 codes or a digit string: used as is), ``mask``
+        (49 bools: masked tokens; the dropped ones are the masked tokens with the lowest seeded noise) or
+        ``mask_ratio`` (replaces the drawn ratio; the token order still comes from the seed).
+        """
+        n_tok, n_drop = self.arch.num_tokens, self.num_dropped
+        ratios, codes = np.empty(len(seeds)), np.empty((len(seeds), n_tok), dtype=np.int8)
+        for i, seed in enumerate(seeds):
+            var = (variations[i] if variations is not None else None) or {}
+            ratio, noise = draw_image_mask(int(seed), self.cfg, n_tok)
+            if var.get("token_mask") is not None:
+                row = parse_token_mask(var["token_mask"], n_tok)
+                if int((row == DROPPED).sum()) != n_drop:
+                    raise ValueError(f"image {i}: token_mask must drop exactly {n_drop} tokens "
+                                     f"(ceil({n_tok} x mask_ratio_min)), got {int((row == DROPPED).sum())}")
+                ratio = float((row != KEEP).sum()) / n_tok
+            elif var.get("mask") is not None:
+                mask = np.asarray(var["mask"], dtype=bool)
+                if mask.shape != (n_tok,) or mask.sum() < n_drop:
+                    raise ValueError(f"image {i}: mask must be {n_tok} booleans with at least {n_drop} True")
+                order = [j for j in torch.argsort(noise, stable=True).tolist() if mask[j]]
+                row = np.where(mask, MASKED, KEEP).astype(np.int8)
+                row[order[:n_drop]] = DROPPED
+                ratio = float(mask.sum()) / n_tok
+            else:
+                if var.get("mask_ratio") is not None:
+                    ratio = float(var["mask_ratio"])
+                    if not n_drop <= num_masked_tokens(ratio, n_tok) <= n_tok:
+                        raise ValueError(f"image {i}: mask_ratio {ratio} must lie in "
+                                         f"[{self.cfg.mask_ratio_min}, 1]")
+                row = token_mask_from_noise(noise[None], ratio, self.cfg.mask_ratio_min)[0].numpy()
+            ratios[i], codes[i] = ratio, row
+        return ratios, codes
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, vectors: np.ndarray, seeds: np.ndarray,
+                 variations: list[dict[str, Any]] | None = None) -> list[np.ndarray]:
+        """One 112x112x3 uint8 RGB image per (vector, seed); the masks used land in :attr:`last_info`."""
+        images, self.last_info = self.generate_with_info(vectors, seeds, variations)
+        return images
+
+    def generate_with_info(self, vectors: np.ndarray, seeds: np.ndarray,
+                           variations: list[dict[str, Any]] | None = None
+                           ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        """Images plus, per image, ``{"mask_ratio": float, "token_mask": 49-digit str}``.
+
+        Masks are drawn per image, then the forward runs in micro-batches of ``cfg.batch_size``; an
+        out-of-memory error halves the micro-batch and retries (down to 1 image) before it propagates.
+        """
+        arr = check_vectors(vectors, ID_DIM)
+        seeds = np.asarray(seeds).reshape(-1)
+        if len(seeds) != len(arr):
+            raise ValueError(f"got {len(arr)} vectors but {len(seeds)} seeds")
+        if variations is not None and len(variations) != len(arr):
+            raise ValueError(f"got {len(arr)} vectors but {len(variations)} variations")
+        if self.model is None:
+            self.setup()
+        ratios, codes = self.token_masks(seeds, variations)
+        images: list[np.ndarray] = []
+        step, start = max(1, int(self.cfg.batch_size)), 0
+        while start < len(arr):
+            try:
+                images += self._forward(arr[start:start + step], codes[start:start + step])
+            except torch.OutOfMemoryError:
+                if step == 1:
+                    raise
+                step = max(1, step // 2)  # images do not depend on their batch: retry smaller
+                if self.device is not None and self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += step
+        info = [{"mask_ratio": float(r), "token_mask": token_mask_to_str(c)} for r, c in zip(ratios, codes,
+                                                                                            strict=True)]
+        return images, info
+
+    @torch.inference_mode()
+    def _forward(self, vectors: np.ndarray, codes: np.ndarray) -> list[np.ndarray]:
+        assert self.model is not None and self.device is not None
+        rep = torch.from_numpy(vectors).to(self.device, torch.float32)
+        pixels = self.model(rep, torch.from_numpy(codes).to(self.device))
+        # As the official scripts: clip to [-1, 1], (x + 1) / 2 * 255 in float32, truncate to uint8.
+        arr = pixels.clamp(-1, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+        out = list(((arr + 1) / 2 * 255).astype(np.uint8))
+        size = getattr(self.cfg, "output_size", None)
+        if size and size != out[0].shape[0]:
+            out = [np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.LANCZOS)) for im in out]
+        return out
+
