@@ -24,7 +24,7 @@ from PIL import Image
 
 from facefoundry.config import Arc2FaceConfig
 
-from .base import Resources, check_vectors, resolve_device, resolve_dtype
+from .base import Resources, check_batch, in_microbatches, resolve_device, resolve_dtype
 
 ID_DIM = 512
 ID_WORD = "id"
@@ -200,27 +200,10 @@ class Arc2FaceGenerator:
         Works in micro-batches of ``cfg.batch_size``; an out-of-memory error halves the micro-batch and
         retries (down to 1 image) before it propagates.
         """
-        arr = check_vectors(vectors, ID_DIM)
-        seeds = np.asarray(seeds).reshape(-1)
-        if len(seeds) != len(arr):
-            raise ValueError(f"got {len(arr)} vectors but {len(seeds)} seeds")
-        if variations is not None and len(variations) != len(arr):
-            raise ValueError(f"got {len(arr)} vectors but {len(variations)} variations")
+        arr, seeds = check_batch(vectors, seeds, variations, ID_DIM)
         self._require_setup()
-        images: list[np.ndarray] = []
-        step, start = self.cfg.batch_size, 0
-        while start < len(arr):
-            try:
-                images += self._generate_batch(arr[start:start + step], seeds[start:start + step])
-            except torch.OutOfMemoryError:
-                if step == 1:
-                    raise
-                step = max(1, step // 2)  # images do not depend on their batch: retry smaller
-                if self.device is not None and self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start += step
-        return images
+        return in_microbatches(len(arr), self.cfg.batch_size,
+                               lambda i, j: self._generate_batch(arr[i:j], seeds[i:j]), self.device)
 
     @torch.inference_mode()
     def _generate_batch(self, vectors: np.ndarray, seeds: np.ndarray) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ A batch may mix identities; image ``i`` depends only on ``vectors[i]``, ``seeds[
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -60,3 +61,39 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
         bad = np.where(~np.isfinite(arr).all(axis=1))[0][:5].tolist()
         raise ValueError(f"identity vectors contain NaN or inf (rows {bad})")
     return arr
+
+
+def check_batch(
+    vectors: np.ndarray, seeds: np.ndarray, variations: list | None, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one ``generate`` call's inputs: vectors (see :func:`check_vectors`), one seed and at most
+    one variation per vector."""
+    arr = check_vectors(vectors, dim)
+    seeds = np.asarray(seeds).reshape(-1)
+    if len(seeds) != len(arr):
+        raise ValueError(f"got {len(arr)} vectors but {len(seeds)} seeds")
+    if variations is not None and len(variations) != len(arr):
+        raise ValueError(f"got {len(arr)} vectors but {len(variations)} variations")
+    return arr, seeds
+
+
+def in_microbatches(
+    n: int, batch_size: int, run: Callable[[int, int], list[np.ndarray]], device: torch.device | None
+) -> list[np.ndarray]:
+    """``run(start, stop)`` over ``[0, n)`` in micro-batches; a CUDA out-of-memory error halves the
+    micro-batch and retries (down to one image) before it propagates. Safe only because an image never
+    depends on the batch it is computed in."""
+    images: list[np.ndarray] = []
+    step, start = max(1, int(batch_size)), 0
+    while start < n:
+        try:
+            images += run(start, min(start + step, n))
+        except torch.OutOfMemoryError:
+            if step == 1:
+                raise
+            step = max(1, step // 2)
+            if device is not None and device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        start += step
+    return images

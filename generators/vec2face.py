@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import Resources, check_vectors, resolve_device
+from .base import Resources, check_batch, in_microbatches, resolve_device
 from .vec2face_model import (
     BASE_ARCH,
     DROPPED,
@@ -299,28 +299,12 @@ class Vec2FaceGenerator:
         Masks are drawn per image, then the forward runs in micro-batches of ``cfg.batch_size``; an
         out-of-memory error halves the micro-batch and retries (down to 1 image) before it propagates.
         """
-        arr = check_vectors(vectors, ID_DIM)
-        seeds = np.asarray(seeds).reshape(-1)
-        if len(seeds) != len(arr):
-            raise ValueError(f"got {len(arr)} vectors but {len(seeds)} seeds")
-        if variations is not None and len(variations) != len(arr):
-            raise ValueError(f"got {len(arr)} vectors but {len(variations)} variations")
+        arr, seeds = check_batch(vectors, seeds, variations, ID_DIM)
         if self.model is None:
             self.setup()
         ratios, codes = self.token_masks(seeds, variations)
-        images: list[np.ndarray] = []
-        step, start = max(1, int(self.cfg.batch_size)), 0
-        while start < len(arr):
-            try:
-                images += self._forward(arr[start:start + step], codes[start:start + step])
-            except torch.OutOfMemoryError:
-                if step == 1:
-                    raise
-                step = max(1, step // 2)  # images do not depend on their batch: retry smaller
-                if self.device is not None and self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start += step
+        images = in_microbatches(len(arr), self.cfg.batch_size,
+                                 lambda i, j: self._forward(arr[i:j], codes[i:j]), self.device)
         info = [{"mask_ratio": float(r), "token_mask": token_mask_to_str(c)} for r, c in zip(ratios, codes,
                                                                                             strict=True)]
         return images, info

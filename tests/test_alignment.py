@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
+from realfaces import GROUP_PHOTO
 
 from facefoundry.filters import alignment
 from facefoundry.filters.alignment import (
@@ -22,17 +20,6 @@ from facefoundry.filters.alignment import (
     umeyama,
 )
 
-
-def _group_photo_path() -> Path | None:
-    spec = importlib.util.find_spec("insightface")  # locates without importing insightface
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / "data" / "images" / "t1.jpg"
-        if path.is_file():
-            return path
-    return None
-
-
-GROUP_PHOTO = _group_photo_path()
 needs_insightface = pytest.mark.skipif(
     GROUP_PHOTO is None, reason="insightface is not installed (reference norm_crop and its t1.jpg photo)"
 )

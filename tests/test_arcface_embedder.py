@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from realfaces import GROUP_PHOTO
 
 from facefoundry.filters.alignment import align, dlib_to_arcface
 from facefoundry.filters.arcface import ArcFaceEmbedder, l2_normalize
@@ -19,16 +19,6 @@ from facefoundry.filters.scrfd import MissingModelError, OnnxModelError
 CPU = ["CPUExecutionProvider"]
 
 
-def _group_photo_path() -> Path | None:
-    spec = importlib.util.find_spec("insightface")  # locates without importing insightface
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / "data" / "images" / "t1.jpg"
-        if path.is_file():
-            return path
-    return None
-
-
-GROUP_PHOTO = _group_photo_path()
 needs_insightface = pytest.mark.skipif(GROUP_PHOTO is None, reason="insightface (reference ArcFaceONNX) absent")
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image, ImageFilter
+from realfaces import GROUP_PHOTO
 
 from facefoundry.config import DlibFilterConfig
 from facefoundry.filters import dlib_models
@@ -30,16 +29,6 @@ PERSON_B = (734, 365, 837, 469)
 PERSON_C = (1114, 284, 1217, 388)
 
 
-def _group_photo_path() -> Path | None:
-    spec = importlib.util.find_spec("insightface")  # locates without importing insightface
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / "data" / "images" / "t1.jpg"
-        if path.is_file():
-            return path
-    return None
-
-
-GROUP_PHOTO = _group_photo_path()
 needs_photo = pytest.mark.skipif(
     GROUP_PHOTO is None, reason="insightface is not installed (its t1.jpg is the real-face test photo)"
 )

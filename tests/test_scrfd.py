@@ -3,7 +3,6 @@ compared with InsightFace's own SCRFD on the real group photo."""
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from realfaces import GROUP_PHOTO
 
 from facefoundry.filters.scrfd import MissingModelError, OnnxModelError, ScrfdDetector, anchor_centres, nms
 
@@ -20,16 +20,6 @@ WIDTHS = (1, 4, 10)
 CRAFT_W, CRAFT_H = 128, 96  # the crafted model's fixed input (width, height)
 
 
-def _group_photo_path() -> Path | None:
-    spec = importlib.util.find_spec("insightface")  # locates without importing insightface
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / "data" / "images" / "t1.jpg"
-        if path.is_file():
-            return path
-    return None
-
-
-GROUP_PHOTO = _group_photo_path()
 needs_insightface = pytest.mark.skipif(GROUP_PHOTO is None, reason="insightface (reference SCRFD, t1.jpg) absent")
 
 
