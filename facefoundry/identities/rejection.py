@@ -81,6 +81,8 @@ def rejection_sample(
         screen=torch.empty((count, dim), dtype=kernels.screen_dtype(device), device=device),
         source=torch.from_numpy(kept) if device.type == "cpu" else torch.empty((count, dim), device=device),
         norms=None,
+        err=0.0,
+        size=0.0,
     )
     blocks = max(1, kernels.default_block(device) // BLOCK)
     n_kept = drawn = 0
@@ -100,6 +102,7 @@ def rejection_sample(
         bank.screen[new] = cands.screen[index]
         if device.type != "cpu":
             bank.source[new] = cands.source[index]
+        bank.err, bank.size = max(bank.err, cands.err), max(bank.size, cands.size)
         n_kept += len(take)
     if n_kept < count:
         raise SamplingError(

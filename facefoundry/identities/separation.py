@@ -1,28 +1,19 @@
-"""Exact nearest-neighbour cosine of every identity, computed blockwise (memory O(N*d + block^2))."""
+"""Exact nearest-neighbour cosine of every identity, computed blockwise (memory O(N*d + block^2)) by
+:mod:`facefoundry.identities.kernels`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-_BLOCK = 2048
+from facefoundry.identities import kernels
+
+_BLOCK: int | None = None  # None: the kernels' default for the device
 
 
-def nearest_neighbours(vectors: np.ndarray, block: int = _BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Return (cosine, index) of each row's nearest other row; cosine is computed in float64."""
-    n = len(vectors)
-    unit = vectors.astype(np.float64)
-    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-    best = np.full(n, -np.inf)
-    arg = np.full(n, -1, dtype=np.int64)
-    for i in range(0, n, block):
-        sims = unit[i : i + block] @ unit.T
-        rows = np.arange(len(sims))
-        sims[rows, i + rows] = -np.inf  # never one's own neighbour
-        arg[i : i + block] = sims.argmax(axis=1)
-        best[i : i + block] = sims[rows, arg[i : i + block]]
-    if n == 1:
-        arg[:] = -1
-    return best, arg
+def nearest_neighbours(vectors: np.ndarray, block: int | None = _BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Return (cosine, index) of each row's nearest other row, exactly as a float64 computation would
+    (ties: lowest index); a single row gets (-inf, -1). See :func:`kernels.nearest_neighbours`."""
+    return kernels.nearest_neighbours(vectors, block=block)
 
 
 def separation_summary(nn_cosine: np.ndarray) -> dict[str, float]:
