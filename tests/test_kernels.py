@@ -127,18 +127,22 @@ def test_nearest_neighbours_float32_raw_norm_and_edge_sizes():
 def naive_rejection(propose, count, dim, tau, max_candidates, seed):
     """The definition: candidates in draw order, kept iff float64 dot <= tau with every kept vector."""
     rng = np.random.default_rng(seed)
-    kept: list[np.ndarray] = []
+    kept = np.empty((count, 0), np.float64)
+    out: list[np.ndarray] = []
     drawn = 0
-    while len(kept) < count and drawn < max_candidates:
+    while len(out) < count and drawn < max_candidates:
         block = propose(rng, min(BLOCK, max_candidates - drawn))
         block = (block / np.linalg.norm(block, axis=1, keepdims=True)).astype(np.float32)
         drawn += len(block)
+        if kept.shape[1] == 0:
+            kept = np.empty((count, block.shape[1]), np.float64)
         for row in block:
-            if not kept or (np.stack(kept).astype(np.float64) @ row.astype(np.float64)).max() <= tau:
-                kept.append(row)
-            if len(kept) == count:
+            if not out or (kept[: len(out)] @ row.astype(np.float64)).max() <= tau:
+                kept[len(out)] = row
+                out.append(row)
+            if len(out) == count:
                 break
-    return np.stack(kept), drawn, rng.random()
+    return np.stack(out), drawn, rng.random()
 
 
 def concentrated(dim: int):
