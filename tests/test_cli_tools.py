@@ -1,0 +1,49 @@
+"""The finished-run commands through the CLI, on a run folder built without Ray."""
+
+import json
+
+import numpy as np
+import yaml
+from typer.testing import CliRunner
+
+from facefoundry.cli import app
+from runfolder import make_run
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_report_card_publish_dry_run_and_export(tmp_path):
+    run = make_run(tmp_path / "run")
+    result = invoke("report", run)
+    assert result.exit_code == 0 and "12/12 images accepted" in result.output
+    assert json.loads((run / "report" / "summary.json").read_text())["images"]["generated"] == 12
+    result = invoke("card", run, "--license", "mit")
+    assert result.exit_code == 0 and (run / "README.md").exists()
+    result = invoke("card", run, "--license", "beerware")
+    assert result.exit_code == 2 and "beerware" in result.output
+    result = invoke("publish", run, "--repo", "org/faces", "--dry-run")
+    assert result.exit_code == 0 and "data/train-0000000-0000002.parquet" in result.output
+    assert "  identities.parquet\n" not in result.output  # identity vectors only on request
+    out = tmp_path / "export"
+    result = invoke("export", run, "--out", out, "--format", "imagefolder")
+    assert result.exit_code == 0 and "12 images of 4 identities" in result.output
+    assert len(list(out.glob("*/*.jpg"))) == 12
+    result = invoke("export", run, "--out", tmp_path / "x", "--format", "tfrecord")
+    assert result.exit_code == 2 and "imagefolder, rec, lmdb" in result.output
+
+
+def test_sample_prints_separation_and_leakage(tmp_path):
+    np.save(tmp_path / "gallery.npy", np.random.default_rng(0).standard_normal((300, 512)).astype(np.float32))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "identities": {"count": 50, "leakage": {"galleries": [str(tmp_path / "gallery.npy")], "max_cosine": 0.15}},
+        "images": {"per_identity": 1},
+    }))
+    result = invoke("sample", config, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "nearest-neighbour cosine: min" in result.output and "against 300 gallery vectors" in result.output
+    assert (tmp_path / "out" / "identities.parquet").exists()
+    bad = invoke("sample", config, "--out", tmp_path / "out2", "--set", "identities.leakage.galleries=[/nope.npy]")
+    assert bad.exit_code == 1 and "gallery file not found: /nope.npy" in bad.output
