@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import yaml
+from runfolder import make_run
 from typer.testing import CliRunner
 
 from facefoundry.cli import app
-from runfolder import make_run
 
 
 def invoke(*args):
