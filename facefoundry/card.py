@@ -26,7 +26,7 @@ from facefoundry.licensing import (
     licence_conflicts,
     run_components,
 )
-from facefoundry.runinfo import RUN_FILE
+from facefoundry.runinfo import RUN_FILE, RunFolderError, read_record
 
 CARD_FILE = "README.md"
 REPORT_DIR = "report"
@@ -102,11 +102,9 @@ class RunFacts:
 def read_run_facts(run_dir: Path) -> RunFacts:
     run_dir = Path(run_dir)
     try:
-        record = json.loads((run_dir / RUN_FILE).read_text())
-    except FileNotFoundError:
-        raise CardError(f"{run_dir} is not a facefoundry run ({RUN_FILE} missing)") from None
-    except json.JSONDecodeError as exc:
-        raise CardError(f"{run_dir / RUN_FILE} is corrupt: {exc}") from None
+        record = read_record(run_dir)
+    except RunFolderError as exc:
+        raise CardError(str(exc)) from None
     manifests = []
     for path in sorted((run_dir / MANIFEST_DIR).glob("*.json")):
         try:

@@ -39,7 +39,7 @@ from PIL import Image
 
 from facefoundry.dataset.manifest import MANIFEST_DIR
 from facefoundry.identities.store import IDENTITIES_FILE, read_metadata
-from facefoundry.runinfo import RUN_FILE
+from facefoundry.runinfo import RunFolderError, read_record
 
 REPORT_DIR = "report"
 PLOTS = ("separation.png", "consistency.png", "funnel.png", "quality.png", "pose.png", "grid.png")
@@ -60,11 +60,9 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
     """Write the plots and ``summary.json`` of the run in ``run_dir``; return the summary."""
     run_dir = Path(run_dir)
     try:
-        record = json.loads((run_dir / RUN_FILE).read_text())
-    except FileNotFoundError:
-        raise ReportError(f"{run_dir} is not a facefoundry run ({RUN_FILE} missing)") from None
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{run_dir / RUN_FILE} is corrupt: {exc}") from None
+        record = read_record(run_dir)
+    except RunFolderError as exc:
+        raise ReportError(str(exc)) from None
     config_hash, cfg = record.get("config_hash"), record.get("config") or {}
     manifests = _manifests(run_dir, config_hash)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR

@@ -36,16 +36,20 @@ def run_record(cfg: RunConfig) -> dict:
     }
 
 
+def read_record(out: Path) -> dict:
+    """The parsed ``run.json`` of the run in ``out``."""
+    path = Path(out) / RUN_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{out} is not a facefoundry run ({RUN_FILE} missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path} is corrupt: {exc}") from None
+
+
 def read_run(out: Path) -> RunConfig:
     """The config of the run stored in ``out``."""
-    path = out / RUN_FILE
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunFolderError(f"{out} holds no run ({RUN_FILE} missing)") from None
-    except json.JSONDecodeError as exc:
-        raise RunFolderError(f"{path} is corrupt: {exc}") from None
-    return validate_config(record.get("config"), str(path))
+    return validate_config(read_record(out).get("config"), str(Path(out) / RUN_FILE))
 
 
 def prepare_run_folder(out: Path, cfg: RunConfig, fresh: bool = False) -> bool:
