@@ -67,9 +67,14 @@ def run(
             traceback.print_exc()
         _fail(_one_line(exc))
     typer.echo(
-        f"done: {summary.run_id}: {summary.units_written} units written, {summary.units_skipped} skipped, "
+        f"{'incomplete' if summary.failed else 'done'}: {summary.run_id}: {summary.units_written} units written, "
+        f"{summary.units_skipped} skipped, {len(summary.failed)} failed, "
         f"{summary.rows_written}/{summary.images_generated} images kept, {summary.seconds:.1f}s -> {out}"
     )
+    if summary.failed:
+        for unit, reason in summary.failed:
+            typer.echo(f"failed unit {unit}: {reason}", err=True)
+        _fail(f"{len(summary.failed)} unit(s) failed; fix the cause and rerun the same command to redo only them")
 
 
 @app.command()

@@ -197,6 +197,7 @@ class RayConfig(StrictModel):
     generator_actors: int = Field(1, ge=1, description="Generator actor pool size.")
     generator_gpus: float = Field(0.0, ge=0.0, description="GPUs per generator actor (0 on CPU).")
     filter_actors: int = Field(1, ge=1, description="Filter actor pool size.")
+    unit_retries: int = Field(2, ge=0, description="Retries of a failing unit per stage before it is recorded failed.")
 
 
 class RunConfig(StrictModel):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,8 @@ import pyarrow as pa
 from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import Unit
 from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, UnitResult, WriteStage
+
+log = logging.getLogger(__name__)
 
 
 def _pack(results: list[UnitResult]) -> dict[str, np.ndarray]:
@@ -31,6 +34,7 @@ def _pack(results: list[UnitResult]) -> dict[str, np.ndarray]:
         "stop": np.array([r.unit.stop for r in results], dtype=np.int64),
         "generated": np.array([r.generated for r in results], dtype=np.int64),
         "drops": np.array([json.dumps(r.drops) for r in results], dtype=object),
+        "error": np.array([r.error or "" for r in results], dtype=object),
         "payload": np.array(payloads, dtype=object),
     }
 
@@ -42,11 +46,34 @@ def _unpack(batch: dict[str, np.ndarray]) -> list[UnitResult]:
             pa.ipc.open_stream(pa.py_buffer(payload)).read_all(),
             int(generated),
             json.loads(drops),
+            error or None,
         )
-        for start, stop, generated, drops, payload in zip(
-            batch["start"], batch["stop"], batch["generated"], batch["drops"], batch["payload"], strict=True
+        for start, stop, generated, drops, error, payload in zip(
+            batch["start"], batch["stop"], batch["generated"], batch["drops"], batch["error"], batch["payload"],
+            strict=True,
         )
     ]
+
+
+def retry(fn: Callable[[Any], Any], arg: Any, unit: Unit, retries: int) -> tuple[Any, str | None]:
+    """``(fn(arg), None)``, trying up to ``retries + 1`` times; ``(None, reason)`` if every try failed."""
+    error = ""
+    for attempt in range(retries + 1):
+        try:
+            return fn(arg), None
+        except Exception as exc:  # noqa: BLE001 - a unit's failure is recorded, never fatal to the run
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            log.warning("unit %s failed (attempt %d of %d): %s", unit.name, attempt + 1, retries + 1, error)
+    return None, error
+
+
+def run_stage(stage: Callable[[Any], UnitResult], item: Unit | UnitResult, unit: Unit, retries: int) -> UnitResult:
+    """One stage on one unit with retries. A unit that still fails travels on marked failed (with its
+    reason), so one bad unit never stops the others; a failed input passes through untouched."""
+    if isinstance(item, UnitResult) and item.error:
+        return item
+    result, error = retry(stage, item, unit, retries)
+    return result if error is None else UnitResult.failed(unit, error)
 
 
 class GenerateActor:
@@ -56,7 +83,7 @@ class GenerateActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         units = [Unit(int(a), int(b)) for a, b in zip(batch["start"], batch["stop"], strict=True)]
-        return _pack([self.stage(u) for u in units])
+        return _pack([run_stage(self.stage, u, u, self.stage.cfg.ray.unit_retries) for u in units])
 
 
 class FilterActor:
@@ -65,12 +92,17 @@ class FilterActor:
         self.stage.setup()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return _pack([self.stage(r) for r in _unpack(batch)])
+        retries = self.stage.cfg.ray.unit_retries
+        return _pack([run_stage(self.stage, r, r.unit, retries) for r in _unpack(batch)])
 
 
 def _write_batch(batch: dict[str, np.ndarray], cfg: RunConfig, out: str, meta: dict) -> dict[str, np.ndarray]:
     stage = WriteStage(cfg, out, meta)
-    manifests = [stage(r) for r in _unpack(batch)]
+    manifests = []
+    for result in _unpack(batch):
+        manifest, error = (None, result.error) if result.error else retry(stage, result, result.unit,
+                                                                            cfg.ray.unit_retries)
+        manifests.append(manifest if error is None else {"unit": result.unit.name, "error": error})
     return {"manifest": np.array([json.dumps(m) for m in manifests], dtype=object)}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +27,7 @@ class RunSummary:
     images_generated: int
     rows_written: int
     seconds: float
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (unit, reason): rerun to redo them
 
 
 def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
@@ -82,6 +83,7 @@ def run(cfg: RunConfig, out: Path, fresh: bool = False, log: TextIO | None = Non
         + "\n"
     )
     generated = rows = 0
+    failed: list[tuple[str, str]] = []
     if pending:
         paths = resolve_model_paths(cfg, out)
         from facefoundry.pipelines.executor import stream_units
@@ -89,10 +91,16 @@ def run(cfg: RunConfig, out: Path, fresh: bool = False, log: TextIO | None = Non
         progress = Progress(len(pending), (cfg.identities.count / len(units)) * cfg.images.per_identity, log)
         with ray_session(cfg.ray):
             for manifest in stream_units(cfg, str(out), pending, paths, file_metadata(cfg)):
+                if "error" in manifest:
+                    failed.append((manifest["unit"], manifest["error"]))
+                    log.write(f"unit {manifest['unit']} FAILED after {cfg.ray.unit_retries} retries: "
+                              f"{manifest['error']}\n")
+                    progress.update({"generated": 0, "rows": 0})
+                    continue
                 progress.update(manifest)
                 generated += manifest["generated"]
                 rows += manifest["rows"]
     else:
         log.write("nothing to do: every unit is already written\n")
-    return RunSummary(run_id(cfg), len(units), skipped, len(pending), generated, rows,
-                      time.monotonic() - started)
+    return RunSummary(run_id(cfg), len(units), skipped, len(pending) - len(failed), generated, rows,
+                      time.monotonic() - started, failed)

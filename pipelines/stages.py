@@ -54,6 +54,11 @@ class UnitResult:
     table: pa.Table
     generated: int
     drops: dict[str, int] = field(default_factory=dict)
+    error: str | None = None  # set when a stage failed this unit after its retries: nothing is written
+
+    @classmethod
+    def failed(cls, unit: Unit, error: str) -> UnitResult:
+        return cls(unit, pa.table({}), 0, {}, error)
 
 
 def encode_image(array: np.ndarray, cfg: ImagesConfig) -> bytes:

@@ -97,3 +97,37 @@ def test_help_on_every_command():
     for args in (["--help"], ["run", "--help"], ["sample", "--help"], ["config", "--help"]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_failing_unit_is_recorded_and_redone(tmp_path):
+    """A unit that keeps failing is retried, reported with its reason, and the others still land;
+    the rerun redoes only that unit."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from facefoundry.verify import verify_run
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    out = tmp_path / "faulty"
+    args = ["--out", str(out), *SMALL, "--set", "ray.unit_retries=1"]
+    assert CliRunner().invoke(app, ["sample", str(config), *args]).exit_code == 0
+    path = out / "identities.parquet"
+    good = path.read_bytes()
+    table = pq.read_table(path)
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    vectors[2] = np.nan  # identity 2 lives in unit 0000002-0000004
+    poisoned = table.set_column(1, "vector", pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 512))
+    pq.write_table(poisoned, path)
+
+    result = CliRunner().invoke(app, ["run", str(config), *args])
+    assert result.exit_code == 1, result.output
+    assert "failed unit 0000002-0000004: ValueError: identity vectors contain NaN or inf" in result.output
+    assert "1 units written, 0 skipped, 1 failed" in result.output
+    assert sorted(p.name for p in (out / "manifests").iterdir()) == ["0000000-0000002.json"]
+
+    path.write_bytes(good)
+    result = CliRunner().invoke(app, ["run", str(config), *args])
+    assert result.exit_code == 0, result.output
+    assert "1 units written, 1 skipped, 0 failed" in result.output
+    assert verify_run(out) == []
