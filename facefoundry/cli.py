@@ -77,6 +77,59 @@ def run(
         _fail(f"{len(summary.failed)} unit(s) failed; fix the cause and rerun the same command to redo only them")
 
 
+AddressOpt = Annotated[str, typer.Option("--address", "-a", help="Ray dashboard of the cluster: http://HEAD:8265.")]
+RunIdArg = Annotated[str, typer.Argument(help="Run id printed by submit (<run.name>-<config hash>).")]
+
+
+@app.command()
+def submit(
+    config: ConfigArg,
+    address: AddressOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="Absolute output path every node can reach.")],
+    set_: SetOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream the job's log until it ends.")] = False,
+) -> None:
+    """Run a config on an existing Ray cluster (Jobs API), shipping this code; token: RAY_AUTH_TOKEN."""
+    _load(config, set_)  # same validation errors as `run`, before contacting the cluster
+    from facefoundry.pipelines import submit as sub
+
+    try:
+        result = sub.submit(config, out, address, set_ or [], follow=follow)
+    except KeyboardInterrupt:
+        _fail("detached; the job keeps running (facefoundry status / stop RUN_ID)", code=130)
+    except Exception as exc:
+        _fail(_one_line(exc))
+    verb = "attached to" if result.attached else "submitted"
+    typer.echo(f"{verb} job {result.submission_id} (run {result.run_id}): {result.status} -> {result.out or out}")
+    if follow and result.status != "SUCCEEDED":
+        _fail(f"job {result.submission_id} {result.status}: {result.message}")
+
+
+@app.command()
+def status(run_id: RunIdArg, address: AddressOpt) -> None:
+    """Status of the latest cluster job of a run."""
+    from facefoundry.pipelines import submit as sub
+
+    try:
+        state = sub.status(address, run_id)
+    except Exception as exc:
+        _fail(_one_line(exc))
+    typer.echo(f"{state.submission_id}: {state.status}" + (f" ({state.message})" if state.message else "")
+               + (f" -> {state.out}" if state.out else ""))
+
+
+@app.command()
+def stop(run_id: RunIdArg, address: AddressOpt) -> None:
+    """Stop the latest cluster job of a run; finished units are kept (submit again to resume)."""
+    from facefoundry.pipelines import submit as sub
+
+    try:
+        state, sent = sub.stop(address, run_id)
+    except Exception as exc:
+        _fail(_one_line(exc))
+    typer.echo(f"{state.submission_id}: {'stop requested' if sent else 'not running'} ({state.status})")
+
+
 @app.command()
 def sample(config: ConfigArg, out: OutOpt, set_: SetOpt = None) -> None:
     """Sample identities only: write identities.parquet and print the separation summary."""

@@ -226,11 +226,14 @@ class RunConfig(StrictModel):
         return self
 
     def canonical_json(self) -> str:
-        """Sorted, default-filled JSON: the form that is hashed and written to run.json."""
+        """Sorted, default-filled JSON of the whole config (what run.json records)."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     def config_hash(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+        """Hash of everything that decides the dataset's content. The ``ray`` section only decides where
+        and how fast it runs, so a run can resume on another cluster (or laptop) under the same id."""
+        content = self.model_dump(mode="json", exclude={"ray"})
+        return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _section_keys(loc: tuple) -> list[str]:

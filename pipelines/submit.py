@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -174,11 +175,15 @@ def client(address: str, token: str | None = None):
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         return JobSubmissionClient(address, headers=headers)
-    except Exception as exc:
+    except ConnectionError as exc:
         raise SubmitError(
             f"cannot reach the Ray Jobs API at {address} ({type(exc).__name__}); "
             f"is the cluster up and is this its dashboard address (http://HEAD:8265)?"
         ) from None
+    except Exception as exc:  # e.g. 401/403 from a cluster with token authentication
+        auth = re.search(r"\b40[13]\b|Authentication", str(exc))
+        hint = "; set RAY_AUTH_TOKEN to the cluster's token" if auth else ""
+        raise SubmitError(f"Ray Jobs API at {address}: {_first_line(exc)}{hint}") from None
 
 
 def _call(fn, *args, **kwargs):
@@ -228,6 +233,11 @@ def _check_out(out: str) -> str:
 def resolve(config_path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """The config exactly as the cluster will run it: the job's driver connects to its own cluster."""
     return load_config(config_path, [*(overrides or []), "ray.address=auto"])
+
+
+def run_id_of(config_path: str | Path, overrides: list[str] | None = None) -> str:
+    """The run id (= job submission id) that ``submit`` gives this config."""
+    return compute_run_id(resolve(config_path, overrides))
 
 
 def submit(
@@ -310,8 +320,6 @@ def follow_job(jc, state: JobState, log: TextIO) -> JobState:
             asyncio.run(tail())
         except Exception:  # the log stream dropped: fall back to polling the status
             pass
-    import time
-
     while True:
         job = _call(jc.get_job_info, sid)
         current = _state(state.run_id, job, state.attempts)

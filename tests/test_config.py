@@ -29,6 +29,9 @@ def test_defaults_filled_and_hash_stable():
     assert explicit.config_hash() == a.config_hash()  # defaults spelled out hash the same
     changed = validate_config({**MINIMAL, "generator": {"steps": 24}})
     assert changed.config_hash() != a.config_hash()
+    # Where and how fast it runs does not change the dataset, so it does not change the run id.
+    elsewhere = validate_config({**MINIMAL, "ray": {"address": "auto", "generator_actors": 8}})
+    assert elsewhere.config_hash() == a.config_hash()
 
 
 def test_overrides_typed_and_nested(tmp_path):
