@@ -181,6 +181,57 @@ class DlibFilterConfig(StrictModel):
     )
 
 
+class IdentityFilterConfig(StrictModel):
+    """Thresholds of the identity/quality filter. Defaults marked "calibrate" have no published number for this
+    use; they are reasoned starting points to be calibrated per generator and encoder (docs/filters.md)."""
+
+    kind: Literal["identity"] = "identity"
+    mode: Literal["drop", "annotate"] = Field(
+        "drop", description="drop: remove rejected images; annotate: keep them and record the reason."
+    )
+    detector_model: str = Field(
+        "models/antelopev2", description="SCRFD ONNX file or InsightFace pack folder (antelopev2, buffalo_l)."
+    )
+    encoder_model: str = Field(
+        "models/arc2face/arcface.onnx",
+        description="The generator's conditioning encoder (Arc2Face: arcface.onnx of FoivosPar/Arc2Face).",
+    )
+    input_size: tuple[int, int] = Field(
+        (256, 256), description="SCRFD input (width, height): 256 for generated/tight crops (Arc2Face #17, #31)."
+    )
+    det_thresh: float = Field(0.5, ge=0.0, le=1.0, description="SCRFD candidate threshold (insightface default).")
+    min_face_score: float = Field(
+        0.5, ge=0.0, le=1.0, description="Accept threshold on the face score (= det_thresh: off unless raised)."
+    )
+    min_face_size: float = Field(
+        40.0, ge=0.0, description="Min shorter box side, px (calibrate; Vec2Face images are 112 px, faces ~70-100)."
+    )
+    min_blur: float = Field(
+        10.0, ge=0.0, description="Min variance of Laplacian of the aligned 112 crop (calibrate; measured, see docs)."
+    )
+    max_yaw: float = Field(60.0, gt=0.0, le=90.0, description="Max |yaw|, degrees (approximate; calibrate).")
+    max_pitch: float = Field(45.0, gt=0.0, le=90.0, description="Max |pitch|, degrees (approximate; calibrate).")
+    max_roll: float = Field(45.0, gt=0.0, le=180.0, description="Max |roll|, degrees (calibrate).")
+    min_feature_norm: float = Field(
+        0.0, ge=0.0, description="Min raw embedding norm; 0 = off (norms are encoder-specific; calibrate)."
+    )
+    min_id_similarity: float = Field(
+        0.4, ge=-1.0, le=1.0, description="Min cosine to the conditioning vector (ArcFace verification ~0.3-0.4)."
+    )
+    confusion_margin: float = Field(
+        0.1, ge=-2.0, le=2.0, description="Min id_similarity - nearest_other_similarity (calibrate)."
+    )
+    duplicate_cosine: float = Field(
+        0.95, ge=-1.0, le=1.0, description="Same-identity pairs above this cosine are near-duplicates (calibrate)."
+    )
+    min_images_per_identity: int = Field(
+        2, ge=0, description="Identities keeping fewer accepted images are dropped (2: positive pairs exist)."
+    )
+    batch_size: int = Field(64, ge=1, description="Images per detector micro-batch and crops per encoder call.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when onnxruntime has it.")
+    block_size: int = Field(65536, ge=1, description="Identity vectors per block of the nearest-other search.")
+
+
 FilterConfig = DlibFilterConfig
 
 
@@ -206,6 +257,9 @@ class RunConfig(StrictModel):
     images: ImagesConfig
     generator: GeneratorConfig = Field(default_factory=Arc2FaceConfig)  # type: ignore[assignment]
     filter: FilterConfig = Field(default_factory=DlibFilterConfig)
+    id_filter: IdentityFilterConfig | None = Field(
+        None, description="Conditioning-encoder identity and quality filter (SCRFD + ArcFace ONNX); null = off."
+    )
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
 

@@ -94,6 +94,7 @@ class FaceFilter:
     """Offline dlib face filter (CPU). ``setup()`` loads models once; ``process()`` filters a unit."""
 
     resources = {"num_cpus": 1.0, "num_gpus": 0.0}
+    reason_column = "filter_reason"
 
     def __init__(self, cfg: DlibFilterConfig):
         self.cfg = cfg

@@ -87,8 +87,8 @@ class GenerateActor:
 
 
 class FilterActor:
-    def __init__(self, cfg: RunConfig):
-        self.stage = FilterStage(cfg)
+    def __init__(self, cfg: RunConfig, out: str):
+        self.stage = FilterStage(cfg, out)
         self.stage.setup()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,7 +132,7 @@ def stream_units(
     )
     ds = ds.map_batches(
         FilterActor,
-        fn_constructor_args=(cfg,),
+        fn_constructor_args=(cfg, out),
         batch_size=1,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=1, max_size=cfg.ray.filter_actors),

@@ -7,6 +7,7 @@ rows; ``setup()`` loads models once per worker. ``pipelines.executor`` wraps the
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,23 +125,51 @@ class GenerateStage:
 
 
 class FilterStage:
-    """Scores (and in ``drop`` mode removes) the images of a unit with the configured face filter."""
+    """Scores (and in ``drop`` mode removes) a unit's images: the dlib filter (an independent judge),
+    then, when ``id_filter`` is configured, the conditioning-encoder identity and quality filter, which
+    decides last so its minimum-images-per-identity rule sees every earlier rejection."""
 
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self.filter = None
+    def __init__(self, cfg: RunConfig, out: str):
+        self.cfg, self.out = cfg, Path(out)
+        self.filters: list | None = None
 
     def setup(self) -> None:
-        if self.filter is None:
-            from facefoundry.filters.face_filter import FaceFilter
+        if self.filters is not None:
+            return
+        from facefoundry.filters.face_filter import FaceFilter
 
-            self.filter = FaceFilter(self.cfg.filter)
-            self.filter.setup()
+        filters = [FaceFilter(self.cfg.filter)]
+        if self.cfg.id_filter is not None:
+            from facefoundry.filters.identity_filter import IdentityFilter
+
+            filters.append(IdentityFilter(self.cfg.id_filter, read_vectors(self.out / IDENTITIES_FILE)))
+        for f in filters:
+            f.setup()
+        self.filters = filters
 
     def __call__(self, result: UnitResult) -> UnitResult:
+        """Each image is counted once in ``drops``, under the first reason that rejected it: a ``drop``
+        filter removes its rejections before the next filter runs; an ``annotate`` filter's rows stay, so
+        a later filter's reasons count only rows no earlier filter rejected. (A later ``drop`` filter
+        after an ``annotate`` one may count an image under both reasons.)"""
         self.setup()
-        filtered = self.filter.process(result.table)
-        return UnitResult(result.unit, filtered.table, result.generated, dict(filtered.drops))
+        table, drops = result.table, {}
+        earlier: list[str] = []
+        for f in self.filters:
+            filtered = f.process(table)
+            table = filtered.table
+            if f.cfg.mode == "drop":
+                counts = filtered.drops
+            else:
+                rejected_before = np.zeros(table.num_rows, dtype=bool)
+                for column in earlier:
+                    rejected_before |= table.column(column).is_valid().to_numpy(zero_copy_only=False)
+                reasons = table.column(f.reason_column).to_pylist()
+                counts = Counter(r for r, before in zip(reasons, rejected_before, strict=True) if r and not before)
+            for reason, count in counts.items():
+                drops[reason] = drops.get(reason, 0) + count
+            earlier.append(f.reason_column)
+        return UnitResult(result.unit, table, result.generated, drops)
 
 
 class WriteStage:

@@ -264,3 +264,37 @@ def test_config_and_inputs_are_checked(models):
         filt.process(unit([blocks(0)], [1]))
     with pytest.raises(OnnxModelError, match="128"):
         make(models, np.ones((1, 128))).setup()  # vectors from another space than the encoder's
+
+
+def test_pipeline_filter_stage_chains_dlib_then_identity_filter(models, tmp_path):
+    """The run's filter stage: dlib first (independent judge), then the identity filter against the
+    run's own identity vectors; both filters' reasons are merged in the unit's drop counts."""
+    from facefoundry.config import validate_config
+    from facefoundry.dataset.manifest import Unit
+    from facefoundry.identities.store import read_vectors, write_identities
+    from facefoundry.pipelines.stages import FilterStage, UnitResult
+
+    cfg = validate_config({
+        "identities": {"count": 2},
+        "images": {"per_identity": 2},
+        "filter": {"mode": "annotate"},
+        "id_filter": {"mode": "annotate", "detector_model": models["one"], "encoder_model": models["encoder"],
+                      "input_size": [SIZE, SIZE], "device": "cpu", "min_images_per_identity": 1},
+    })
+    write_identities(tmp_path, cfg)
+    images = [blocks(1), blocks(2), blocks(3), b"not an image"]
+    table = unit(images, [0, 0, 1, 1], [0, 1, 0, 1]).append_column("seed", pa.array([1, 2, 3, 4], pa.int64()))
+    result = FilterStage(cfg, str(tmp_path))(UnitResult(Unit(0, 2), table, 4))
+    out = result.table
+    assert {"filter_reason", "judge_distance", "id_filter_reason", "id_similarity"} <= set(out.column_names)
+    assert out.num_rows == 4  # annotate mode in both filters
+    # dlib finds no face in block patterns; the identity filter's crafted detector always does
+    assert out.column("filter_reason").to_pylist()[:3] == ["no_face"] * 3
+    sims = out.column("id_similarity").to_pylist()
+    vectors = l2_normalize(read_vectors(tmp_path / "identities.parquet"))
+    expected = np.einsum("ij,ij->i", l2_normalize(embed(models, images[:3])), vectors[[0, 0, 1]])
+    assert np.allclose(sims[:3], expected, atol=1e-5) and sims[3] is None
+    assert result.drops == {"no_face": 3, "undecodable": 1}  # each image once, under its first reason
+    dropping = cfg.model_copy(update={"filter": cfg.filter.model_copy(update={"mode": "drop"})})
+    result = FilterStage(dropping, str(tmp_path))(UnitResult(Unit(0, 2), table, 4))
+    assert result.table.num_rows == 0 and result.drops == {"no_face": 3, "undecodable": 1}
