@@ -10,7 +10,7 @@ from typing import TextIO
 
 from facefoundry import __version__
 from facefoundry.config import RunConfig
-from facefoundry.dataset.manifest import is_done, plan_units
+from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, is_done, plan_units
 from facefoundry.identities.store import write_identities
 from facefoundry.pipelines.local_ray import ray_session
 from facefoundry.pipelines.progress import Progress
@@ -28,6 +28,13 @@ class RunSummary:
     rows_written: int
     seconds: float
     failed: list[tuple[str, str]] = field(default_factory=list)  # (unit, reason): rerun to redo them
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.tmp-*`` files a killed run left behind (never read as done; one run per folder at a time)."""
+    for folder in (DATA_DIR, MANIFEST_DIR):
+        for path in (out / folder).glob(".tmp-*"):
+            path.unlink(missing_ok=True)
 
 
 def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
@@ -72,6 +79,8 @@ def run(cfg: RunConfig, out: Path, fresh: bool = False, log: TextIO | None = Non
     log = log or sys.stderr
     started = time.monotonic()
     resuming = prepare_run_folder(out, cfg, fresh=fresh)
+    if resuming:
+        remove_stale_temporaries(out)
     meta = write_identities(out, cfg)
     units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
     pending = [u for u in units if not is_done(out, u, cfg.config_hash())]
