@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from facefoundry.dataset.atomic import atomic_write_bytes
-from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, plan_units
+from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, finished_manifests, plan_units
 from facefoundry.identities.store import IDENTITIES_FILE, read_metadata
 from facefoundry.licensing import (
     DEFAULT_LICENSE,
@@ -105,16 +105,8 @@ def read_run_facts(run_dir: Path) -> RunFacts:
         record = read_record(run_dir)
     except RunFolderError as exc:
         raise CardError(str(exc)) from None
-    manifests = []
-    for path in sorted((run_dir / MANIFEST_DIR).glob("*.json")):
-        try:
-            manifest = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(manifest, dict) and manifest.get("config_hash") == record.get("config_hash"):
-            manifests.append(manifest)
-    manifests.sort(key=lambda m: m.get("identity_start", 0))
-    shards = [run_dir / m["shard"] for m in manifests if (run_dir / m.get("shard", "")).is_file()]
+    manifests = finished_manifests(run_dir, record.get("config_hash"))
+    shards = [run_dir / m["shard"] for m in manifests]
     if not shards:
         raise CardError(f"{run_dir} has no finished unit (no shard with a manifest of this run)")
     ident_path = run_dir / IDENTITIES_FILE

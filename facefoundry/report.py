@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 from PIL import Image
 
-from facefoundry.dataset.manifest import MANIFEST_DIR
+from facefoundry.dataset.manifest import MANIFEST_DIR, finished_manifests
 from facefoundry.identities.store import IDENTITIES_FILE, read_metadata
 from facefoundry.runinfo import RunFolderError, read_record
 
@@ -89,23 +89,11 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
 
 
 def _manifests(run_dir: Path, config_hash: str | None) -> list[dict]:
-    """Manifests of this run's done units (manifest parses, same config, shard of the recorded size)."""
-    found = []
-    for path in sorted((run_dir / MANIFEST_DIR).glob("*.json")):
-        if path.name.startswith("."):  # an interrupted atomic write
-            continue
-        try:
-            manifest = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
-            continue
-        shard = run_dir / str(manifest.get("shard", ""))
-        if shard.is_file() and shard.stat().st_size == manifest.get("bytes"):
-            found.append(manifest)
+    """Manifests of this run's done units (the rule of ``dataset.manifest.is_done``)."""
+    found = finished_manifests(run_dir, config_hash)
     if not found:
         raise ReportError(f"{run_dir} has no finished unit yet (no manifest of this run in {MANIFEST_DIR}/)")
-    return sorted(found, key=lambda m: m.get("identity_start", 0))
+    return found
 
 
 def _identities(run_dir: Path) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -50,9 +50,29 @@ def read_manifest(out: Path, unit: Unit) -> dict | None:
         return None
 
 
-def is_done(out: Path, unit: Unit, config_hash: str) -> bool:
-    manifest = read_manifest(out, unit)
-    if not manifest or manifest.get("config_hash") != config_hash:
+def _agrees(out: Path, manifest: object, config_hash: str | None) -> bool:
+    """The done rule: a manifest of this run whose shard exists with the recorded size."""
+    if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
         return False
-    shard = shard_path(out, unit)
-    return shard.exists() and shard.stat().st_size == manifest.get("bytes")
+    shard = out / str(manifest.get("shard", ""))
+    return shard.is_file() and shard.stat().st_size == manifest.get("bytes")
+
+
+def is_done(out: Path, unit: Unit, config_hash: str) -> bool:
+    return _agrees(out, read_manifest(out, unit), config_hash)
+
+
+def finished_manifests(out: Path, config_hash: str | None) -> list[dict]:
+    """Manifests of every done unit of the run in ``out``, in identity order (leftover temporaries,
+    corrupt manifests, other runs' manifests and units whose shard disagrees are left out)."""
+    found = []
+    for path in sorted((out / MANIFEST_DIR).glob("*.json")):
+        if path.name.startswith("."):  # an interrupted atomic write
+            continue
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if _agrees(out, manifest, config_hash):
+            found.append(manifest)
+    return sorted(found, key=lambda m: m.get("identity_start", 0))
