@@ -59,3 +59,30 @@ def test_generator_stage_scheduled_on_logical_gpus(tmp_path):
                                       "--set", "ray.generator_gpus=1"])
     assert result.exit_code == 0, result.output
     assert "2/2 images kept" in result.output
+
+
+def test_generator_actors_request_the_configured_gpus(monkeypatch):
+    """The wiring the logical-GPU run relies on: generator actors ask Ray for ``ray.generator_gpus``."""
+    import ray.data
+
+    from facefoundry.config import load_config
+    from facefoundry.dataset.manifest import Unit
+    from facefoundry.pipelines import executor
+    from facefoundry.pipelines.stages import ModelPaths
+
+    calls = []
+
+    class FakeDataset:
+        def map_batches(self, fn, **kwargs):
+            calls.append((fn, kwargs))
+            return self
+
+        def iter_batches(self, **kwargs):
+            return iter([])
+
+    monkeypatch.setattr(ray.data, "from_items", lambda items, **kw: FakeDataset())
+    cfg = load_config(CONFIG, ["ray.generator_gpus=0.5", "ray.generator_actors=3"])
+    list(executor.stream_units(cfg, "/tmp/x", [Unit(0, 1)], ModelPaths("m", "b"), {}))
+    generate = dict(calls)[executor.GenerateActor]
+    assert generate["num_gpus"] == 0.5 and generate["compute"].max_size == 3
+    assert [fn for fn, _ in calls] == [executor.GenerateActor, executor.FilterActor, executor._write_batch]
