@@ -67,6 +67,20 @@ OUTPUT_FIELDS = [
 ]
 
 
+def make_encoder(cfg: IdentityFilterConfig, providers: list | None, dim: int):
+    """The conditioning encoder: an ONNX ArcFace (file or pack folder), or a ``.pth`` ArcFace-R100 in
+    PyTorch (Vec2Face's ``weights/arcface-r100-glint360k.pth``, the space Vec2Face is conditioned in)."""
+    path = Path(cfg.encoder_model)
+    if path.suffix in (".pth", ".pt"):
+        from facefoundry.filters.torch_embedder import TorchArcFaceEmbedder
+
+        embedder = TorchArcFaceEmbedder(path, {"auto": "auto"}.get(cfg.device, cfg.device), cfg.batch_size)
+        if embedder.embedding_dim != dim:
+            raise ValueError(f"{path}: embeds to {embedder.embedding_dim}-d, the identity vectors are {dim}-d")
+        return embedder
+    return ArcFaceEmbedder(path, providers, cfg.batch_size, embedding_dim=dim)
+
+
 class IdentityFilter:
     """``IdentityFilter(cfg, identity_vectors)``; row ``i`` of ``identity_vectors`` is identity label ``i``
     (the rows of ``identities.parquet``), in the conditioning encoder's space (any norm)."""
@@ -98,9 +112,7 @@ class IdentityFilter:
             )
         if self.embedder is None:
             dim = self.vectors.shape[1]
-            self.embedder = ArcFaceEmbedder(
-                Path(self.cfg.encoder_model), providers, self.cfg.batch_size, embedding_dim=dim
-            )
+            self.embedder = make_encoder(self.cfg, providers, dim)
 
     def info(self) -> dict:
         """Model ids, thresholds and methods, for file metadata and manifests."""

@@ -298,3 +298,20 @@ def test_pipeline_filter_stage_chains_dlib_then_identity_filter(models, tmp_path
     dropping = cfg.model_copy(update={"filter": cfg.filter.model_copy(update={"mode": "drop"})})
     result = FilterStage(dropping, str(tmp_path))(UnitResult(Unit(0, 2), table, 4))
     assert result.table.num_rows == 0 and result.drops == {"no_face": 3, "undecodable": 1}
+
+
+def test_pth_encoder_runs_vec2face_arcface_r100_in_torch(models, tmp_path):
+    from facefoundry.filters.tiny_face_models import write_tiny_arcface
+    from facefoundry.filters.torch_embedder import TorchArcFaceEmbedder
+
+    pth = write_tiny_arcface(tmp_path / "weights" / "arcface-r100-glint360k.pth")
+    images = [blocks(s) for s in range(4)]
+    raw = TorchArcFaceEmbedder(pth, "cpu").embed(np.stack([align(i, KPS) for i in images]))
+    cfg = IdentityFilterConfig(detector_model=models["one"], encoder_model=str(pth), input_size=(SIZE, SIZE),
+                               device="cpu", mode="annotate", min_images_per_identity=1)
+    out = IdentityFilter(cfg, raw * 22.0).process(unit(images, [0, 1, 2, 3])).table.to_pylist()
+    # each image is its own identity's vector (at Vec2Face's norm ~22): similarity 1, nothing rejected as identity
+    assert [round(r["id_similarity"], 4) for r in out] == [1.0] * 4
+    assert [r["feature_norm"] for r in out] == pytest.approx(np.linalg.norm(raw, axis=1).tolist(), rel=1e-5)
+    with pytest.raises(ValueError, match="identity vectors are 256-d"):
+        IdentityFilter(cfg, np.ones((1, 256))).setup()
