@@ -186,6 +186,7 @@ COLUMN_DOCS = {
     "judge_distance": "Euclidean distance of the dlib 128-d descriptor to the leave-one-out centroid of the "
                       "identity's other accepted faces (dlib: same person < 0.6)",
     "judge_similarity": "cosine of the same descriptor pair",
+    "judge_other_distance": "Euclidean distance of the descriptor to the nearest other identity's centroid in the unit",
     "id_similarity": "cosine of the face's embedding (conditioning encoder) to its identity vector",
     "filter_reason": "null if the image passes the filter, else the rejection reason (kept rows in annotate mode)",
 }
@@ -194,6 +195,7 @@ REASON_DOCS = {
     "no_face": "no face found by the detector",
     "low_face_score": "detector score below `filter.min_face_score`",
     "multiple_faces": "more than one face detected",
+    "identity_confusion": "face closer to another identity of its unit than to its own (judge, by a margin)",
     "identity_mismatch": "face too far from its identity's other faces (judge distance above the threshold)",
 }
 SAMPLER_DOCS = {
@@ -529,7 +531,8 @@ def _generation(ctx: _Ctx) -> list[str]:
         "independent identity judge (a different model family from the generator's encoder).",
         f"- Identity consistency: a face is rejected when its descriptor is more than "
         f"{filt.get('max_judge_distance', 0.6)} (Euclidean) from the centroid of its identity's other faces "
-        "(0.6 is dlib's same-person threshold).",
+        "(0.6 is dlib's same-person threshold), or when it is not at least "
+        f"{filt.get('judge_confusion_margin', 0.1)} closer to that centroid than to another identity's.",
         f"- Mode `{mode}`: " + ("rejected images are removed." if mode == "drop" else
                                 "every image is kept and `filter_reason` says why it would be rejected."),
     ]) + "\n")

@@ -179,6 +179,9 @@ class DlibFilterConfig(StrictModel):
     max_judge_distance: float = Field(
         0.6, gt=0.0, description="Max Euclidean distance of a face's dlib descriptor to its identity centroid."
     )
+    judge_confusion_margin: float = Field(
+        0.1, description="Min (distance to nearest other identity's centroid - own centroid distance) in the unit."
+    )
 
 
 class IdentityFilterConfig(StrictModel):
@@ -194,7 +197,7 @@ class IdentityFilterConfig(StrictModel):
     )
     encoder_model: str = Field(
         "models/arc2face/arcface.onnx",
-        description="The generator's conditioning encoder (Arc2Face: arcface.onnx of FoivosPar/Arc2Face).",
+        description="Conditioning encoder: ArcFace .onnx/pack folder (Arc2Face), or Vec2Face's R100 .pth (PyTorch).",
     )
     input_size: tuple[int, int] = Field(
         (256, 256), description="SCRFD input (width, height): 256 for generated/tight crops (Arc2Face #17, #31)."
@@ -247,6 +250,9 @@ class RayConfig(StrictModel):
     num_gpus: int | None = Field(None, ge=0, description="GPUs of the embedded Ray (default: detected).")
     generator_actors: int = Field(1, ge=1, description="Generator actor pool size.")
     generator_gpus: float = Field(0.0, ge=0.0, description="GPUs per generator actor (0 on CPU).")
+    generator_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per generator actor; null = node CPUs / generator_actors."
+    )
     filter_actors: int = Field(1, ge=1, description="Filter actor pool size.")
     unit_retries: int = Field(2, ge=0, description="Retries of a failing unit per stage before it is recorded failed.")
 

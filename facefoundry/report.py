@@ -44,7 +44,8 @@ from facefoundry.runinfo import RunFolderError, read_record
 REPORT_DIR = "report"
 PLOTS = ("separation.png", "consistency.png", "funnel.png", "quality.png", "pose.png", "grid.png")
 # The dlib filter's decision order (facefoundry.filters.face_filter.REASONS); other reasons follow.
-REASON_ORDER = ("undecodable", "no_face", "low_face_score", "multiple_faces", "identity_mismatch")
+REASON_ORDER = ("undecodable", "no_face", "low_face_score", "multiple_faces", "identity_confusion",
+                "identity_mismatch")
 SCORE_COLUMNS = ("identity", "filter_reason", "face_count", "face_score", "face_box", "landmarks",
                  "judge_similarity", "judge_distance", "id_similarity")
 SIMILARITY_COLUMNS = ("judge_similarity", "judge_distance", "id_similarity")

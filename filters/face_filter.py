@@ -7,9 +7,12 @@ Per image (decision order; the first that applies is the row's ``filter_reason``
 3. ``low_face_score``: candidates exist but none scores ``>= min_face_score``; the best one is recorded.
 4. ``multiple_faces``: more than one face scores ``>= min_face_score``. Policy: **reject** (a
    generated identity image must show one person); the largest such face is recorded.
-5. ``identity_mismatch``: the face's 128-d dlib descriptor is farther than ``max_judge_distance``
-   from the centroid of the *other* accepted faces of the same identity in this unit (leave-one-out,
-   one pass). A face with no other accepted face in its identity has null judge columns and passes.
+5. ``identity_confusion``: the face's 128-d dlib descriptor is within ``max_judge_distance`` of the
+   centroid of another identity of this unit and not at least ``judge_confusion_margin`` closer to its own
+   identity's leave-one-out centroid (it looks like someone else in the dataset).
+6. ``identity_mismatch``: the descriptor is farther than ``max_judge_distance`` from the centroid of the
+   *other* accepted faces of the same identity in this unit (leave-one-out, one pass). A face with no other
+   accepted face in its identity has null own-judge columns and passes both rules.
 
 Score columns (:meth:`FaceFilter.output_schema`) are appended after the input columns, with the same
 types whatever the data, so shards concatenate. ``face_count`` is the number of faces scoring
@@ -37,8 +40,9 @@ UNDECODABLE = "undecodable"
 NO_FACE = "no_face"
 MULTIPLE_FACES = "multiple_faces"
 LOW_FACE_SCORE = "low_face_score"
+IDENTITY_CONFUSION = "identity_confusion"
 IDENTITY_MISMATCH = "identity_mismatch"
-REASONS = (UNDECODABLE, NO_FACE, LOW_FACE_SCORE, MULTIPLE_FACES, IDENTITY_MISMATCH)
+REASONS = (UNDECODABLE, NO_FACE, LOW_FACE_SCORE, MULTIPLE_FACES, IDENTITY_CONFUSION, IDENTITY_MISMATCH)
 
 OUTPUT_FIELDS = [
     pa.field("face_count", pa.int32()),
@@ -47,6 +51,7 @@ OUTPUT_FIELDS = [
     pa.field("landmarks", pa.list_(pa.float32(), 2 * len(LANDMARK_ORDER))),
     pa.field("judge_distance", pa.float32()),
     pa.field("judge_similarity", pa.float32()),
+    pa.field("judge_other_distance", pa.float32()),
     pa.field("filter_reason", pa.string()),
 ]
 
@@ -71,6 +76,7 @@ class _Row:
     landmarks: np.ndarray | None = None
     distance: float | None = None
     similarity: float | None = None
+    other_distance: float | None = None
 
 
 def decode_image(value: object) -> np.ndarray | None:
@@ -160,9 +166,17 @@ class FaceFilter:
         return row, (self.model.chip(image, shape) if reason is None else None)
 
     def _judge(self, rows: list[_Row], desc: np.ndarray, owners: np.ndarray, identities: np.ndarray) -> None:
-        """Leave-one-out distance of each accepted face to the centroid of its identity's others."""
+        """Leave-one-out distance of each accepted face to the centroid of its identity's others, and
+        distance to the nearest centroid of another identity of the unit."""
         ids = identities[owners] if len(owners) else np.zeros(0, dtype=np.int64)
-        for identity in np.unique(ids):
+        labels = np.unique(ids)
+        centroids = np.stack([desc[ids == label].mean(axis=0) for label in labels]) if len(labels) else desc
+        for m in range(len(ids)):
+            if len(labels) > 1:
+                dist = np.linalg.norm(centroids - desc[m], axis=1)
+                dist[labels == ids[m]] = np.inf
+                rows[owners[m]].other_distance = float(dist.min())
+        for identity in labels:
             members = np.flatnonzero(ids == identity)
             if len(members) < 2:
                 continue
@@ -174,7 +188,15 @@ class FaceFilter:
             for k, m in enumerate(members):
                 row = rows[owners[m]]
                 row.distance, row.similarity = float(dist[k]), float(cos[k])
-                if row.distance > self.cfg.max_judge_distance:
+                # Confused: it could be another identity of the unit (same-person distance) and is not
+                # clearly closer to its own. A face far from everyone is a mismatch, not a confusion.
+                confused = row.other_distance is not None and (
+                    row.other_distance <= self.cfg.max_judge_distance
+                    and row.other_distance - row.distance < self.cfg.judge_confusion_margin
+                )
+                if confused:
+                    row.reason = IDENTITY_CONFUSION
+                elif row.distance > self.cfg.max_judge_distance:
                     row.reason = IDENTITY_MISMATCH
 
     @staticmethod
@@ -189,5 +211,6 @@ class FaceFilter:
             pa.array(lms, types[3]),
             pa.array([r.distance for r in rows], types[4]),
             pa.array([r.similarity for r in rows], types[5]),
-            pa.array([r.reason for r in rows], types[6]),
+            pa.array([r.other_distance for r in rows], types[6]),
+            pa.array([r.reason for r in rows], types[7]),
         ]

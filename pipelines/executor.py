@@ -76,8 +76,21 @@ def run_stage(stage: Callable[[Any], UnitResult], item: Unit | UnitResult, unit:
     return result if error is None else UnitResult.failed(unit, error)
 
 
+def generator_threads(cfg: RunConfig, node_cpus: int | None) -> int:
+    """torch threads for one generator actor: ``ray.generator_threads``, else the node's CPUs shared
+    among the generator actors (Ray alone would pin an actor reserving 1 CPU to 1 thread)."""
+    if cfg.ray.generator_threads:
+        return cfg.ray.generator_threads
+    return max(1, (node_cpus or 1) // cfg.ray.generator_actors)
+
+
 class GenerateActor:
     def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths):
+        import os
+
+        import torch
+
+        torch.set_num_threads(generator_threads(cfg, len(os.sched_getaffinity(0))))
         self.stage = GenerateStage(cfg, out, paths)
         self.stage.setup()
 

@@ -14,6 +14,7 @@ from facefoundry.config import DlibFilterConfig
 from facefoundry.filters import dlib_models
 from facefoundry.filters.dlib_models import LANDMARK_ORDER, DlibFaceModel, DlibModelError, model_path
 from facefoundry.filters.face_filter import (
+    IDENTITY_CONFUSION,
     IDENTITY_MISMATCH,
     LOW_FACE_SCORE,
     MULTIPLE_FACES,
@@ -204,3 +205,20 @@ def test_setup_is_lazy_and_idempotent_and_input_is_checked():
     assert filt.info()["judge"] == dlib_models.RECOGNITION_FILE
     with pytest.raises(KeyError, match="identity"):
         filt.process(pa.table({"image": pa.array([], IMAGE_TYPE)}))
+
+
+@needs_photo
+def test_a_face_of_another_identity_is_rejected_as_a_confusion(model, photo):
+    # identity 0 = person A, identity 1 = person C; one image of C labelled 0 looks like identity 1
+    a, c = views(photo, PERSON_A), views(photo, PERSON_C)
+    table = unit(a[:3] + [c[0]] + c[1:], [0] * 4 + [1] * (len(c) - 1))
+    out = make_filter(model, mode="annotate").process(table)
+    rows = out.table.to_pylist()
+    assert [r["filter_reason"] for r in rows] == [None] * 3 + [IDENTITY_CONFUSION] + [None] * (len(c) - 1)
+    assert out.drops == {IDENTITY_CONFUSION: 1}
+    confused = rows[3]
+    assert confused["judge_other_distance"] < 0.3 < 0.6 < confused["judge_distance"]
+    assert all(r["judge_other_distance"] > r["judge_distance"] + 0.3 for i, r in enumerate(rows) if i != 3)
+    # a margin larger than the gap between people rejects faithful images too: the rule really compares
+    strict = make_filter(model, mode="annotate", judge_confusion_margin=5.0, max_judge_distance=5.0).process(table)
+    assert strict.drops == {IDENTITY_CONFUSION: table.num_rows}

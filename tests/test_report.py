@@ -38,7 +38,7 @@ def row_scores(identity: int, j: int) -> dict:
     reason = REJECT.get((identity, j))
     if reason == "no_face":
         return dict(face_count=0, face_score=None, face_box=None, landmarks=None, judge_distance=None,
-                    judge_similarity=None, filter_reason=reason)
+                    judge_similarity=None, judge_other_distance=None, filter_reason=reason)
     judged = reason != "multiple_faces"
     return dict(
         face_count=2 if reason == "multiple_faces" else 1,
@@ -47,6 +47,7 @@ def row_scores(identity: int, j: int) -> dict:
         landmarks=LANDMARKS,
         judge_distance=(0.7 if reason else 0.4) if judged else None,
         judge_similarity=(0.6 if reason else 0.9 + 0.01 * j) if judged else None,
+        judge_other_distance=0.9 if judged else None,
         filter_reason=reason,
     )
 
@@ -110,6 +111,7 @@ def test_report_numbers_match_planted_run(tmp_path, mode):
     assert images["stored"] == (30 if mode == "annotate" else 21)
     assert images["acceptance"] == pytest.approx(0.7) and images["acceptance_pct"] == pytest.approx(70.0)
     assert summary["drops"] == {"undecodable": 0, "no_face": 6, "low_face_score": 0, "multiple_faces": 1,
+                                "identity_confusion": 0,
                                 "identity_mismatch": 2}
     assert summary["identities"]["count"] == 6 and summary["identities"]["nn_cosine"]["max"] <= 0.3
     per = summary["images_per_identity"]
