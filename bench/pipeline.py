@@ -1,56 +1,138 @@
-"""Pipeline efficiency: images/s of `facefoundry run` divided by images/s of the bare generator loop
-on the same model in one process, measured side by side in one run.
+"""Pipeline efficiency and driver memory, measured side by side in one run.
 
-The preset is the smoke preset made generation-heavy (more denoising steps), so the ratio shows what
-Ray, the filter and the writer cost on top of generation. Usage: python bench/pipeline.py [--identities N]
+Efficiency = images/s of `facefoundry run` / images/s of the bare generator loop on the same model in
+one process (no Ray, no filter, no writer). The bare loop runs half its units before the pipeline and
+half after, so a load change on this noisy machine weighs on both sides alike. The preset is the smoke
+preset made generation-heavy (25 denoising steps, 64 identities x 4 images), with the tiny model built
+once beforehand and loaded from its folder by both sides, as a real run loads real weights. Three
+pipeline figures are printed: end to end (Ray start-up, actor start and model loading included), steady
+state (from the first committed unit to the last), and the fixed start-up cost they imply.
+
+`--memory` adds the driver's peak RSS for 10 vs 1,000 work units (tiny Vec2Face, one image per
+identity, one identity per unit, each run in its own process): it should not grow with the units.
+
+Usage: python bench/pipeline.py [--identities N] [--steps S] [--memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from facefoundry.config import load_config
 from facefoundry.dataset.manifest import plan_units
+from facefoundry.generators.tiny_arc2face import build_tiny_arc2face
 from facefoundry.identities.store import write_identities
-from facefoundry.pipelines.runner import resolve_model_paths, run
-from facefoundry.pipelines.stages import GenerateStage
+from facefoundry.pipelines.runner import run
+from facefoundry.pipelines.stages import GenerateStage, ModelPaths
 from facefoundry.runinfo import prepare_run_folder
 
 REPO = Path(__file__).resolve().parents[1]
+PER_IDENTITY = 4
+
+
+class UnitClock:
+    """A log stream noting when each unit's progress line arrives."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def write(self, text: str) -> None:
+        if text.startswith(("units ", "\runits ")):
+            self.times.append(time.perf_counter())
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def efficiency(identities: int, steps: int, tmp: Path) -> None:
+    model, base = build_tiny_arc2face(tmp / "models", seed=0)
+    overrides = [f"identities.count={identities}", f"images.per_identity={PER_IDENTITY}", f"generator.steps={steps}",
+                 "output.identities_per_unit=2", "filter.upsample=0", "generator.tiny=false",
+                 f"generator.model={model}", f"generator.base_model={base}"]
+    cfg = load_config(REPO / "configs" / "smoke.yaml", overrides)
+    units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
+    images = identities * PER_IDENTITY
+    # Bare loop: the same generator and units in this process (torch's default threads: every core).
+    bare_dir = tmp / "bare"
+    prepare_run_folder(bare_dir, cfg)
+    write_identities(bare_dir, cfg)
+    stage = GenerateStage(cfg, str(bare_dir), ModelPaths(str(model), str(base)))
+    stage.setup()
+    half = len(units) // 2
+
+    def bare_loop(part: list) -> float:
+        started = time.perf_counter()
+        for unit in part:
+            stage(unit)
+        return time.perf_counter() - started
+
+    bare_seconds = bare_loop(units[:half])
+    clock = UnitClock()
+    started = time.perf_counter()
+    summary = run(cfg, tmp / "run", log=clock)
+    total = time.perf_counter() - started
+    bare_seconds += bare_loop(units[half:])
+    bare = images / bare_seconds
+    assert summary.images_generated == images and not summary.failed, summary
+    piped = images / total
+    per_unit = images / len(units)
+    steady = per_unit * (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])
+    first = clock.times[0] - started
+    print(f"preset: smoke, {identities} identities x {PER_IDENTITY} images, {steps} steps, {len(units)} units")
+    print(f"bare generator loop (one process):   {bare:.2f} images/s")
+    print(f"facefoundry run, end to end:         {piped:.2f} images/s  -> efficiency {piped / bare:.2f} "
+          "(goal >= 0.85)")
+    print(f"facefoundry run, steady state:       {steady:.2f} images/s  -> efficiency {steady / bare:.2f}")
+    print(f"fixed cost: {first:.1f} s to the first unit, of which ~{max(first - per_unit / steady, 0):.1f} s "
+          f"start-up (Ray, identities, actors, model loading); total {total:.1f} s")
+
+
+MEMORY_PROBE = """
+import resource, sys, os
+from pathlib import Path
+from facefoundry.config import load_config
+from facefoundry.pipelines.runner import run
+n, out = int(sys.argv[1]), Path(sys.argv[2])
+cfg = load_config(Path(sys.argv[3]), [f"identities.count={n}", "images.per_identity=1", "images.perturbation=null",
+                  "output.identities_per_unit=1", "filter.upsample=0"])
+summary = run(cfg, out, log=open(os.devnull, "w"))
+assert summary.units_written == n, summary
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def driver_memory(tmp: Path) -> None:
+    peaks = {}
+    for units in (10, 1000):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(units), str(tmp / f"mem{units}"),
+             str(REPO / "configs" / "smoke-vec2face.yaml")],
+            capture_output=True, text=True, check=True,
+        )
+        peaks[units] = int(done.stdout.split()[-1])
+        print(f"driver peak RSS, {units:>4} units: {peaks[units]} MB ({time.perf_counter() - started:.0f} s)")
+    print(f"driver memory 1000 vs 10 units: {peaks[1000] / peaks[10]:.2f}x (+{peaks[1000] - peaks[10]} MB)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--identities", type=int, default=16)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--identities", type=int, default=64)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--memory", action="store_true", help="also measure driver memory for 10 vs 1000 units")
     args = parser.parse_args()
-    overrides = [f"identities.count={args.identities}", "images.per_identity=4", f"generator.steps={args.steps}",
-                 "output.identities_per_unit=2", "filter.upsample=0"]
-    cfg = load_config(REPO / "configs" / "smoke.yaml", overrides)
-    images = args.identities * 4
-    with tempfile.TemporaryDirectory(prefix="ffbench-") as tmp, open("/dev/null", "w") as quiet:
-        bare_dir, run_dir = Path(tmp) / "bare", Path(tmp) / "run"
-        # Bare loop: the same generator and units in this process, no Ray, no filter, no writer.
-        prepare_run_folder(bare_dir, cfg)
-        write_identities(bare_dir, cfg)
-        stage = GenerateStage(cfg, str(bare_dir), resolve_model_paths(cfg, bare_dir))
-        stage.setup()
-        started = time.perf_counter()
-        for unit in plan_units(cfg.identities.count, cfg.output.identities_per_unit):
-            stage(unit)
-        bare = images / (time.perf_counter() - started)
-        # The pipeline, end to end (Ray start-up, model loading in the actors and the dlib filter included).
-        started = time.perf_counter()
-        summary = run(cfg, run_dir, log=quiet)
-        piped = summary.images_generated / (time.perf_counter() - started)
-    print(f"preset: smoke with {args.identities} identities x 4 images, {args.steps} steps; torch threads "
-          f"{__import__('torch').get_num_threads()}")
-    print(f"bare generator loop (one process): {bare:.2f} images/s")
-    print(f"facefoundry run (embedded Ray, generator + dlib filter + writer): {piped:.2f} images/s")
-    print(f"pipeline efficiency: {piped / bare:.2f} (goal >= 0.85)")
+    with tempfile.TemporaryDirectory(prefix="ffbench-") as tmp:
+        efficiency(args.identities, args.steps, Path(tmp))
+        if args.memory:
+            driver_memory(Path(tmp))
 
 
 if __name__ == "__main__":

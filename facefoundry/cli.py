@@ -66,11 +66,7 @@ def run(
         if debug:
             traceback.print_exc()
         _fail(_one_line(exc))
-    typer.echo(
-        f"{'incomplete' if summary.failed else 'done'}: {summary.run_id}: {summary.units_written} units written, "
-        f"{summary.units_skipped} skipped, {len(summary.failed)} failed, "
-        f"{summary.rows_written}/{summary.images_generated} images kept, {summary.seconds:.1f}s -> {out}"
-    )
+    typer.echo(f"{summary.line()} -> {out}")
     if summary.failed:
         for unit, reason in summary.failed:
             typer.echo(f"failed unit {unit}: {reason}", err=True)

@@ -254,6 +254,7 @@ class RayConfig(StrictModel):
         None, ge=1, description="torch CPU threads per generator actor; null = node CPUs / generator_actors."
     )
     filter_actors: int = Field(1, ge=1, description="Filter actor pool size.")
+    writer_actors: int = Field(1, ge=1, description="Shard writer actor pool size (0.25 CPU each).")
     unit_retries: int = Field(2, ge=0, description="Retries of a failing unit per stage before it is recorded failed.")
 
 

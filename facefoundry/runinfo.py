@@ -16,7 +16,7 @@ from facefoundry.dataset.atomic import atomic_write_bytes
 
 RUN_FILE = "run.json"
 # Everything a run writes into its folder; --fresh removes exactly these and nothing else.
-RUN_ENTRIES = (RUN_FILE, "identities.parquet", "data", "manifests", "models", "report", "README.md")
+RUN_ENTRIES = (RUN_FILE, "identities.parquet", "data", "manifests", "models", "report", "README.md", "logs")
 
 
 class RunFolderError(RuntimeError):

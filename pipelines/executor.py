@@ -1,4 +1,4 @@
-"""Ray Data wiring: units stream through generator actors -> filter actors -> writer tasks.
+"""Ray Data wiring: units stream through generator actors -> filter actors -> writer actors.
 
 Every row of the Ray dataset is one whole work unit; its image rows travel as one Arrow IPC
 payload, so identity-level decisions and the shard write see the complete unit and Ray never
@@ -109,14 +109,20 @@ class FilterActor:
         return _pack([run_stage(self.stage, r, r.unit, retries) for r in _unpack(batch)])
 
 
-def _write_batch(batch: dict[str, np.ndarray], cfg: RunConfig, out: str, meta: dict) -> dict[str, np.ndarray]:
-    stage = WriteStage(cfg, out, meta)
-    manifests = []
-    for result in _unpack(batch):
-        manifest, error = (None, result.error) if result.error else retry(stage, result, result.unit,
-                                                                            cfg.ray.unit_retries)
-        manifests.append(manifest if error is None else {"unit": result.unit.name, "error": error})
-    return {"manifest": np.array([json.dumps(m) for m in manifests], dtype=object)}
+class WriteActor:
+    """An actor rather than a task: its process starts with the pipeline, not when the first unit
+    arrives, so a fresh worker's start-up and imports stay off every unit's path."""
+
+    def __init__(self, cfg: RunConfig, out: str, meta: dict):
+        self.stage, self.retries = WriteStage(cfg, out, meta), cfg.ray.unit_retries
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        manifests = []
+        for result in _unpack(batch):
+            manifest, error = (None, result.error) if result.error else retry(self.stage, result, result.unit,
+                                                                                self.retries)
+            manifests.append(manifest if error is None else {"unit": result.unit.name, "error": error})
+        return {"manifest": np.array([json.dumps(m) for m in manifests], dtype=object)}
 
 
 def stream_units(
@@ -152,7 +158,12 @@ def stream_units(
         num_cpus=0.5,
     )
     ds = ds.map_batches(
-        _write_batch, fn_args=(cfg, out, file_metadata), batch_size=1, batch_format="numpy", num_cpus=0.25
+        WriteActor,
+        fn_constructor_args=(cfg, out, file_metadata),
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.ray.writer_actors),
+        num_cpus=0.25,
     )
     for batch in ds.iter_batches(batch_size=1, batch_format="numpy"):
         for text in batch["manifest"]:

@@ -1,4 +1,4 @@
-"""The run log: everything a run prints, timestamped, in ``<out>/logs/run-<UTC time>.log``.
+"""The run log: everything a run prints, timestamped, in ``<out>/logs/run-<UTC start time>.log``.
 
 One file per invocation, never overwritten, so a resumed run keeps the story of every attempt.
 The terminal still gets the live progress line; the file gets each redraw as its own line.
@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -62,10 +63,10 @@ class TeeStream:
 
 
 def new_log_path(out: Path) -> Path:
-    """A fresh log file name under ``out/logs`` (a suffix keeps two runs in one second apart)."""
+    """A fresh log file name under ``out/logs``; names sort in start order (UTC, microseconds)."""
     folder = out / LOG_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    base = "run-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = "run-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     path, n = folder / f"{base}.log", 1
     while path.exists():
         path, n = folder / f"{base}-{n}.log", n + 1

@@ -14,6 +14,7 @@ from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, is_done, plan_u
 from facefoundry.identities.store import write_identities
 from facefoundry.pipelines.local_ray import ray_session
 from facefoundry.pipelines.progress import Progress
+from facefoundry.pipelines.runlog import new_log_path, run_log
 from facefoundry.pipelines.stages import ModelPaths
 from facefoundry.runinfo import prepare_run_folder, run_id
 
@@ -28,6 +29,14 @@ class RunSummary:
     rows_written: int
     seconds: float
     failed: list[tuple[str, str]] = field(default_factory=list)  # (unit, reason): rerun to redo them
+
+    def line(self) -> str:
+        """The one-line outcome (printed by the CLI, recorded in the run log)."""
+        return (
+            f"{'incomplete' if self.failed else 'done'}: {self.run_id}: {self.units_written} units written, "
+            f"{self.units_skipped} skipped, {len(self.failed)} failed, "
+            f"{self.rows_written}/{self.images_generated} images kept, {self.seconds:.1f}s"
+        )
 
 
 def remove_stale_temporaries(out: Path) -> None:
@@ -76,9 +85,15 @@ def file_metadata(cfg: RunConfig) -> dict:
 
 def run(cfg: RunConfig, out: Path, fresh: bool = False, log: TextIO | None = None) -> RunSummary:
     """Run (or resume) ``cfg`` into ``out``. Units with a valid manifest are skipped untouched."""
-    log = log or sys.stderr
     started = time.monotonic()
     resuming = prepare_run_folder(out, cfg, fresh=fresh)
+    with run_log(new_log_path(out), log or sys.stderr) as stream:
+        summary = _run(cfg, out, resuming, stream, started)
+        stream.record(summary.line())
+    return summary
+
+
+def _run(cfg: RunConfig, out: Path, resuming: bool, log: TextIO, started: float) -> RunSummary:
     if resuming:
         remove_stale_temporaries(out)
     meta = write_identities(out, cfg)

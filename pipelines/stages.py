@@ -19,9 +19,17 @@ from facefoundry.config import ImagesConfig, RunConfig
 from facefoundry.dataset.manifest import Unit
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
-from facefoundry.identities.store import IDENTITIES_FILE, read_vectors
 from facefoundry.identities.variation import perturb, sigma_schedule
 from facefoundry.seeds import image_seeds
+
+
+def identity_vectors(out: Path):
+    """The run's identity vectors (row i = identity i)."""
+    # Imported here: the identities package pulls in torch, which filter and writer actors never need
+    # (it would cost each of them a second of start-up).
+    from facefoundry.identities.store import IDENTITIES_FILE, read_vectors
+
+    return read_vectors(out / IDENTITIES_FILE)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class GenerateStage:
     def setup(self) -> None:
         if self.generator is not None:
             return
-        self.vectors = read_vectors(self.out / IDENTITIES_FILE)
+        self.vectors = identity_vectors(self.out)
         self.generator = build_generator(self.cfg, self.paths)
         self.generator.setup()
 
@@ -142,7 +150,7 @@ class FilterStage:
         if self.cfg.id_filter is not None:
             from facefoundry.filters.identity_filter import IdentityFilter
 
-            filters.append(IdentityFilter(self.cfg.id_filter, read_vectors(self.out / IDENTITIES_FILE)))
+            filters.append(IdentityFilter(self.cfg.id_filter, identity_vectors(self.out)))
         for f in filters:
             f.setup()
         self.filters = filters

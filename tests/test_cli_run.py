@@ -15,10 +15,11 @@ SMALL = ["--set", "identities.count=4", "--set", "images.per_identity=2"]
 
 
 def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file of the run but its logs (each invocation adds one)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).parts[0] != "logs"
     }
 
 
@@ -61,6 +62,9 @@ def test_rerun_is_a_no_op(smoke_run):
     assert result.exit_code == 0, result.output
     assert "nothing to do" in result.output and "2 skipped" in result.output
     assert tree_digest(out) == before
+    first, second = sorted((out / "logs").glob("run-*.log"))  # one log per invocation
+    assert "units 2/2" in first.read_text() and "done: " in first.read_text()
+    assert "nothing to do" in second.read_text() and "0 units written, 2 skipped" in second.read_text()
 
 
 def test_lost_unit_is_redone_identically(smoke_run, tmp_path):
@@ -125,6 +129,9 @@ def test_failing_unit_is_recorded_and_redone(tmp_path):
     assert "failed unit 0000002-0000004: ValueError: identity vectors contain NaN or inf" in result.output
     assert "1 units written, 0 skipped, 1 failed" in result.output
     assert sorted(p.name for p in (out / "manifests").iterdir()) == ["0000000-0000002.json"]
+    log = next((out / "logs").glob("run-*.log")).read_text()
+    assert "unit 0000002-0000004 FAILED after 1 retries: ValueError: identity vectors contain NaN" in log
+    assert "incomplete: " in log
 
     path.write_bytes(good)
     result = CliRunner().invoke(app, ["run", str(config), *args])

@@ -85,4 +85,15 @@ def test_generator_actors_request_the_configured_gpus(monkeypatch):
     list(executor.stream_units(cfg, "/tmp/x", [Unit(0, 1)], ModelPaths("m", "b"), {}))
     generate = dict(calls)[executor.GenerateActor]
     assert generate["num_gpus"] == 0.5 and generate["compute"].max_size == 3
-    assert [fn for fn, _ in calls] == [executor.GenerateActor, executor.FilterActor, executor._write_batch]
+    assert [fn for fn, _ in calls] == [executor.GenerateActor, executor.FilterActor, executor.WriteActor]
+    assert all(kw["compute"].min_size == 1 for _, kw in calls)  # every stage's process starts with the pipeline
+
+
+def test_generator_threads_default_to_the_node_cpus_shared_among_generator_actors():
+    from facefoundry.config import load_config
+    from facefoundry.pipelines.executor import generator_threads
+
+    assert generator_threads(load_config(CONFIG, []), 16) == 16
+    assert generator_threads(load_config(CONFIG, ["ray.generator_actors=3"]), 16) == 5
+    assert generator_threads(load_config(CONFIG, ["ray.generator_actors=32"]), 16) == 1
+    assert generator_threads(load_config(CONFIG, ["ray.generator_threads=2"]), 16) == 2
