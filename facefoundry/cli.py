@@ -265,5 +265,47 @@ def config(config: ConfigArg, set_: SetOpt = None) -> None:
     typer.echo(json.dumps({"config_hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}, indent=2))
 
 
+models_app = typer.Typer(help="Model files in the Hugging Face cache: list them, fetch them (pre-warm nodes).",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Name, Hub repo, file count, licence, and whether the files are in the HF cache (no network)."""
+    from facefoundry.models import hub_cache, list_rows
+
+    rows = list_rows()
+    cols = ["name", "repo", "files", "licence", "cached", "size"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    for row in [{c: c.upper() for c in cols}, *rows]:
+        typer.echo("  ".join(row[c].ljust(widths[c]) for c in cols).rstrip())
+    typer.echo(f"cache: {hub_cache()}")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    names: Annotated[list[str], typer.Argument(help="Model names (see `facefoundry models list`).")],
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default main).")] = None,
+) -> None:
+    """Download only the files a model needs into the HF cache; cached files are not downloaded again."""
+    from facefoundry.models import ModelFetchError, ModelFileMissing, UnknownModelError, fetch, get_spec, human_bytes
+
+    try:
+        for name in names:
+            get_spec(name)
+    except UnknownModelError as exc:
+        _fail(str(exc), code=2)
+    for name in names:
+        try:
+            res = fetch(name, revision)
+        except (ModelFileMissing, ModelFetchError) as exc:
+            _fail(str(exc))
+        except Exception as exc:
+            _fail(_one_line(exc))
+        state = f"downloaded {len(res.downloaded)} file(s)" if res.downloaded else "already cached"
+        typer.echo(f"{name}: {res.repo_id}@{res.commit} {state}, {human_bytes(res.nbytes)} -> {res.folder}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -48,18 +48,24 @@ class ModelFilesError(FileNotFoundError):
 
 def _hint(role: str) -> str:
     if role == "model":
-        return "download FoivosPar/Arc2Face (arc2face/ and encoder/) or set generator.model"
-    return ("download stable-diffusion-v1-5/stable-diffusion-v1-5 (tokenizer/, vae/, scheduler/) "
-            "or set generator.base_model")
+        return ("run `facefoundry models fetch arc2face` (FoivosPar/Arc2Face: arc2face/, encoder/) "
+                "or set generator.model")
+    return ("run `facefoundry models fetch sd15` (stable-diffusion-v1-5/stable-diffusion-v1-5: tokenizer/, vae/, "
+            "scheduler/) or set generator.base_model")
 
 
-def _check_local(repo: str, role: str, subfolder: str, groups: list[tuple[str, ...]]) -> None:
+def _check_local(repo: str, role: str, subfolder: str, groups: list[tuple[str, ...]],
+                 revision: str | None = None) -> None:
     """Raise :class:`ModelFilesError` when ``repo`` is a local folder lacking a needed file."""
     path = Path(repo).expanduser()
     if not path.exists():
         if path.is_absolute() or repo.startswith((".", "~")) or repo.count("/") != 1:
             raise ModelFilesError(f"model folder {path} does not exist: {_hint(role)}")
-        return  # a Hub id: from_pretrained resolves it
+        # A Hub id: from_pretrained resolves it; offline, the HF cache must hold it (else the fetch command).
+        from facefoundry.models import check_cached
+
+        check_cached(repo, [tuple(f"{subfolder}/{n}" for n in names) for names in groups], revision, ModelFilesError)
+        return
     for names in groups:
         if not any((path / subfolder / n).is_file() for n in names):
             want = " or ".join(f"{path / subfolder / n}" for n in names)
@@ -93,7 +99,8 @@ class Arc2FaceGenerator:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         for role, sub, groups in _REQUIRED.values():
-            _check_local(self.model if role == "model" else self.base, role, sub, groups)
+            _check_local(self.model if role == "model" else self.base, role, sub, groups,
+                         self.cfg.revision if role == "model" else None)
         rev = self.cfg.revision
         device = resolve_device(device if device is not None else self.cfg.device)
         dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, device)

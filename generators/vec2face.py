@@ -207,14 +207,12 @@ class Vec2FaceGenerator:
         if looks_local:
             raise CheckpointNotFoundError(f"Vec2Face checkpoint {path} does not exist — download "
                                           f"{cfg.filename} from BooBooWu/Vec2Face or set generator.checkpoint")
-        from huggingface_hub import hf_hub_download
+        from facefoundry.models import ModelFileMissing, require_file
 
-        try:
-            return Path(hf_hub_download(ref, cfg.filename, revision=cfg.revision))
-        except (OSError, ValueError) as exc:
-            raise CheckpointNotFoundError(f"cannot get {cfg.filename} from the Hub repo {ref}: {exc} — "
-                                          "download it (online) or point generator.checkpoint at a local file"
-                                          ) from exc
+        try:  # HF cache, downloading when HF_HUB_OFFLINE allows; the error names `facefoundry models fetch`
+            return require_file(ref, cfg.filename, revision=cfg.revision)
+        except ModelFileMissing as exc:
+            raise CheckpointNotFoundError(str(exc)) from exc
 
     def setup(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         """Load the checkpoint (strict, all 349 keys) onto ``device`` in float32, once per worker."""
