@@ -1,13 +1,16 @@
-"""Face embedder throughput on CPU: ArcFace (ONNX Runtime) and dlib's 128-d descriptor, batched vs one per call.
+"""Face embedder throughput on CPU: ArcFace (ONNX Runtime, PyTorch) and dlib's 128-d descriptor, batched vs one
+per call.
 
     python bench/filters.py                 # iresnet50 and iresnet100 ArcFace + dlib (about 40 s on 2 idle cores)
     python bench/filters.py --arch r50      # only iresnet50 (w600k_r50's architecture)
     python bench/filters.py --faces 48 --batch 16
 
-No model is downloaded: the ArcFace model is an iresnet built here with random weights and exported to ONNX
-(dynamo=False) with InsightFace's interface (``[N, 3, 112, 112] -> [N, 512]``, dynamic batch). Its architecture,
-and so its arithmetic, matches the published model of the same depth, so the timings stand for the real one
-(weights' values do not change the work). dlib uses the real ``dlib_face_recognition_resnet_model_v1.dat``.
+No model is downloaded: the ArcFace model is the project's iresnet (``filters/iresnet.py``, official
+arcface_torch layout) with random weights, exported to ONNX (dynamo=False) with InsightFace's interface
+(``[N, 3, 112, 112] -> [N, 512]``, dynamic batch). Its architecture, and so its arithmetic, matches the
+published model of the same depth, so the timings stand for the real one (weights' values do not change
+the work). The same R100 also runs in PyTorch through Vec2Face's ``.pth`` loader (``TorchArcFaceEmbedder``).
+dlib uses the real ``dlib_face_recognition_resnet_model_v1.dat``.
 Faces are the six people of InsightFace's sample photo ``t1.jpg`` (dlib HOG + 5 points), repeated; crops are
 prepared beforehand, so only the embedding is timed. Each mode gets one warm-up call first.
 """
@@ -25,47 +28,29 @@ from pathlib import Path
 
 import numpy as np
 
-LAYERS = {"r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
+DEPTHS = {"r50": 50, "r100": 100}
 
 
-def build_iresnet(layers: tuple[int, ...]):
-    """ArcFace's iresnet (InsightFace arcface_torch): BN-conv-BN-PReLU-conv-BN blocks, 112 -> 7x7x512 -> 512."""
+def random_iresnet(arch: str):
+    """The project's iresnet (official arcface_torch layout) with seeded random weights, tamed so random
+    activations neither overflow nor go denormal."""
     import torch
-    from torch import nn
 
-    def bn(c):
-        return nn.BatchNorm2d(c, eps=1e-5)
+    from facefoundry.filters.iresnet import iresnet
 
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int):
-            super().__init__()
-            self.body = nn.Sequential(
-                bn(cin), nn.Conv2d(cin, cout, 3, 1, 1, bias=False), bn(cout), nn.PReLU(cout),
-                nn.Conv2d(cout, cout, 3, stride, 1, bias=False), bn(cout),
-            )  # fmt: skip
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
-            with torch.no_grad():
-                self.body[-1].weight.fill_(0.1)  # keep random activations tame (no overflow, no denormals)
-
-        def forward(self, x):
-            return self.body(x) + (x if self.down is None else self.down(x))
-
-    modules = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), bn(64), nn.PReLU(64)]
-    cin = 64
-    for cout, count in zip((64, 128, 256, 512), layers, strict=True):
-        modules += [Block(cin, cout, 2)] + [Block(cout, cout, 1) for _ in range(count - 1)]
-        cin = cout
-    modules += [bn(512), nn.Flatten(), nn.Linear(512 * 7 * 7, 512), nn.BatchNorm1d(512, eps=1e-5)]
-    return nn.Sequential(*modules).eval()
+    torch.manual_seed(0)
+    net = iresnet(DEPTHS[arch]).eval()
+    with torch.no_grad():
+        for block in net.modules():
+            if hasattr(block, "bn3"):
+                block.bn3.weight.fill_(0.1)
+    return net
 
 
 def export_arcface(path: Path, arch: str) -> None:
     import torch
 
-    torch.manual_seed(0)
-    net = build_iresnet(LAYERS[arch])
+    net = random_iresnet(arch)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -98,7 +83,7 @@ def rate(fn, items, warm) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", choices=[*LAYERS, "all"], default="all")
+    parser.add_argument("--arch", choices=[*DEPTHS, "all"], default="all")
     parser.add_argument("--faces", type=int, default=64, help="faces embedded per mode")
     parser.add_argument("--batch", type=int, default=32, help="faces per call in batched mode")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime intra-op threads")
@@ -116,7 +101,7 @@ def main() -> None:
     print(f"faces: {len(dets)} people in t1.jpg, repeated to {args.faces}; threads {args.threads}")
 
     results = {}
-    for arch in list(LAYERS) if args.arch == "all" else [args.arch]:
+    for arch in list(DEPTHS) if args.arch == "all" else [args.arch]:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"iresnet_{arch}.onnx"
             start = time.perf_counter()
@@ -128,6 +113,19 @@ def main() -> None:
             batched = rate(emb.embed, arc_crops, arc_crops[: args.batch])
             single = rate(lambda crops, emb=emb: [emb.embed(c[None]) for c in crops], arc_crops, arc_crops[:1])
             results[f"arcface_{arch}_onnx_cpu"] = (batched, single)
+    if args.arch in ("all", "r100"):  # Vec2Face's ArcFace-R100 in PyTorch, through the real .pth loader
+        import torch
+
+        from facefoundry.filters.torch_embedder import TorchArcFaceEmbedder
+
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "arcface-r100-glint360k.pth"
+            torch.save(random_iresnet("r100").state_dict(), path)
+            emb = TorchArcFaceEmbedder(path, "cpu", batch_size=args.batch)
+            batched = rate(emb.embed, arc_crops, arc_crops[: args.batch])
+            single = rate(lambda crops, emb=emb: [emb.embed(c[None]) for c in crops], arc_crops, arc_crops[:1])
+            results["arcface_r100_torch_cpu"] = (batched, single)
 
     batched = rate(lambda c: dlib_model.descriptors(c, batch=args.batch), chips, chips[: args.batch])
     single = rate(lambda c: [dlib_model.descriptors([x]) for x in c], chips, chips[:1])
