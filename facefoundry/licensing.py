@@ -100,6 +100,26 @@ def run_components(cfg: dict) -> list[Component]:
         ]
     else:
         comps.append(Component("face filter", str(filt.get("kind")), "unknown", "not recorded", "not recorded", None))
+    return comps + id_filter_components(cfg.get("id_filter"))
+
+
+def id_filter_components(idf: dict | None) -> list[Component]:
+    """The identity filter's detector and conditioning encoder (file names only, never local paths)."""
+    if not idf:
+        return []
+    detector = Path(str(idf.get("detector_model", "antelopev2"))).name
+    encoder = Path(str(idf.get("encoder_model", "arcface.onnx"))).name
+    comps = [Component("face detector (id_filter)", "SCRFD", f"InsightFace model pack ({detector})",
+                       "InsightFace pretrained packs: non-commercial research only",
+                       "WIDER FACE (web images)", False)]
+    if encoder.endswith((".pth", ".pt")):
+        comps.append(Component("conditioning encoder (id_filter)", "ArcFace R100 (PyTorch)",
+                               f"BooBooWu/Vec2Face ({encoder})", "not recorded: Glint360K terms apply",
+                               "Glint360K (web-crawled celebrity faces, no consent)", False))
+    else:
+        comps.append(Component("conditioning encoder (id_filter)", "ArcFace (ONNX)", encoder,
+                               "Arc2Face's arcface.onnx: WebFace42M terms; InsightFace packs: non-commercial",
+                               "WebFace42M or Glint360K / WebFace600K (web-crawled faces, no consent)", False))
     return comps
 
 

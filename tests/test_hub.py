@@ -445,6 +445,12 @@ def test_licence_checks_and_conflicts(run):
     assert warnings and all("non-commercial" in w for w in warnings) and "Arc2Face" in warnings[0]
     tiny = licensing.run_components({"generator": {"tiny": True}})
     assert licensing.licence_conflicts("apache-2.0", tiny) == []
+    # the identity filter's InsightFace detector and ArcFace encoder are non-commercial: a tiny run using it is too
+    with_idf = licensing.run_components({"generator": {"tiny": True}, "id_filter": {
+        "detector_model": "/home/me/models/antelopev2", "encoder_model": "/data/weights/arcface-r100-glint360k.pth"}})
+    conflicts = licensing.licence_conflicts("apache-2.0", with_idf)
+    assert len(conflicts) == 2 and "SCRFD" in conflicts[0] and "ArcFace R100" in conflicts[1]
+    assert not any("/home/me" in c.source or "/data" in c.source for c in with_idf)  # file names only
     with pytest.raises(ValueError, match="unknown dataset licence"):
         licensing.check_license("beerware")
     result = hub.publish(run, "org/faces", dry_run=True, license="cc-by-4.0")
