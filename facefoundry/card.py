@@ -514,7 +514,9 @@ def _generation(ctx: _Ctx) -> list[str]:
         "`token_mask`)."
         if vec2face else
         f"- Prompt `{gen.get('prompt', 'photo of a id person')}` with the identity vector in the `id` token; "
-        f"DPM-Solver multistep, {gen.get('steps', 25)} steps, guidance scale {gen.get('guidance_scale', 3.0)}.",
+        + (f"LCM-LoRA `{gen.get('lcm_lora')}` fused into the UNet, LCM scheduler, {gen.get('steps')} steps, "
+           f"guidance scale {gen.get('guidance_scale')}." if gen.get("sampler") == "lcm" else
+           f"DPM-Solver multistep, {gen.get('steps', 25)} steps, guidance scale {gen.get('guidance_scale', 3.0)}."),
         f"- {per} images per identity, stored as {images.get('format', 'png').upper()}"
         + (f" (quality {images.get('jpeg_quality')})" if images.get("format") == "jpeg" else "")
         + f" at {gen.get('output_size') or 'the native'}"

@@ -133,13 +133,40 @@ class Arc2FaceConfig(StrictModel):
     tiny: bool = Field(
         False, description="Build tiny random weights in the official layout under <out>/models and load them."
     )
-    steps: int = Field(25, ge=1, le=1000)
-    guidance_scale: float = Field(3.0, ge=0.0)
+    steps: int = Field(25, ge=1, le=1000, description="Denoising steps (dpm default 25; lcm default 4, 1-8).")
+    guidance_scale: float = Field(3.0, ge=0.0, description="CFG scale (dpm default 3.0; lcm default 1.0 = no CFG).")
+    sampler: Literal["dpm", "lcm"] = Field(
+        "dpm", description="dpm: DPM-Solver multistep (Arc2Face default); lcm: LCM-LoRA fused + LCMScheduler (fast)."
+    )
+    lcm_lora: str = Field(
+        "latent-consistency/lcm-lora-sdv1-5", description="sampler=lcm: Hub id or folder holding the LCM-LoRA file."
+    )
+    lcm_lora_weight_name: str = Field(
+        "pytorch_lora_weights.safetensors", description="sampler=lcm: LoRA file name inside `lcm_lora`."
+    )
+    lcm_lora_revision: str | None = Field(None, description="Hub revision of `lcm_lora`, for reproducibility.")
     prompt: str = Field("photo of a id person", description="Prompt whose `id` token carries the identity.")
     output_size: int | None = Field(None, ge=16, description="Square size of stored images; null = native.")
     batch_size: int = Field(8, ge=1, description="Images per generator forward (micro-batch).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lcm_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("sampler") == "lcm":
+            data = {"steps": 4, "guidance_scale": 1.0, **data}  # LCM-LoRA's defaults unless set explicitly
+        return data
+
+    @model_validator(mode="after")
+    def _check_lcm(self) -> Arc2FaceConfig:
+        if self.sampler == "lcm" and self.steps > 8:
+            raise ValueError(f"generator.steps={self.steps} with generator.sampler=lcm: LCM-LoRA is distilled for "
+                             "1-8 steps (2-4 recommended); set generator.steps=4 or use generator.sampler=dpm")
+        if self.sampler == "lcm" and self.guidance_scale > 2.0:
+            raise ValueError(f"generator.guidance_scale={self.guidance_scale} with generator.sampler=lcm: LCM-LoRA "
+                             "takes 1.0 (no CFG, one UNet pass) up to 2.0; set generator.guidance_scale=1.0")
+        return self
 
 
 class Vec2FaceConfig(StrictModel):

@@ -8,7 +8,13 @@ Identity injection: the prompt ``"photo of a id person"`` is tokenised; the toke
 ``id`` position is replaced by the L2-normalised 512-d vector zero-padded to the encoder width, then
 position embeddings, the causal CLIP transformer and the final layer norm give ``prompt_embeds``.
 Replacement is by position, so one batch may mix identities. Every image draws its initial latents
-from its own ``torch.Generator`` seeded with its seed, so it does not depend on its batch.
+(and, with LCM, its per-step noise) from its own ``torch.Generator`` seeded with its seed, so it does not
+depend on its batch.
+
+Samplers (``cfg.sampler``): ``dpm``, DPM-Solver multistep from the base scheduler config (Arc2Face's
+default, 25 steps, guidance 3.0); ``lcm``, fast mode: the LCM-LoRA for SD-1.5 fused into the UNet
+(:mod:`facefoundry.generators.lcm_lora`) and ``LCMScheduler`` from the same base config (2-4 steps,
+guidance 1.0, i.e. one UNet pass per step and no CFG branch).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from PIL import Image
 from facefoundry.config import Arc2FaceConfig
 
 from .base import Resources, check_batch, in_microbatches, resolve_device, resolve_dtype
+from .lcm_lora import fuse_lcm_lora, resolve_lora_file
 
 ID_DIM = 512
 ID_WORD = "id"
@@ -83,10 +90,12 @@ class Arc2FaceGenerator:
 
     name = "arc2face"
 
-    def __init__(self, cfg: Arc2FaceConfig, model_path: str | None = None, base_path: str | None = None):
+    def __init__(self, cfg: Arc2FaceConfig, model_path: str | None = None, base_path: str | None = None,
+                 lcm_lora_path: str | None = None):
         self.cfg = cfg
         self.model = str(model_path or cfg.model)
         self.base = str(base_path or cfg.base_model)
+        self.lcm_lora = str(lcm_lora_path or cfg.lcm_lora)
         self.resources = Resources()
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
@@ -94,13 +103,17 @@ class Arc2FaceGenerator:
 
     # ------------------------------------------------------------------ loading
     def setup(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        """Load the five components with ``from_pretrained`` (once per worker) onto ``device``."""
-        from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+        """Load the five components with ``from_pretrained`` (once per worker) onto ``device``; with
+        ``sampler=lcm`` also fuse the LCM-LoRA into the UNet and use ``LCMScheduler``."""
+        from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, LCMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         for role, sub, groups in _REQUIRED.values():
             _check_local(self.model if role == "model" else self.base, role, sub, groups,
                          self.cfg.revision if role == "model" else None)
+        lora_file = None
+        if self.cfg.sampler == "lcm":  # before the slow loads: a missing LoRA fails fast
+            lora_file = resolve_lora_file(self.lcm_lora, self.cfg.lcm_lora_weight_name, self.cfg.lcm_lora_revision)
         rev = self.cfg.revision
         device = resolve_device(device if device is not None else self.cfg.device)
         dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, device)
@@ -114,15 +127,19 @@ class Arc2FaceGenerator:
         try:
             tokenizer = CLIPTokenizer.from_pretrained(self.base, subfolder="tokenizer")
             vae = AutoencoderKL.from_pretrained(self.base, subfolder="vae", torch_dtype=dtype)
-            scheduler = DPMSolverMultistepScheduler.from_pretrained(self.base, subfolder="scheduler")
+            scheduler_class = LCMScheduler if self.cfg.sampler == "lcm" else DPMSolverMultistepScheduler
+            scheduler = scheduler_class.from_pretrained(self.base, subfolder="scheduler")
         except (OSError, ValueError) as exc:
             raise ModelFilesError(f"cannot load {self.base} (tokenizer/, vae/, scheduler/): {exc} — "
                                   f"{_hint('base')}") from exc
         self.set_components(unet, encoder, tokenizer, vae, scheduler, device, dtype)
+        if lora_file is not None:  # fused on the target device and dtype
+            fuse_lcm_lora(self.unet, self.text_encoder, self.tokenizer, self.vae, self.scheduler, lora_file)
 
     def set_components(self, unet: Any, text_encoder: Any, tokenizer: Any, vae: Any, scheduler: Any,
                        device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        """Use already-built components (what :meth:`setup` does after loading)."""
+        """Use already-built components (what :meth:`setup` does after loading). Taken as they are: for
+        ``sampler=lcm`` pass a UNet with the LCM-LoRA fused and an ``LCMScheduler``."""
         self.device = resolve_device(device if device is not None else self.cfg.device)
         self.dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, self.device)
         self.unet, self.text_encoder, self.vae = (self._place(m) for m in (unet, text_encoder, vae))

@@ -10,6 +10,11 @@ Tests and the offline ``smoke`` preset load these folders through exactly the sa
     <root>/stable-diffusion-v1-5/vae/{config.json, diffusion_pytorch_model.safetensors}  AutoencoderKL
     <root>/stable-diffusion-v1-5/scheduler/scheduler_config.json                   SD-1.5 PNDM config
     <root>/stable-diffusion-v1-5/model_index.json
+    <root>/lcm-lora-sdv1-5/pytorch_lora_weights.safetensors                       kohya-style UNet LoRA
+
+The LoRA has the published LCM-LoRA's format (``lora_unet_*.lora_down.weight`` / ``.lora_up.weight`` /
+``.alpha`` for every module of :data:`~facefoundry.generators.lcm_lora.LCM_TARGETS`), so diffusers loads
+it through the same kohya conversion as ``latent-consistency/lcm-lora-sdv1-5``.
 
 The encoder keeps the real hidden size (768) so the 512-d identity vector is zero-padded exactly as
 with the published weights; everything else is shrunk (64x64 images, 2 encoder layers).
@@ -28,8 +33,10 @@ import torch
 
 MODEL_DIR = "Arc2Face"
 BASE_DIR = "stable-diffusion-v1-5"
+LCM_DIR = "lcm-lora-sdv1-5"
+LORA_FILE = "pytorch_lora_weights.safetensors"
 MARKER = ".facefoundry-tiny-arc2face.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Whole words of the vocabulary (each one BPE token); anything else falls back to byte-level pieces.
 WORDS = ("photo", "of", "a", "id", "person", "face", "portrait", "smiling")
@@ -129,6 +136,42 @@ def make_tiny_components(vocab_size: int, seed: int = 0) -> dict[str, Any]:
     return {"unet": unet.eval(), "text_encoder": encoder.eval(), "vae": vae.eval()}
 
 
+def make_tiny_lcm_lora(unet: torch.nn.Module, rank: int = 4, alpha: float = 2.0, seed: int = 0
+                       ) -> dict[str, torch.Tensor]:
+    """A random LoRA for ``unet`` in the published LCM-LoRA's kohya format (float16 tensors).
+
+    Linear: ``lora_down`` (rank, in), ``lora_up`` (out, rank). Conv: ``lora_down`` (rank, in, kh, kw),
+    ``lora_up`` (out, rank, 1, 1). ``alpha`` is a 0-d tensor; the applied update is alpha/rank * up @ down.
+    """
+    from .lcm_lora import is_target, kohya_key
+
+    out: dict[str, torch.Tensor] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, module in unet.named_modules():
+            if not is_target(name):
+                continue
+            if isinstance(module, torch.nn.Linear):
+                down = torch.randn(rank, module.in_features) / module.in_features**0.5
+                up = torch.randn(module.out_features, rank) * 0.1
+            elif isinstance(module, torch.nn.Conv2d):
+                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                down = torch.randn(rank, module.in_channels, *module.kernel_size) / fan_in**0.5
+                up = torch.randn(module.out_channels, rank, 1, 1) * 0.1
+            else:
+                continue
+            key = kohya_key(name)
+            out[f"{key}.lora_down.weight"] = down.half()
+            out[f"{key}.lora_up.weight"] = up.half()
+            out[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float16)
+    return out
+
+
+def tiny_lcm_lora_path(root: Path) -> Path:
+    """The tiny LCM-LoRA file of a :func:`build_tiny_arc2face` build under ``root``."""
+    return Path(root) / LCM_DIR / LORA_FILE
+
+
 def _model_index() -> dict[str, Any]:
     return {
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
@@ -150,7 +193,8 @@ def _is_complete(root: Path, seed: int) -> bool:
 
 
 def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Build (once) tiny random Arc2Face weights under ``root``; return ``(model_path, base_path)``.
+    """Build (once) tiny random Arc2Face weights under ``root``; return ``(model_path, base_path)``
+    (the LCM-LoRA file is at :func:`tiny_lcm_lora_path`).
 
     Idempotent: if a complete build with the same seed exists (its marker is written last) nothing is
     rewritten. Otherwise everything is built in a temporary folder inside ``root`` and moved into place.
@@ -173,9 +217,13 @@ def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
         parts["vae"].save_pretrained(tmp / BASE_DIR / "vae")
         _write_json(tmp / BASE_DIR / "scheduler" / "scheduler_config.json", SD15_SCHEDULER)
         _write_json(tmp / BASE_DIR / "model_index.json", _model_index())
+        from safetensors.torch import save_file
+
+        (tmp / LCM_DIR).mkdir()
+        save_file(make_tiny_lcm_lora(parts["unet"], seed=seed + 1), str(tmp / LCM_DIR / LORA_FILE))
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         (root / MARKER).unlink(missing_ok=True)
-        for name in (MODEL_DIR, BASE_DIR):
+        for name in (MODEL_DIR, BASE_DIR, LCM_DIR):
             if (root / name).exists():
                 shutil.rmtree(root / name)
             os.replace(tmp / name, root / name)

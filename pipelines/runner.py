@@ -57,10 +57,10 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
         return ModelPaths(str(build_tiny_vec2face(out / "models", seed=cfg.run.seed)))
     if not gen.tiny:
         return ModelPaths(gen.model, gen.base_model)
-    from facefoundry.generators.tiny_arc2face import build_tiny_arc2face
+    from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path
 
     model, base = build_tiny_arc2face(out / "models", seed=cfg.run.seed)
-    return ModelPaths(str(model), str(base))
+    return ModelPaths(str(model), str(base), str(tiny_lcm_lora_path(out / "models")))
 
 
 def file_metadata(cfg: RunConfig) -> dict:
@@ -71,6 +71,7 @@ def file_metadata(cfg: RunConfig) -> dict:
         {"checkpoint": tiny if gen.tiny else gen.checkpoint, "filename": gen.filename}
         if gen.kind == "vec2face"
         else {"model": tiny if gen.tiny else gen.model, "base_model": tiny if gen.tiny else gen.base_model}
+        | ({"lcm_lora": tiny if gen.tiny else gen.lcm_lora, "sampler": "lcm"} if gen.sampler == "lcm" else {})
     )
     return {
         "run_id": run_id(cfg),

@@ -41,6 +41,7 @@ class ModelPaths:
 
     model: str
     base_model: str | None = None
+    lcm_lora: str | None = None  # Arc2Face fast mode: the LCM-LoRA (tiny builds); None = generator.lcm_lora
 
 
 def build_generator(cfg: RunConfig, paths: ModelPaths):
@@ -52,7 +53,7 @@ def build_generator(cfg: RunConfig, paths: ModelPaths):
         return Vec2FaceGenerator(cfg.generator, None if paths.model == cfg.generator.checkpoint else paths.model)
     from facefoundry.generators.arc2face import Arc2FaceGenerator
 
-    return Arc2FaceGenerator(cfg.generator, paths.model, paths.base_model)
+    return Arc2FaceGenerator(cfg.generator, paths.model, paths.base_model, paths.lcm_lora)
 
 
 @dataclass

@@ -23,6 +23,7 @@ EXPECTED_FILES = {
     "Arc2Face/arc2face/diffusion_pytorch_model.safetensors",
     "Arc2Face/encoder/config.json",
     "Arc2Face/encoder/model.safetensors",
+    "lcm-lora-sdv1-5/pytorch_lora_weights.safetensors",
     "stable-diffusion-v1-5/model_index.json",
     "stable-diffusion-v1-5/scheduler/scheduler_config.json",
     "stable-diffusion-v1-5/tokenizer/merges.txt",

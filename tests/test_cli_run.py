@@ -138,3 +138,18 @@ def test_failing_unit_is_recorded_and_redone(tmp_path):
     assert result.exit_code == 0, result.output
     assert "1 units written, 1 skipped, 0 failed" in result.output
     assert verify_run(out) == []
+
+
+def test_fast_mode_runs_end_to_end_with_the_tiny_lcm_lora(tmp_path):
+    """generator.sampler=lcm through the whole pipeline: the tiny build's LoRA is found and fused."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    out = tmp_path / "lcm"
+    args = ["run", str(config), "--out", str(out), *SMALL, "--set", "generator.sampler=lcm",
+            "--set", "generator.steps=2", "--set", "generator.guidance_scale=1.0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "done: " in result.output and "units 2/2" in result.output
+    import pyarrow.parquet as pq
+
+    meta = json.loads(pq.read_schema(next((out / "data").glob("*.parquet"))).metadata[b"facefoundry"])
+    assert meta["generator"]["sampler"] == "lcm" and meta["generator"]["lcm_lora"].startswith("tiny")

@@ -1,0 +1,88 @@
+"""Forward FLOPs of the real-size generator networks (random weights), counted with
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention; 1 multiply-add = 2
+FLOPs; elementwise ops, norms and softmax are not counted, they are a few percent at most).
+
+- SD-1.5 UNet (= Arc2Face's UNet) at 512x512 px: ``UNet2DConditionModel`` with SD-1.5's config, on the
+  meta device (no memory, no compute), one image, 64x64x4 latent, 77x768 conditioning.
+- SD-1.5 VAE decoder (64x64x4 -> 512x512x3), meta device.
+- Arc2Face's CLIP ViT-L/14 text encoder (77 tokens), meta device.
+- Vec2Face (``vec2face_vit_base_patch16``, generators/vec2face_model.py) at 112x112 px on the CPU (its
+  token selection is data-dependent, so not on meta), with the minimum 5 of 49 tokens dropped.
+
+Attention runs through diffusers' plain ``AttnProcessor`` (explicit matmuls) so that it is counted.
+
+Usage: python bench/flops.py
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def sd15_unet() -> int:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # other defaults = SD-1.5
+    unet.set_attn_processor(AttnProcessor())
+    params = sum(p.numel() for p in unet.parameters())
+    assert 855e6 < params < 865e6, params  # SD-1.5's UNet has 859.5M parameters
+    x, cond = torch.empty(1, 4, 64, 64, device="meta"), torch.empty(1, 77, 768, device="meta")
+    return count(lambda: unet(x, 500, encoder_hidden_states=cond))
+
+
+def sd15_vae_decode() -> int:
+    from diffusers import AutoencoderKL
+    from diffusers.models.attention_processor import AttnProcessor
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
+        )
+    vae.set_attn_processor(AttnProcessor())
+    z = torch.empty(1, 4, 64, 64, device="meta")
+    return count(lambda: vae.decode(z))
+
+
+def clip_text() -> int:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        enc = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                           num_attention_heads=12, max_position_embeddings=77))
+    ids = torch.zeros(1, 77, dtype=torch.long, device="meta")
+    return count(lambda: enc(ids))
+
+
+def vec2face() -> int:
+    from facefoundry.generators.vec2face_model import BASE_ARCH, DROPPED, KEEP, MASKED, build_model
+
+    model = build_model(BASE_ARCH).eval()
+    codes = torch.full((1, BASE_ARCH.num_tokens), KEEP, dtype=torch.long)
+    codes[0, :5], codes[0, 5:12] = DROPPED, MASKED  # 5 dropped (the minimum), 7 masked (ratio ~0.25)
+    rep = torch.randn(1, 512) * 22 / 512**0.5
+    with torch.inference_mode():
+        return count(lambda: model(rep, codes))
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    rows = {"SD-1.5 UNet forward, 512 px (1 image)": sd15_unet(),
+            "SD-1.5 VAE decode, 512 px (1 image)": sd15_vae_decode(),
+            "CLIP ViT-L/14 text encoder, 77 tokens": clip_text(),
+            "Vec2Face forward, 112 px (1 image)": vec2face()}
+    for name, flops in rows.items():
+        print(f"{name:<42} {flops / 1e9:10.1f} GFLOP")
+
+
+if __name__ == "__main__":
+    main()
