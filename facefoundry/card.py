@@ -512,6 +512,10 @@ def _generation(ctx: _Ctx) -> list[str]:
         f"mean {gen.get('mask_ratio_mu', 0.15)}, "
         f"std {gen.get('mask_ratio_std', 0.25)}) and the token mask, both stored per image (`mask_ratio`, "
         "`token_mask`)."
+        + (f" AttrOP (Adam on the input vector toward ArcFace-R100 cosine "
+           f"{(gen.get('attrop') or {}).get('min_id_similarity')}, at most "
+           f"{(gen.get('attrop') or {}).get('max_iterations')} steps per image; outcome per image in `attrop_*`)."
+           if (gen.get("attrop") or {}).get("enabled") else "")
         if vec2face else
         f"- Prompt `{gen.get('prompt', 'photo of a id person')}` with the identity vector in the `id` token; "
         + (f"LCM-LoRA `{gen.get('lcm_lora')}` fused into the UNet, LCM scheduler, {gen.get('steps')} steps, "

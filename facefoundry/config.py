@@ -169,6 +169,27 @@ class Arc2FaceConfig(StrictModel):
         return self
 
 
+class AttrOpConfig(StrictModel):
+    """Vec2Face AttrOP: Adam on each image's input vector toward identity similarity, quality and yaw."""
+
+    enabled: bool = Field(False, description="Run AttrOP on every image (costs up to max_iterations x 3 forwards).")
+    max_iterations: int = Field(20, ge=0, le=1000, description="Cap on Adam steps per image (official: no cap).")
+    lr: float = Field(0.1, gt=0, description="Adam learning rate on the input vector (official 0.1).")
+    min_id_similarity: float = Field(
+        0.7, ge=-1.0, le=1.0, description="Stop once cos(ArcFace(image), identity vector) reaches this (official)."
+    )
+    target_quality: float | None = Field(
+        None, ge=0, description="MagFace feature-norm target; null = no quality term (calibrate per model)."
+    )
+    quality_tolerance: float = Field(1.0, ge=0, description="Accepted quality shortfall (official 1).")
+    target_yaw: float | None = Field(None, ge=0, le=90, description="Target |yaw| in degrees; null = no pose term.")
+    yaw_tolerance: float = Field(5.0, gt=0, description="Accepted |yaw| error, degrees (official 5).")
+    models: str = Field(
+        "BooBooWu/Vec2Face", description="Hub id or folder holding weights/{arcface-r100,magface-r100}-glint360k.pth "
+        "and weights/6DRepNet_300W_LP_AFLW2000.pth (tiny generator: built under <out>/models)."
+    )
+
+
 class Vec2FaceConfig(StrictModel):
     kind: Literal["vec2face"] = "vec2face"
     checkpoint: str = Field("BooBooWu/Vec2Face", description="Hub id, local folder (holding `filename`) or file.")
@@ -184,6 +205,7 @@ class Vec2FaceConfig(StrictModel):
     mask_ratio_mu: float = Field(0.15, description="Mean of the truncated normal (official 0.15).")
     mask_ratio_std: float = Field(0.25, gt=0, description="Standard deviation (official 0.25).")
     output_size: int | None = Field(None, ge=16, description="Square size of stored images; null = native 112.")
+    attrop: AttrOpConfig = Field(default_factory=AttrOpConfig)
 
     @model_validator(mode="after")
     def _check_ratios(self) -> Vec2FaceConfig:

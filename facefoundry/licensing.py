@@ -85,6 +85,15 @@ def run_components(cfg: dict) -> list[Component]:
                       "BooBooWu/Vec2Face (arcface-r100-glint360k.pth)", "not recorded: Glint360K terms apply",
                       "Glint360K (web-crawled celebrity faces, no consent)", False),
         ]
+        if (gen.get("attrop") or {}).get("enabled"):
+            comps += [
+                Component("AttrOP quality model (MagFace R100)", "MagFace", "BooBooWu/Vec2Face "
+                          "(magface-r100-glint360k.pth)", "apache-2.0 code; Glint360K terms apply to the weights",
+                          "Glint360K (web-crawled celebrity faces, no consent)", False),
+                Component("AttrOP pose model", "6DRepNet", "BooBooWu/Vec2Face (6DRepNet_300W_LP_AFLW2000.pth)",
+                          "mit code; 300W-LP / AFLW2000 terms apply to the weights",
+                          "300W-LP (synthesised from 300-W faces)", False),
+            ]
     else:
         comps.append(Component("generator", str(gen.get("kind")), hub_id(gen.get("model"), "unknown"),
                                "not recorded", "not recorded", None, gen.get("revision")))

@@ -176,9 +176,13 @@ class Vec2FaceGenerator:
     name = "vec2face"
 
     def __init__(self, cfg: Any = None, checkpoint_path: str | Path | None = None,
-                 arch: Vec2FaceArch | None = None):
+                 arch: Vec2FaceArch | None = None, face_models: str | Path | None = None):
         self.cfg = cfg if cfg is not None else Vec2FaceSettings()
         self.checkpoint_path = str(checkpoint_path) if checkpoint_path is not None else None
+        attrop = getattr(self.cfg, "attrop", None)
+        self.attrop_cfg = attrop if attrop is not None and attrop.enabled else None
+        self.face_models = str(face_models) if face_models else (attrop.models if attrop is not None else None)
+        self.attrop = None  # generators.attrop.AttrOp, built at setup when enabled
         self.arch = arch or (TINY_ARCH if getattr(self.cfg, "tiny", False) else BASE_ARCH)
         self.resources = Resources()
         self.device: torch.device | None = None
@@ -232,6 +236,13 @@ class Vec2FaceGenerator:
         model.load_state_dict(state, strict=True, assign=True)
         self.model = model.float().to(device).eval().requires_grad_(False)
         self.device = device
+        self._setup_attrop()
+
+    def _setup_attrop(self) -> None:
+        if self.attrop_cfg is not None and self.attrop is None:
+            from .attrop import AttrOp, load_scorers
+
+            self.attrop = AttrOp(self.attrop_cfg, load_scorers(self.attrop_cfg, self.face_models, self.device))
 
     def set_model(self, model: Vec2FaceModel, device: str | torch.device | None = None) -> None:
         """Use an already-built model (what :meth:`setup` does after loading)."""
@@ -239,6 +250,7 @@ class Vec2FaceGenerator:
         self.arch = model.arch
         self.num_dropped = num_dropped_tokens(self.cfg.mask_ratio_min, self.arch.num_tokens)
         self.model = model.float().to(self.device).eval().requires_grad_(False)
+        self._setup_attrop()
 
     @property
     def image_size(self) -> int:
@@ -301,11 +313,37 @@ class Vec2FaceGenerator:
         if self.model is None:
             self.setup()
         ratios, codes = self.token_masks(seeds, variations)
-        images = in_microbatches(len(arr), self.cfg.batch_size,
-                                 lambda i, j: self._forward(arr[i:j], codes[i:j]), self.device)
         info = [{"mask_ratio": float(r), "token_mask": token_mask_to_str(c)} for r, c in zip(ratios, codes,
                                                                                             strict=True)]
-        return images, info
+        if self.attrop is None:
+            images = in_microbatches(len(arr), self.cfg.batch_size,
+                                     lambda i, j: self._forward(arr[i:j], codes[i:j]), self.device)
+            return images, info
+        # AttrOP's target is the identity (``attrop_target`` in the variation, else the input vector itself).
+        targets = np.stack([(variations[i] or {}).get("attrop_target", arr[i]) if variations else arr[i]
+                            for i in range(len(arr))]).astype(np.float32)
+        done = in_microbatches(len(arr), self.cfg.batch_size,
+                               lambda i, j: self._optimised(arr[i:j], codes[i:j], targets[i:j]), self.device)
+        for row, (_, outcome) in zip(info, done, strict=True):
+            row.update({f"attrop_{k}": v for k, v in vars(outcome).items()})
+        return [image for image, _ in done], info
+
+    def _optimised(self, vectors: np.ndarray, codes: np.ndarray, targets: np.ndarray) -> list[tuple]:
+        """AttrOP on one micro-batch, then the images of the optimised vectors, with each image's outcome."""
+        codes_t = torch.from_numpy(codes).to(self.device)
+        start = torch.from_numpy(vectors).to(self.device, torch.float32)
+        goal = torch.from_numpy(targets).to(self.device, torch.float32)
+        moved, outcomes = [], []
+        # One image per optimisation: Adam's first steps are +-lr whatever the gradient's size, so the
+        # rounding differences of a batched backward would flip near-zero components and make an image
+        # depend on its neighbours. Alone, each image's result is the same in every batch.
+        for k in range(len(vectors)):
+            x, (outcome,) = self.attrop.optimise(lambda x, rows, k=k: self.model(x, codes_t[k : k + 1]),
+                                                 start[k : k + 1], goal[k : k + 1])
+            moved.append(x)
+            outcomes.append(outcome)
+        images = self._forward(torch.cat(moved).cpu().numpy(), codes)
+        return list(zip(images, outcomes, strict=True))
 
     @torch.inference_mode()
     def _forward(self, vectors: np.ndarray, codes: np.ndarray) -> list[np.ndarray]:

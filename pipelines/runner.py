@@ -54,7 +54,13 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
             return ModelPaths(gen.checkpoint)
         from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
 
-        return ModelPaths(str(build_tiny_vec2face(out / "models", seed=cfg.run.seed)))
+        checkpoint = build_tiny_vec2face(out / "models", seed=cfg.run.seed)
+        if not gen.attrop.enabled:
+            return ModelPaths(str(checkpoint))
+        from facefoundry.filters.tiny_face_models import write_tiny_face_models
+
+        write_tiny_face_models(out / "models" / "vec2face-face-models", seed=cfg.run.seed)
+        return ModelPaths(str(checkpoint), face_models=str(out / "models" / "vec2face-face-models"))
     if not gen.tiny:
         return ModelPaths(gen.model, gen.base_model)
     from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path

@@ -22,6 +22,9 @@ from facefoundry.dataset.shards import write_unit
 from facefoundry.identities.variation import perturb, sigma_schedule
 from facefoundry.seeds import image_seeds
 
+ATTROP_COLUMNS = {"attrop_iterations": pa.int32(), "attrop_converged": pa.bool_(),
+                  "attrop_id_similarity": pa.float32(), "attrop_quality": pa.float32(), "attrop_yaw": pa.float32()}
+
 
 def identity_vectors(out: Path):
     """The run's identity vectors (row i = identity i)."""
@@ -42,6 +45,7 @@ class ModelPaths:
     model: str
     base_model: str | None = None
     lcm_lora: str | None = None  # Arc2Face fast mode: the LCM-LoRA (tiny builds); None = generator.lcm_lora
+    face_models: str | None = None  # Vec2Face AttrOP's models (tiny builds); None = generator.attrop.models
 
 
 def build_generator(cfg: RunConfig, paths: ModelPaths):
@@ -50,7 +54,8 @@ def build_generator(cfg: RunConfig, paths: ModelPaths):
         from facefoundry.generators.vec2face import Vec2FaceGenerator
 
         # The config's own checkpoint (Hub id or path) is resolved by the generator; a tiny build is a file.
-        return Vec2FaceGenerator(cfg.generator, None if paths.model == cfg.generator.checkpoint else paths.model)
+        return Vec2FaceGenerator(cfg.generator, None if paths.model == cfg.generator.checkpoint else paths.model,
+                                 face_models=paths.face_models)
     from facefoundry.generators.arc2face import Arc2FaceGenerator
 
     return Arc2FaceGenerator(cfg.generator, paths.model, paths.base_model, paths.lcm_lora)
@@ -102,6 +107,9 @@ class GenerateStage:
         indices = np.tile(np.arange(per, dtype=np.int32), unit.stop - unit.start)
         seeds = image_seeds(self.cfg.run.seed, identities, indices)
         vectors = self.vectors[identities]
+        # AttrOP (Vec2Face) steers each image toward its identity, not toward its perturbed vector.
+        attrop = getattr(self.cfg.generator, "attrop", None)
+        variations = [{"attrop_target": v} for v in vectors] if attrop is not None and attrop.enabled else None
         extra = {}
         pcfg = self.cfg.images.perturbation
         if pcfg is not None:
@@ -113,11 +121,15 @@ class GenerateStage:
                 "vector_cosine": pa.array(cosine, pa.float32()),
             }
             vectors = moved
-        images = self.generator.generate(vectors, seeds)
+        images = self.generator.generate(vectors, seeds, variations) if variations else self.generator.generate(
+            vectors, seeds)
         infos = getattr(self.generator, "last_info", None)
         if infos:  # Vec2Face: the mask each image was generated with, so it can be regenerated alone
             extra["mask_ratio"] = pa.array([i["mask_ratio"] for i in infos], pa.float32())
             extra["token_mask"] = pa.array([i["token_mask"] for i in infos], pa.string())
+            if variations:  # what AttrOP did to each image
+                for name, kind in ATTROP_COLUMNS.items():
+                    extra[name] = pa.array([i[name] for i in infos], kind)
         ext = "png" if self.cfg.images.format == "png" else "jpg"
         data = [encode_image(img, self.cfg.images) for img in images]
         paths = [f"{i:07d}_{j:04d}.{ext}" for i, j in zip(identities, indices, strict=True)]

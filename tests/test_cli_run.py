@@ -153,3 +153,20 @@ def test_fast_mode_runs_end_to_end_with_the_tiny_lcm_lora(tmp_path):
 
     meta = json.loads(pq.read_schema(next((out / "data").glob("*.parquet"))).metadata[b"facefoundry"])
     assert meta["generator"]["sampler"] == "lcm" and meta["generator"]["lcm_lora"].startswith("tiny")
+
+
+def test_vec2face_attrop_runs_end_to_end_and_records_each_outcome(tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke-vec2face.yaml"
+    out = tmp_path / "attrop"
+    args = ["run", str(config), "--out", str(out), *SMALL, "--set", "output.identities_per_unit=2",
+            "--set", "generator.attrop.enabled=true", "--set", "generator.attrop.max_iterations=2",
+            "--set", "generator.attrop.target_yaw=15"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "data").to_pylist()
+    assert len(table) == 8 and all(0 <= r["attrop_iterations"] <= 2 for r in table)
+    assert all(r["attrop_yaw"] is not None and r["attrop_quality"] is None for r in table)
+    assert all(r["attrop_converged"] or r["attrop_iterations"] == 2 for r in table)  # not converged: at the cap
+    assert (out / "models" / "vec2face-face-models" / "weights" / "arcface-r100-glint360k.pth").is_file()
