@@ -179,7 +179,7 @@ class AttrOpConfig(StrictModel):
         0.7, ge=-1.0, le=1.0, description="Stop once cos(ArcFace(image), identity vector) reaches this (official)."
     )
     target_quality: float | None = Field(
-        None, ge=0, description="MagFace feature-norm target; null = no quality term (calibrate per model)."
+        27.0, ge=0, description="MagFace feature-norm target (Vec2Face's AttrOP: 27); null = no quality term."
     )
     quality_tolerance: float = Field(1.0, ge=0, description="Accepted quality shortfall (official 1).")
     target_yaw: float | None = Field(None, ge=0, le=90, description="Target |yaw| in degrees; null = no pose term.")

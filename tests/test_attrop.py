@@ -48,7 +48,7 @@ def first_cosine(gen: Vec2FaceGenerator, v: np.ndarray, seeds: np.ndarray, targe
 
 
 def test_unreachable_target_stops_at_the_cap_and_moves_the_vector(files):
-    gen = generator(files, max_iterations=3, min_id_similarity=0.999)
+    gen = generator(files, max_iterations=3, min_id_similarity=0.999, target_quality=None)
     v, seeds = vectors(2), np.array([11, 12])
     images, info = gen.generate_with_info(v, seeds)
     assert [i["attrop_iterations"] for i in info] == [3, 3] and not any(i["attrop_converged"] for i in info)
@@ -61,7 +61,7 @@ def test_unreachable_target_stops_at_the_cap_and_moves_the_vector(files):
 
 
 def test_a_met_target_takes_no_step_and_the_image_is_the_plain_one(files):
-    gen = generator(files, max_iterations=5, min_id_similarity=-1.0)
+    gen = generator(files, max_iterations=5, min_id_similarity=-1.0, target_quality=None)
     v, seeds = vectors(2, seed=3), np.array([5, 6])
     images, info = gen.generate_with_info(v, seeds)
     assert [(i["attrop_iterations"], i["attrop_converged"]) for i in info] == [(0, True), (0, True)]
@@ -100,7 +100,7 @@ class Toy(torch.nn.Module):
 
 def test_easy_targets_converge_early_and_freeze_while_others_continue():
     toy = Toy()
-    cfg = config(max_iterations=200, min_id_similarity=0.9, lr=0.05).attrop
+    cfg = config(max_iterations=200, min_id_similarity=0.9, lr=0.05, target_quality=None).attrop
     x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
     targets = toy.identity(toy.image(x, None)).detach()
     elsewhere = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
@@ -119,7 +119,9 @@ def test_config_and_missing_models_are_clear(tmp_path, files):
     with pytest.raises(ValidationError, match="target_yaw"):
         config(target_yaw=120)
     with pytest.raises(ValueError, match="no pose model"):
-        AttrOp(config(target_yaw=10.0).attrop, Scorers(identity=lambda img: img))
+        AttrOp(config(target_yaw=10.0, target_quality=None).attrop, Scorers(identity=lambda img: img))
+    with pytest.raises(ValueError, match="no quality model"):
+        AttrOp(config().attrop, Scorers(identity=lambda img: img))  # the official quality target 27 is on
     ckpt, _ = files
     gen = Vec2FaceGenerator(config(), ckpt, face_models=tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="arcface-r100-glint360k.pth"):

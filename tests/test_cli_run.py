@@ -167,6 +167,6 @@ def test_vec2face_attrop_runs_end_to_end_and_records_each_outcome(tmp_path):
 
     table = pq.read_table(out / "data").to_pylist()
     assert len(table) == 8 and all(0 <= r["attrop_iterations"] <= 2 for r in table)
-    assert all(r["attrop_yaw"] is not None and r["attrop_quality"] is None for r in table)
+    assert all(r["attrop_yaw"] is not None and r["attrop_quality"] is not None for r in table)
     assert all(r["attrop_converged"] or r["attrop_iterations"] == 2 for r in table)  # not converged: at the cap
     assert (out / "models" / "vec2face-face-models" / "weights" / "arcface-r100-glint360k.pth").is_file()
