@@ -39,6 +39,16 @@ def normalisation_of(path: Path) -> tuple[float, float]:
     return (0.0, 1.0) if has_sub and has_mul else (MEAN, STD)
 
 
+def stack_crops(crops) -> np.ndarray:
+    """``(N, 112, 112, 3)`` array of aligned RGB crops given as an array, a list, or one crop."""
+    batch = np.stack([np.asarray(c) for c in crops]) if isinstance(crops, (list, tuple)) else np.asarray(crops)
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.ndim != 4 or batch.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
+        raise ValueError(f"crops must be aligned {CROP_SIZE}x{CROP_SIZE}x3 RGB arrays, got shape {batch.shape}")
+    return batch
+
+
 class ArcFaceEmbedder:
     """``embed(crops) -> (N, 512)`` float32 raw features of aligned 112x112 RGB crops, ``batch_size`` per call.
 
@@ -91,11 +101,7 @@ class ArcFaceEmbedder:
 
     def preprocess(self, crops) -> np.ndarray:
         """``(N, 3, 112, 112)`` float32 network input of RGB crops ``(N, 112, 112, 3)`` (array or list)."""
-        batch = np.stack([np.asarray(c) for c in crops]) if isinstance(crops, (list, tuple)) else np.asarray(crops)
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.ndim != 4 or batch.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
-            raise ValueError(f"crops must be aligned {CROP_SIZE}x{CROP_SIZE}x3 RGB arrays, got shape {batch.shape}")
+        batch = stack_crops(crops)
         blob = (batch.astype(np.float32) - np.float32(self.input_mean)) * np.float32(1.0 / self.input_std)
         return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
 

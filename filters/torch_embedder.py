@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facefoundry.filters.arcface import stack_crops
 from facefoundry.filters.iresnet import load_arcface_r100
 
 CROP_SIZE = 112
@@ -62,11 +63,7 @@ class TorchArcFaceEmbedder:
 
     def preprocess(self, crops) -> torch.Tensor:
         """``(N, 3, 112, 112)`` float32 tensor in [-1, 1] of RGB uint8 crops ``(N, 112, 112, 3)`` (array or list)."""
-        batch = np.stack([np.asarray(c) for c in crops]) if isinstance(crops, (list, tuple)) else np.asarray(crops)
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.ndim != 4 or batch.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
-            raise ValueError(f"crops must be aligned {CROP_SIZE}x{CROP_SIZE}x3 RGB arrays, got shape {batch.shape}")
+        batch = stack_crops(crops)
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().contiguous()
         return x.div_(255).sub_(0.5).div_(0.5)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
+from test_arc2face import variant, vectors
 
 from facefoundry.config import Arc2FaceConfig
 from facefoundry.generators import lcm_lora
@@ -39,17 +40,6 @@ def fast(tiny: tuple[Path, Path, Path]) -> Arc2FaceGenerator:
     g = Arc2FaceGenerator(LCM, str(tiny[0]), str(tiny[1]), str(tiny[2]))
     g.setup(device="cpu")
     return g
-
-
-def variant(g: Arc2FaceGenerator, **updates: object) -> Arc2FaceGenerator:
-    other = Arc2FaceGenerator(g.cfg.model_copy(update=updates), g.model, g.base)
-    other.set_components(g.unet, g.text_encoder, g.tokenizer, g.vae, g.scheduler, device="cpu")
-    return other
-
-
-def vectors(n: int, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, 512)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def close(a: np.ndarray, b: np.ndarray) -> bool:
