@@ -121,8 +121,7 @@ class GenerateStage:
                 "vector_cosine": pa.array(cosine, pa.float32()),
             }
             vectors = moved
-        images = self.generator.generate(vectors, seeds, variations) if variations else self.generator.generate(
-            vectors, seeds)
+        images = self.generator.generate(vectors, seeds, variations)
         infos = getattr(self.generator, "last_info", None)
         if infos:  # Vec2Face: the mask each image was generated with, so it can be regenerated alone
             extra["mask_ratio"] = pa.array([i["mask_ratio"] for i in infos], pa.float32())
