@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -20,7 +21,9 @@ app = typer.Typer(
 )
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config (e.g. configs/smoke.yaml).")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder of the run.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+RunOutOpt = Annotated[str, typer.Option(
+    "--out", "-o", help="Run folder, or a remote URI: s3://bucket/prefix, gs://..., any fsspec filesystem.")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key: section.key=value (YAML value). Repeatable."),
@@ -32,6 +35,20 @@ def _one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     text = lines[-1] if lines else type(exc).__name__
     return text if ":" in text else f"{type(exc).__name__}: {text}"
+
+
+def _shown(out: str) -> str:
+    """An output location as printed: a URI's query string (endpoint, maybe keys) is left out."""
+    return out.split("?", 1)[0]
+
+
+def _local_run(run_dir: Path) -> Path:
+    """Commands that read a run's shards many times need a local copy of a remote run."""
+    text = str(run_dir)
+    if re.match(r"^[a-z][a-z0-9+.-]*:/", text) and not Path(text.split(":", 1)[0]).exists():
+        raise typer.BadParameter(f"{text.replace(':/', '://', 1)} is remote: this command needs a local copy "
+                                 f"(e.g. `aws s3 sync URI DIR`); `facefoundry verify` reads remote runs directly")
+    return run_dir
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -49,7 +66,7 @@ def _load(config: Path, overrides: list[str] | None) -> RunConfig:
 @app.command()
 def run(
     config: ConfigArg,
-    out: OutOpt,
+    out: RunOutOpt,
     set_: SetOpt = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard a previous run in --out first.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Print full tracebacks.")] = False,
@@ -66,7 +83,7 @@ def run(
         if debug:
             traceback.print_exc()
         _fail(_one_line(exc))
-    typer.echo(f"{summary.line()} -> {out}")
+    typer.echo(f"{summary.line()} -> {_shown(out)}")
     if summary.failed:
         for unit, reason in summary.failed:
             typer.echo(f"failed unit {unit}: {reason}", err=True)
@@ -127,7 +144,7 @@ def stop(run_id: RunIdArg, address: AddressOpt) -> None:
 
 
 @app.command()
-def sample(config: ConfigArg, out: OutOpt, set_: SetOpt = None) -> None:
+def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None) -> None:
     """Sample identities only: write identities.parquet and print the separation summary."""
     cfg = _load(config, set_)
     from facefoundry.identities.store import write_identities
@@ -139,7 +156,7 @@ def sample(config: ConfigArg, out: OutOpt, set_: SetOpt = None) -> None:
     except Exception as exc:
         _fail(_one_line(exc))
     nn = meta["nn_cosine"]
-    typer.echo(f"{meta['count']} identities ({meta['sampler']}, {meta['candidates']} candidates) -> {out}")
+    typer.echo(f"{meta['count']} identities ({meta['sampler']}, {meta['candidates']} candidates) -> {_shown(out)}")
     typer.echo(f"nearest-neighbour cosine: min {nn['min']:.4f}  p50 {nn['p50']:.4f}  p99 {nn['p99']:.4f}  "
                f"max {nn['max']:.4f}  (rule: <= {meta['max_cosine']})")
     leak = meta["leakage"]
@@ -152,21 +169,24 @@ def sample(config: ConfigArg, out: OutOpt, set_: SetOpt = None) -> None:
 
 
 @app.command()
-def verify(run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).")]) -> None:
+def verify(run_dir: Annotated[str, typer.Argument(help="A run folder or remote run URI (holds run.json).")]) -> None:
     """Check every shard against its manifest, the identities file, and orphan or missing units."""
     from facefoundry.verify import verify_run
 
-    problems = verify_run(run_dir)
+    try:
+        problems = verify_run(run_dir)
+    except OSError as exc:  # an unreachable or forbidden remote location
+        _fail(_one_line(exc))
     for problem in problems:
         typer.echo(f"problem: {problem}", err=True)
     if problems:
-        _fail(f"{run_dir}: {len(problems)} problem(s); rerun `facefoundry run` to redo broken units", code=1)
-    typer.echo(f"ok: {run_dir} verifies")
+        _fail(f"{_shown(run_dir)}: {len(problems)} problem(s); rerun `facefoundry run` to redo broken units", code=1)
+    typer.echo(f"ok: {_shown(run_dir)} verifies")
 
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.", callback=_local_run)],
     out: OutOpt,
     fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder | rec | lmdb")],
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality for PNG-stored images.")] = 95,
@@ -189,7 +209,7 @@ def export(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).", callback=_local_run)],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default RUN/report).")] = None,
     max_rows: Annotated[int, typer.Option("--max-rows", help="Rows sampled for histograms.")] = 200_000,
 ) -> None:
@@ -210,7 +230,7 @@ def report(
 
 @app.command()
 def card(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).", callback=_local_run)],
     license: Annotated[str, typer.Option("--license", help="Dataset licence (Hub id).")] = "cc-by-nc-4.0",
     pretty_name: Annotated[str | None, typer.Option("--pretty-name")] = None,
 ) -> None:
@@ -232,7 +252,7 @@ def card(
 
 @app.command()
 def publish(
-    run_dir: Annotated[Path, typer.Argument(help="A verified run folder.")],
+    run_dir: Annotated[Path, typer.Argument(help="A verified run folder.", callback=_local_run)],
     repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo: ORG/NAME.")],
     private: Annotated[bool, typer.Option("--private", help="Create or switch the repo to private.")] = False,
     gated: Annotated[bool, typer.Option("--gated", help="Gate access behind manual approval.")] = False,

@@ -7,12 +7,11 @@ already holds a run (or anything else) is refused unless the caller asks for a f
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from facefoundry import __version__
 from facefoundry.config import RunConfig, validate_config
-from facefoundry.dataset.atomic import atomic_write_bytes
+from facefoundry.dataset.storage import RunStore, open_store
 
 RUN_FILE = "run.json"
 # Everything a run writes into its folder; --fresh removes exactly these and nothing else.
@@ -36,42 +35,39 @@ def run_record(cfg: RunConfig) -> dict:
     }
 
 
-def read_record(out: Path) -> dict:
-    """The parsed ``run.json`` of the run in ``out``."""
-    path = Path(out) / RUN_FILE
+def read_record(out: str | Path | RunStore) -> dict:
+    """The parsed ``run.json`` of the run in ``out`` (a folder or a remote URI)."""
+    store = open_store(out)
+    raw = store.read_bytes(RUN_FILE)
+    if raw is None:
+        raise RunFolderError(f"{store} is not a facefoundry run ({RUN_FILE} missing)")
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunFolderError(f"{out} is not a facefoundry run ({RUN_FILE} missing)") from None
+        return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFolderError(f"{path} is corrupt: {exc}") from None
+        raise RunFolderError(f"{store.name(RUN_FILE)} is corrupt: {exc}") from None
 
 
-def read_run(out: Path) -> RunConfig:
+def read_run(out: str | Path | RunStore) -> RunConfig:
     """The config of the run stored in ``out``."""
-    return validate_config(read_record(out).get("config"), str(Path(out) / RUN_FILE))
+    store = open_store(out)
+    return validate_config(read_record(store).get("config"), store.name(RUN_FILE))
 
 
-def prepare_run_folder(out: Path, cfg: RunConfig, fresh: bool = False) -> bool:
+def prepare_run_folder(out: str | Path | RunStore, cfg: RunConfig, fresh: bool = False) -> bool:
     """Make ``out`` ready for ``cfg``; return True when resuming an existing run of this config."""
-    path = out / RUN_FILE
+    store = open_store(out)
     if fresh:
         for name in RUN_ENTRIES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    if path.exists():
-        stored = read_run(out)
+            store.delete(name)
+    if store.read_bytes(RUN_FILE) is not None:
+        stored = read_run(store)
         if stored.config_hash() != cfg.config_hash():
             raise RunFolderError(
-                f"{out} holds run {run_id(stored)} with a different config; use another --out, "
+                f"{store} holds run {run_id(stored)} with a different config; use another --out, "
                 f"or --fresh to discard it"
             )
         return True
-    if out.exists() and any(p.name in RUN_ENTRIES for p in out.iterdir()):
-        raise RunFolderError(f"{out} holds run files but no {RUN_FILE}; use another --out, or --fresh")
-    text = json.dumps(run_record(cfg), indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, text.encode())
+    if store.entries() & set(RUN_ENTRIES):
+        raise RunFolderError(f"{store} holds run files but no {RUN_FILE}; use another --out, or --fresh")
+    store.put_bytes(RUN_FILE, (json.dumps(run_record(cfg), indent=2, sort_keys=True) + "\n").encode())
     return False

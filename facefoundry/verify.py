@@ -1,4 +1,4 @@
-"""``facefoundry verify RUN``: check a run folder's integrity before it is published.
+"""``facefoundry verify RUN``: check a run folder's (or remote run's) integrity before it is published.
 
 Every planned unit must have a manifest of this run and a shard whose size, sha256, row count and
 schema agree with it; the identities file must belong to the run; nothing else may sit in ``data/``
@@ -7,6 +7,7 @@ or ``manifests/``. Problems are returned as one line each, naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,20 +15,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, plan_units, read_manifest, shard_path
+from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, plan_units, read_manifest
 from facefoundry.dataset.schema import BASE_FIELDS
-from facefoundry.dataset.shards import sha256_file
+from facefoundry.dataset.storage import RunStore, open_store
 from facefoundry.identities.store import IDENTITIES_FILE, read_metadata
 from facefoundry.runinfo import RunFolderError, read_run
 
 
-def _check_identities(run_dir: Path, config_hash: str, count: int) -> list[str]:
-    path = run_dir / IDENTITIES_FILE
-    if not path.exists():
+def _check_identities(store: RunStore, config_hash: str, count: int) -> list[str]:
+    raw = store.read_bytes(IDENTITIES_FILE)
+    if raw is None:
         return [f"{IDENTITIES_FILE}: missing"]
     try:
-        meta = read_metadata(path)
-        table = pq.read_table(path, columns=["identity", "vector"])
+        meta = read_metadata(pa.BufferReader(raw), IDENTITIES_FILE)
+        table = pq.read_table(pa.BufferReader(raw), columns=["identity", "vector"])
     except (OSError, pa.ArrowException, RuntimeError, json.JSONDecodeError) as exc:
         return [f"{IDENTITIES_FILE}: unreadable: {exc}"]
     problems = []
@@ -41,16 +42,16 @@ def _check_identities(run_dir: Path, config_hash: str, count: int) -> list[str]:
     return problems
 
 
-def _check_shard(manifest: dict, path: Path, lo: int, hi: int) -> tuple[list[str], pa.Schema | None]:
-    name = f"{DATA_DIR}/{path.name}"
-    if not path.exists():
+def _check_shard(manifest: dict, store: RunStore, name: str, lo: int, hi: int) -> tuple[list[str], pa.Schema | None]:
+    data = store.read_bytes(name)
+    if data is None:
         return [f"{name}: missing (its manifest exists)"], None
-    if path.stat().st_size != manifest.get("bytes"):
-        return [f"{name}: {path.stat().st_size} bytes, manifest says {manifest.get('bytes')}"], None
-    if sha256_file(path) != manifest.get("sha256"):
+    if len(data) != manifest.get("bytes"):
+        return [f"{name}: {len(data)} bytes, manifest says {manifest.get('bytes')}"], None
+    if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
         return [f"{name}: sha256 differs from its manifest (corrupt or modified)"], None
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(pa.BufferReader(data))
         identities = parquet.read(columns=["identity"]).column("identity").to_numpy()
     except (OSError, pa.ArrowException) as exc:
         return [f"{name}: unreadable Parquet: {exc}"], None
@@ -69,25 +70,25 @@ def _check_shard(manifest: dict, path: Path, lo: int, hi: int) -> tuple[list[str
 
 
 def verify_run(run_dir: str | Path) -> list[str]:
-    """Return every integrity problem of the run folder (an empty list means it verifies)."""
-    run_dir = Path(run_dir)
+    """Return every integrity problem of the run folder or remote run URI (an empty list means it verifies)."""
+    store = open_store(run_dir)
     try:
-        cfg = read_run(run_dir)
+        cfg = read_run(store)
     except (RunFolderError, ValueError) as exc:
         return [str(exc)]
     config_hash = cfg.config_hash()
-    problems = _check_identities(run_dir, config_hash, cfg.identities.count)
+    problems = _check_identities(store, config_hash, cfg.identities.count)
     units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
     schemas: dict[str, pa.Schema] = {}
     for unit in units:
-        manifest = read_manifest(run_dir, unit)
+        manifest = read_manifest(store, unit)
         if manifest is None:
             problems.append(f"{MANIFEST_DIR}/{unit.name}.json: missing or unreadable (unit not finished)")
             continue
         if manifest.get("config_hash") != config_hash:
             problems.append(f"{MANIFEST_DIR}/{unit.name}.json: belongs to config {manifest.get('config_hash')}")
             continue
-        found, schema = _check_shard(manifest, shard_path(run_dir, unit), unit.start, unit.stop)
+        found, schema = _check_shard(manifest, store, f"{DATA_DIR}/{unit.shard_name}", unit.start, unit.stop)
         problems += found
         if schema is not None:
             schemas[unit.shard_name] = schema
@@ -97,8 +98,8 @@ def verify_run(run_dir: str | Path) -> list[str]:
         problems.append(f"{DATA_DIR}/: shards have different schemas ({', '.join(odd[:5])} differ from {first})")
     expected = {u.shard_name for u in units} | {f"{u.name}.json" for u in units}
     for folder in (DATA_DIR, MANIFEST_DIR):
-        for path in sorted((run_dir / folder).glob("*")) if (run_dir / folder).exists() else []:
-            if path.name not in expected:
-                kind = "leftover temporary file" if path.name.startswith(".tmp-") else "orphan file (no planned unit)"
-                problems.append(f"{folder}/{path.name}: {kind}")
+        for name in sorted(store.sizes(folder)):
+            if name not in expected:
+                kind = "leftover temporary file" if name.startswith(".tmp-") else "orphan file (no planned unit)"
+                problems.append(f"{folder}/{name}: {kind}")
     return problems

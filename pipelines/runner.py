@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -10,11 +12,12 @@ from typing import TextIO
 
 from facefoundry import __version__
 from facefoundry.config import RunConfig
-from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, is_done, plan_units
+from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, finished_manifests, plan_units
+from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_store
 from facefoundry.identities.store import write_identities
 from facefoundry.pipelines.local_ray import ray_session
 from facefoundry.pipelines.progress import Progress
-from facefoundry.pipelines.runlog import new_log_path, run_log
+from facefoundry.pipelines.runlog import LOG_DIR, new_log_path, run_log
 from facefoundry.pipelines.stages import ModelPaths
 from facefoundry.runinfo import prepare_run_folder, run_id
 
@@ -39,15 +42,20 @@ class RunSummary:
         )
 
 
-def remove_stale_temporaries(out: Path) -> None:
-    """Delete ``.tmp-*`` files a killed run left behind (never read as done; one run per folder at a time)."""
-    for folder in (DATA_DIR, MANIFEST_DIR):
-        for path in (out / folder).glob(".tmp-*"):
-            path.unlink(missing_ok=True)
+def work_dir(cfg: RunConfig, store: RunStore) -> Path:
+    """A local folder for what is not part of the dataset: tiny model builds and the log being written.
+
+    The run folder itself when it is local; with remote output, a cache folder per run id (logs are
+    uploaded to ``<out>/logs`` when the invocation ends)."""
+    if isinstance(store, LocalStore):
+        return store.root
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "facefoundry" / "runs" / run_id(cfg)
 
 
 def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
-    """Hub ids / folders from the config, or a tiny random-weight build in the official layout."""
+    """Hub ids / folders from the config, or a tiny random-weight build in the official layout
+    (under ``out/models``, ``out`` being a local folder)."""
     gen = cfg.generator
     if gen.kind == "vec2face":
         if not gen.tiny:
@@ -90,22 +98,33 @@ def file_metadata(cfg: RunConfig) -> dict:
     }
 
 
-def run(cfg: RunConfig, out: Path, fresh: bool = False, log: TextIO | None = None) -> RunSummary:
-    """Run (or resume) ``cfg`` into ``out``. Units with a valid manifest are skipped untouched."""
+def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None = None) -> RunSummary:
+    """Run (or resume) ``cfg`` into ``out`` (a folder or a remote URI such as ``s3://bucket/prefix``).
+    Units with a valid manifest are skipped untouched."""
     started = time.monotonic()
-    resuming = prepare_run_folder(out, cfg, fresh=fresh)
-    with run_log(new_log_path(out), log or sys.stderr) as stream:
-        summary = _run(cfg, out, resuming, stream, started)
-        stream.record(summary.line())
+    store = open_store(out)
+    resuming = prepare_run_folder(store, cfg, fresh=fresh)
+    local = work_dir(cfg, store)
+    log_path = new_log_path(local)
+    try:
+        with run_log(log_path, log or sys.stderr) as stream:
+            summary = _run(cfg, store, local, resuming, stream, started)
+            stream.record(summary.line())
+    finally:
+        if not isinstance(store, LocalStore):  # the log joins the run folder whatever the outcome
+            with contextlib.suppress(OSError):
+                store.put_bytes(f"{LOG_DIR}/{log_path.name}", log_path.read_bytes())
     return summary
 
 
-def _run(cfg: RunConfig, out: Path, resuming: bool, log: TextIO, started: float) -> RunSummary:
+def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: TextIO, started: float) -> RunSummary:
     if resuming:
-        remove_stale_temporaries(out)
-    meta = write_identities(out, cfg)
+        for folder in (DATA_DIR, MANIFEST_DIR):  # what a killed run left behind: never read as done
+            store.remove_temporaries(folder)
+    meta = write_identities(store, cfg)
     units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
-    pending = [u for u in units if not is_done(out, u, cfg.config_hash())]
+    done = {m["unit"] for m in finished_manifests(store, cfg.config_hash())}
+    pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
     log.write(
         f"run {run_id(cfg)}: {cfg.identities.count} identities (nearest-neighbour cosine max "
@@ -116,12 +135,13 @@ def _run(cfg: RunConfig, out: Path, resuming: bool, log: TextIO, started: float)
     generated = rows = 0
     failed: list[tuple[str, str]] = []
     if pending:
-        paths = resolve_model_paths(cfg, out)
+        paths = resolve_model_paths(cfg, local)
         from facefoundry.pipelines.executor import stream_units
 
         progress = Progress(len(pending), (cfg.identities.count / len(units)) * cfg.images.per_identity, log)
         with ray_session(cfg.ray):
-            for manifest in stream_units(cfg, str(out), pending, paths, file_metadata(cfg)):
+            for manifest in stream_units(cfg, store.uri if isinstance(store, RemoteStore) else str(store), pending,
+                                         paths, file_metadata(cfg)):
                 if "error" in manifest:
                     failed.append((manifest["unit"], manifest["error"]))
                     log.write(f"unit {manifest['unit']} FAILED after {cfg.ray.unit_retries} retries: "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +18,7 @@ from facefoundry.config import ImagesConfig, RunConfig
 from facefoundry.dataset.manifest import Unit
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
+from facefoundry.dataset.storage import open_store
 from facefoundry.identities.variation import perturb, sigma_schedule
 from facefoundry.seeds import image_seeds
 
@@ -26,13 +26,13 @@ ATTROP_COLUMNS = {"attrop_iterations": pa.int32(), "attrop_converged": pa.bool_(
                   "attrop_id_similarity": pa.float32(), "attrop_quality": pa.float32(), "attrop_yaw": pa.float32()}
 
 
-def identity_vectors(out: Path):
-    """The run's identity vectors (row i = identity i)."""
+def identity_vectors(out: str):
+    """The run's identity vectors (row i = identity i), from a run folder or a remote URI."""
     # Imported here: the identities package pulls in torch, which filter and writer actors never need
     # (it would cost each of them a second of start-up).
-    from facefoundry.identities.store import IDENTITIES_FILE, read_vectors
+    from facefoundry.identities.store import read_run_vectors
 
-    return read_vectors(out / IDENTITIES_FILE)
+    return read_run_vectors(out)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class GenerateStage:
     """Renders every image of a unit. Seeds come from (run seed, identity, image index) only."""
 
     def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths):
-        self.cfg, self.out, self.paths = cfg, Path(out), paths
+        self.cfg, self.out, self.paths = cfg, out, paths
         self.generator = None
 
     def setup(self) -> None:
@@ -150,7 +150,7 @@ class FilterStage:
     decides last so its minimum-images-per-identity rule sees every earlier rejection."""
 
     def __init__(self, cfg: RunConfig, out: str):
-        self.cfg, self.out = cfg, Path(out)
+        self.cfg, self.out = cfg, out
         self.filters: list | None = None
 
     def setup(self) -> None:
@@ -196,7 +196,7 @@ class WriteStage:
     """Commits a unit: shard first (atomic rename), manifest last."""
 
     def __init__(self, cfg: RunConfig, out: str, file_metadata: dict):
-        self.cfg, self.out, self.file_metadata = cfg, Path(out), file_metadata
+        self.cfg, self.out, self.file_metadata = cfg, open_store(out), file_metadata
 
     def __call__(self, result: UnitResult) -> dict:
         return write_unit(

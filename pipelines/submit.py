@@ -36,6 +36,7 @@ from typing import TextIO
 
 from facefoundry import __version__
 from facefoundry.config import RunConfig, load_config
+from facefoundry.dataset.storage import is_remote
 from facefoundry.runinfo import run_id as compute_run_id
 
 CONFIG_NAME = "facefoundry-run.json"
@@ -221,9 +222,8 @@ def _state(rid: str, job, count: int) -> JobState:
 
 
 def _check_out(out: str) -> str:
-    if "://" in out:
-        raise SubmitError(f"--out {out}: remote URIs are not supported yet; use a shared filesystem path "
-                          f"that every node of the cluster can reach")
+    if is_remote(out):  # every node writes its shards straight to the store (credentials: see docs/cluster.md)
+        return out
     if not Path(out).is_absolute():
         raise SubmitError(f"--out {out}: must be an absolute path on a filesystem every node of the cluster "
                           f"can reach (a relative path would land in the job's temporary working dir)")

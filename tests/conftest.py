@@ -16,3 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (runfol
 @pytest.fixture
 def smoke_config_path() -> Path:
     return REPO / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A loopback S3 server (moto) shared by the session's tests; see tests/s3server.py."""
+    from s3server import CREDENTIALS, s3_server
+
+    for key, value in CREDENTIALS.items():
+        os.environ.setdefault(key, value)  # before any Ray starts: workers inherit them
+    with s3_server() as endpoint:
+        yield endpoint

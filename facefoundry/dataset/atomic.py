@@ -1,11 +1,12 @@
-"""Atomic file commits: write to a temporary name in the same folder, fsync, then rename."""
+"""Atomic local file commits (the ``LocalStore`` rule): temporary name beside the target, fsync, rename."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from facefoundry.dataset.storage import LocalStore
 
 
 @contextlib.contextmanager
@@ -14,18 +15,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     A crash leaves at most a ``.tmp-*`` file, which no reader treats as done.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    with LocalStore(path.parent).commit(path.name) as tmp:
         yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    LocalStore(path.parent).put_bytes(path.name, data)

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from facefoundry.dataset.storage import RunStore, open_store
+
 MANIFEST_DIR = "manifests"
 DATA_DIR = "data"
 
@@ -42,37 +44,44 @@ def shard_path(out: Path, unit: Unit) -> Path:
     return out / DATA_DIR / unit.shard_name
 
 
-def read_manifest(out: Path, unit: Unit) -> dict | None:
-    path = manifest_path(out, unit)
+def _parse(raw: bytes | None) -> dict | None:
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        manifest = json.loads(raw) if raw is not None else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
-def _agrees(out: Path, manifest: object, config_hash: str | None) -> bool:
+def read_manifest(out: str | Path | RunStore, unit: Unit) -> dict | None:
+    return _parse(open_store(out).read_bytes(f"{MANIFEST_DIR}/{unit.name}.json"))
+
+
+def _agrees(manifest: dict | None, config_hash: str | None, shard_sizes: dict[str, int]) -> bool:
     """The done rule: a manifest of this run whose shard exists with the recorded size."""
-    if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
+    if manifest is None or manifest.get("config_hash") != config_hash:
         return False
-    shard = out / str(manifest.get("shard", ""))
-    return shard.is_file() and shard.stat().st_size == manifest.get("bytes")
+    folder, _, name = str(manifest.get("shard", "")).partition("/")
+    return folder == DATA_DIR and shard_sizes.get(name) == manifest.get("bytes")
 
 
-def is_done(out: Path, unit: Unit, config_hash: str) -> bool:
-    return _agrees(out, read_manifest(out, unit), config_hash)
+def is_done(out: str | Path | RunStore, unit: Unit, config_hash: str) -> bool:
+    store = open_store(out)
+    size = store.size(f"{DATA_DIR}/{unit.shard_name}")
+    return _agrees(read_manifest(store, unit), config_hash, {unit.shard_name: size} if size is not None else {})
 
 
-def finished_manifests(out: Path, config_hash: str | None) -> list[dict]:
+def finished_manifests(out: str | Path | RunStore, config_hash: str | None) -> list[dict]:
     """Manifests of every done unit of the run in ``out``, in identity order (leftover temporaries,
-    corrupt manifests, other runs' manifests and units whose shard disagrees are left out)."""
+    corrupt manifests, other runs' manifests and units whose shard disagrees are left out).
+
+    One listing of ``data/`` and of ``manifests/``, then one read per manifest: cheap on object stores."""
+    store = open_store(out)
+    shard_sizes = store.sizes(DATA_DIR)
     found = []
-    for path in sorted((out / MANIFEST_DIR).glob("*.json")):
-        if path.name.startswith("."):  # an interrupted atomic write
+    for name in sorted(store.sizes(MANIFEST_DIR)):
+        if name.startswith(".") or not name.endswith(".json"):  # an interrupted local write
             continue
-        try:
-            manifest = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if _agrees(out, manifest, config_hash):
+        manifest = _parse(store.read_bytes(f"{MANIFEST_DIR}/{name}"))
+        if _agrees(manifest, config_hash, shard_sizes):
             found.append(manifest)
     return sorted(found, key=lambda m: m.get("identity_start", 0))

@@ -1,4 +1,4 @@
-"""Shard writer: one Parquet file per work unit, committed atomically, then its manifest."""
+"""Shard writer: one Parquet file per work unit, committed atomically (``dataset.storage``), then its manifest."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facefoundry.dataset.atomic import atomic_path, atomic_write_bytes
-from facefoundry.dataset.manifest import Unit, manifest_path, shard_path
+from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit
 from facefoundry.dataset.schema import with_hf_metadata
+from facefoundry.dataset.storage import RunStore, open_store
 
 
 def sha256_file(path: Path) -> str:
@@ -42,7 +42,7 @@ def _column_stats(table: pa.Table) -> dict[str, dict[str, float]]:
 
 
 def write_unit(
-    out: Path,
+    out: str | Path | RunStore,
     unit: Unit,
     table: pa.Table,
     *,
@@ -60,23 +60,27 @@ def write_unit(
     """
     table = table.sort_by([("identity", "ascending"), ("image_index", "ascending")])
     table = table.replace_schema_metadata(with_hf_metadata(table.schema, file_metadata).metadata)
-    shard = shard_path(out, unit)
-    with atomic_path(shard) as tmp:
+    store = open_store(out)
+    shard = f"{DATA_DIR}/{unit.shard_name}"
+    with store.commit(shard) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression)
+        size, sha256 = tmp.stat().st_size, sha256_file(tmp)
     identities = pc.unique(table.column("identity")).to_pylist() if table.num_rows else []
     manifest = {
         "unit": unit.name,
         "identity_start": unit.start,
         "identity_stop": unit.stop,
-        "shard": f"{shard.parent.name}/{shard.name}",
+        "shard": shard,
         "rows": table.num_rows,
         "generated": generated,
         "identities_kept": len(identities),
         "drops": dict(sorted(drops.items())),
-        "bytes": shard.stat().st_size,
-        "sha256": sha256_file(shard),
+        "bytes": size,
+        "sha256": sha256,
         "config_hash": config_hash,
         "stats": _column_stats(table),
     }
-    atomic_write_bytes(manifest_path(out, unit), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    # Last: the manifest is what makes the unit done (dataset.manifest).
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    store.put_bytes(f"{MANIFEST_DIR}/{unit.name}.json", text.encode())
     return manifest

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facefoundry.config import RunConfig
-from facefoundry.dataset.atomic import atomic_path
+from facefoundry.dataset.storage import RunStore, open_store
 from facefoundry.identities.leakage import LeakageResult
 from facefoundry.identities.sampling import SamplingError, sample_identities
 from facefoundry.identities.separation import nearest_neighbours, separation_summary
@@ -39,18 +39,20 @@ def identities_table(vectors: np.ndarray, sampler: str, leakage: LeakageResult |
     )
 
 
-def write_identities(out: Path, cfg: RunConfig) -> dict:
+def write_identities(out: str | Path | RunStore, cfg: RunConfig) -> dict:
     """Sample and write ``identities.parquet`` unless a file of this run is already there.
 
     Returns the sampling summary (also stored in the file's metadata). The run refuses to go on if
     any pair of identities is closer than ``identities.max_cosine`` allows.
     """
-    path = out / IDENTITIES_FILE
-    if path.exists():
-        meta = read_metadata(path)
+    store = open_store(out)
+    raw = store.read_bytes(IDENTITIES_FILE)
+    if raw is not None:
+        meta = read_metadata(pa.BufferReader(raw), store.name(IDENTITIES_FILE))
         if meta.get("config_hash") == cfg.config_hash():
             return meta
-        raise RuntimeError(f"{path} belongs to another config (hash {meta.get('config_hash')}); use a new --out")
+        raise RuntimeError(f"{store.name(IDENTITIES_FILE)} belongs to another config "
+                           f"(hash {meta.get('config_hash')}); use a new --out")
     icfg = cfg.identities
     sampled = sample_identities(icfg, cfg.run.seed)
     table = identities_table(sampled.vectors, icfg.sampler, sampled.leakage)
@@ -79,19 +81,29 @@ def write_identities(out: Path, cfg: RunConfig) -> dict:
         } if sampled.leakage else None,
     }
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    with atomic_path(path) as tmp:
+    with store.commit(IDENTITIES_FILE) as tmp:
         pq.write_table(table, tmp)
     return meta
 
 
-def read_metadata(path: Path) -> dict:
-    raw = pq.read_schema(path).metadata or {}
+def read_metadata(source: Path | pa.NativeFile, name: str | None = None) -> dict:
+    """The sampling summary stored in an identities file (a path, or an open Arrow file named ``name``)."""
+    raw = pq.read_schema(source).metadata or {}
     if _META_KEY not in raw:
-        raise RuntimeError(f"{path} has no facefoundry metadata: not written by facefoundry, or corrupt")
+        raise RuntimeError(f"{name or source} has no facefoundry metadata: not written by facefoundry, or corrupt")
     return json.loads(raw[_META_KEY])
 
 
-def read_vectors(path: Path, start: int = 0, stop: int | None = None) -> np.ndarray:
+def read_run_vectors(out: str | Path | RunStore) -> np.ndarray:
+    """The identity vectors of the run in ``out`` (a folder or a remote URI); row i = identity i."""
+    store = open_store(out)
+    raw = store.read_bytes(IDENTITIES_FILE)
+    if raw is None:
+        raise FileNotFoundError(f"{store.name(IDENTITIES_FILE)} is missing: the run's identities were not written")
+    return read_vectors(pa.BufferReader(raw))
+
+
+def read_vectors(path: Path | pa.NativeFile, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Vectors of identities ``start..stop`` as a float32 (n, dim) array."""
     table = pq.read_table(path, columns=["identity", "vector"])
     table = table.slice(start, (stop - start) if stop is not None else None)
