@@ -84,17 +84,6 @@ def generator_threads(cfg: RunConfig, node_cpus: int | None) -> int:
     return max(1, (node_cpus or 1) // cfg.ray.generator_actors)
 
 
-BACKGROUND_NICENESS = 15
-
-
-def yield_cpu() -> None:
-    """Run this process at low priority: the filter and writer have slack, the generator sets the pace,
-    and on a machine with few cores each preempted generator thread stalls its siblings."""
-    import os
-
-    os.nice(max(0, BACKGROUND_NICENESS - os.nice(0)))
-
-
 class GenerateActor:
     def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths):
         import os
@@ -112,7 +101,6 @@ class GenerateActor:
 
 class FilterActor:
     def __init__(self, cfg: RunConfig, out: str):
-        yield_cpu()
         self.stage = FilterStage(cfg, out)
         self.stage.setup()
 
@@ -126,7 +114,6 @@ class WriteActor:
     arrives, so a fresh worker's start-up and imports stay off every unit's path."""
 
     def __init__(self, cfg: RunConfig, out: str, meta: dict):
-        yield_cpu()
         self.stage, self.retries = WriteStage(cfg, out, meta), cfg.ray.unit_retries
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

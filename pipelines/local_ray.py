@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from facefoundry.config import RayConfig
 
 # An embedded Ray must listen on loopback only and must not need an auth token. Its workers start at
-# the driver's priority rather than Ray's default nice 15, so the generator is not preempted by every
-# wake-up of Ray's own processes; the CPU stages lower their own priority instead (executor.yield_cpu).
+# the priority of Ray's own processes rather than Ray's default nice 15, so the generator is not
+# preempted by every wake-up of those. (Not lower for the filter and writer: on a busy machine they
+# would starve, and finished images would wait uncommitted.)
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
 # Ray's own progress bars and per-operator logs are replaced by facefoundry's progress line.
 QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}

@@ -97,15 +97,3 @@ def test_generator_threads_default_to_the_node_cpus_shared_among_generator_actor
     assert generator_threads(load_config(CONFIG, ["ray.generator_actors=3"]), 16) == 5
     assert generator_threads(load_config(CONFIG, ["ray.generator_actors=32"]), 16) == 1
     assert generator_threads(load_config(CONFIG, ["ray.generator_threads=2"]), 16) == 2
-
-
-def test_cpu_stages_run_below_the_generator():
-    """Embedded Ray starts workers at the driver's priority; filter and writer actors lower their own."""
-    from facefoundry.pipelines.local_ray import LOCAL_ENV
-
-    assert LOCAL_ENV["RAY_worker_niceness"] == "0"
-    probe = ("import os; from facefoundry.pipelines.executor import yield_cpu; "
-             "yield_cpu(); yield_cpu(); print(os.nice(0))")
-    before = os.nice(0)
-    niceness = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert int(niceness) == max(15, before)
