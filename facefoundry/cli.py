@@ -113,7 +113,8 @@ def submit(
     except Exception as exc:
         _fail(_one_line(exc))
     verb = "attached to" if result.attached else "submitted"
-    typer.echo(f"{verb} job {result.submission_id} (run {result.run_id}): {result.status} -> {result.out or out}")
+    target = _shown(result.out or out)
+    typer.echo(f"{verb} job {result.submission_id} (run {result.run_id}): {result.status} -> {target}")
     if follow and result.status != "SUCCEEDED":
         _fail(f"job {result.submission_id} {result.status}: {result.message}")
 
@@ -128,7 +129,7 @@ def status(run_id: RunIdArg, address: AddressOpt) -> None:
     except Exception as exc:
         _fail(_one_line(exc))
     typer.echo(f"{state.submission_id}: {state.status}" + (f" ({state.message})" if state.message else "")
-               + (f" -> {state.out}" if state.out else ""))
+               + (f" -> {_shown(state.out)}" if state.out else ""))
 
 
 @app.command()
