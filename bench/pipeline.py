@@ -64,8 +64,11 @@ def efficiency(identities: int, steps: int, tmp: Path) -> None:
     bare_dir = tmp / "bare"
     prepare_run_folder(bare_dir, cfg)
     write_identities(bare_dir, cfg)
+    parts = startup_parts(cfg)
     stage = GenerateStage(cfg, str(bare_dir), ModelPaths(str(model), str(base)))
+    loading = time.perf_counter()
     stage.setup()
+    parts["model load (warm imports)"] = time.perf_counter() - loading
     half = len(units) // 2
 
     def bare_loop(part: list) -> float:
@@ -91,8 +94,27 @@ def efficiency(identities: int, steps: int, tmp: Path) -> None:
     print(f"facefoundry run, end to end:         {piped:.2f} images/s  -> efficiency {piped / bare:.2f} "
           "(goal >= 0.85)")
     print(f"facefoundry run, steady state:       {steady:.2f} images/s  -> efficiency {steady / bare:.2f}")
-    print(f"fixed cost: {first:.1f} s to the first unit, of which ~{max(first - per_unit / steady, 0):.1f} s "
-          f"start-up (Ray, identities, actors, model loading); total {total:.1f} s")
+    fixed = max(first - per_unit / steady, 0)
+    print(f"fixed cost: {first:.1f} s to the first unit, of which ~{fixed:.1f} s start-up; total {total:.1f} s")
+    print("start-up parts, each measured alone: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+          + f"; sum {sum(parts.values()):.1f} s (in the run they overlap and compete for the same cores)")
+
+
+def startup_parts(cfg) -> dict[str, float]:
+    """The pieces of the pipeline's fixed cost, each timed on its own: an embedded Ray coming up and going
+    down, and a fresh worker process importing what a generator actor imports."""
+    from facefoundry.pipelines.local_ray import ray_session
+
+    parts = {}
+    started = time.perf_counter()
+    with ray_session(cfg.ray):
+        parts["ray.init"] = time.perf_counter() - started
+        stopping = time.perf_counter()
+    parts["ray.shutdown"] = time.perf_counter() - stopping
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import facefoundry.pipelines.executor, torch, diffusers"], check=True)
+    parts["actor imports (fresh process)"] = time.perf_counter() - started
+    return parts
 
 
 MEMORY_PROBE = """
