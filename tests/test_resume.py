@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from s3server import bucket_uri
 from typer.testing import CliRunner
 
 from facefoundry.cli import app
+from facefoundry.dataset.storage import open_store
 from facefoundry.verify import verify_run
 
 pytestmark = pytest.mark.slow
@@ -21,30 +23,40 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 ARGS = ["--set", "identities.count=6", "--set", "images.per_identity=2", "--set", "output.identities_per_unit=1"]
 
 
-def shard_digests(out: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "data").glob("train-*"))}
+def shard_digests(out) -> dict[str, str]:
+    store = open_store(out)
+    return {name: hashlib.sha256(store.read_bytes(f"data/{name}")).hexdigest()
+            for name in sorted(store.sizes("data")) if name.startswith("train-")}
 
 
-def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path):
+def manifest_count(out) -> int:
+    return sum(name.endswith(".json") and not name.startswith(".") for name in open_store(out).sizes("manifests"))
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, request, where):
     reference = tmp_path / "reference"
     assert CliRunner().invoke(app, ["run", str(CONFIG), "--out", str(reference), *ARGS]).exit_code == 0
 
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from facefoundry.cli import app; app()", "run", str(CONFIG), "--out", str(out), *ARGS]
+    if where == "s3":  # a loopback S3 server living in this process: the killed run is a subprocess
+        out = bucket_uri(request.getfixturevalue("s3_endpoint"), "killed", "run")
+    else:
+        out = str(tmp_path / "killed")
+    cmd = [sys.executable, "-c", "from facefoundry.cli import app; app()", "run", str(CONFIG), "--out", out, *ARGS]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(list((out / "manifests").glob("*.json"))) >= 2:  # mid-run: some units done, others not
+            if manifest_count(out) >= 2:  # mid-run: some units done, others not
                 break
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and every worker
         proc.wait()
-    done_before = len(list((out / "manifests").glob("*.json")))
+    done_before = manifest_count(out)
     assert 2 <= done_before < 6, f"the kill did not land mid-run ({done_before} units done)"
 
-    result = CliRunner().invoke(app, ["run", str(CONFIG), "--out", str(out), *ARGS])
+    result = CliRunner().invoke(app, ["run", str(CONFIG), "--out", out, *ARGS])
     assert result.exit_code == 0, result.output
     assert f"{done_before} already done (resuming)" in result.output
     assert shard_digests(out) == shard_digests(reference) and len(shard_digests(out)) == 6
