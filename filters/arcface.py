@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facefoundry.filters.batching import embed_in_batches
 from facefoundry.filters.scrfd import OnnxModelError, is_recognizer, open_session, resolve_model
 
 CROP_SIZE = 112
@@ -119,19 +120,10 @@ class ArcFaceEmbedder:
     def embed(self, crops) -> np.ndarray:
         """Raw float32 ``(N, 512)`` features of aligned RGB crops, ``batch_size`` crops per session call."""
         blob = self.preprocess(crops) if len(crops) else np.zeros((0, 3, CROP_SIZE, CROP_SIZE), np.float32)
-        out = np.zeros((len(blob), self.embedding_dim), dtype=np.float32)
-        start = 0
-        while start < len(blob):
-            size = self.batch_size
-            try:
-                out[start : start + size] = self._run(blob[start : start + size])
-            except Exception as exc:
-                oom = any(m in str(exc).lower() for m in OOM_MARKERS)
-                if not oom or self.fixed_batch or size == 1:
-                    raise
-                self.batch_size = max(1, size // 2)  # remember the smaller batch for later calls
-                continue
-            start += size
+        # A model with a fixed batch axis cannot take smaller batches: its errors propagate as they are.
+        out, self.batch_size = embed_in_batches(  # the batch that fit is kept for later calls
+            blob, self.embedding_dim, self.batch_size, self._run,
+            lambda exc: not self.fixed_batch and any(m in str(exc).lower() for m in OOM_MARKERS))
         return out
 
     __call__ = embed

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from facefoundry.filters.arcface import stack_crops
+from facefoundry.filters.batching import embed_in_batches
 from facefoundry.filters.iresnet import load_arcface_r100
 
 CROP_SIZE = 112
@@ -77,20 +78,9 @@ class TorchArcFaceEmbedder:
         if len(crops) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         blob = self.preprocess(crops)
-        out = np.zeros((len(blob), self.embedding_dim), dtype=np.float32)
-        start = 0
-        while start < len(blob):
-            size = self.batch_size
-            try:
-                out[start : start + size] = self._run(blob[start : start + size])
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
-                if not is_oom(exc) or size == 1:
-                    raise
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                self.batch_size = max(1, size // 2)
-                continue
-            start += size
+        empty_cache = torch.cuda.empty_cache if self.device.type == "cuda" else None
+        out, self.batch_size = embed_in_batches(blob, self.embedding_dim, self.batch_size, self._run, is_oom,
+                                                empty_cache)
         return out
 
     __call__ = embed
