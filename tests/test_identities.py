@@ -79,6 +79,8 @@ def test_identities_file_written_once(tmp_path):
     path = tmp_path / "identities.parquet"
     before = path.read_bytes()
     assert write_identities(tmp_path, cfg) == meta and path.read_bytes() == before
+    # A rerun elsewhere writes the same bytes (no timings in the metadata).
+    assert write_identities(tmp_path / "again", cfg) == meta and (tmp_path / "again" / path.name).read_bytes() == before
     table = pq.read_table(path)
     assert table.column("identity").to_pylist() == list(range(20))
     assert meta["nn_cosine"]["max"] <= 0.3 and read_metadata(path)["count"] == 20

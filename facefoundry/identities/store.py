@@ -73,7 +73,8 @@ def write_identities(out: str | Path | RunStore, cfg: RunConfig) -> dict:
         "max_cosine": icfg.max_cosine,
         "space": icfg.space,
         "nn_cosine": separation_summary(nn),
-        "sampler_details": sampled.details,
+        # Timings stay out: the file's bytes must be the same on every rerun of the run.
+        "sampler_details": {k: v for k, v in sampled.details.items() if not k.startswith("seconds")},
         "leakage": sampled.leakage.summary() | {
             "rejected": sampled.details.get("leakage_rejected", 0),
             "max_cosine": icfg.leakage.max_cosine,
