@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import pickle
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from facefoundry.config import Vec2FaceConfig
 
 from .base import Resources, check_batch, in_microbatches, resolve_device
 from .vec2face_model import (
@@ -49,23 +50,9 @@ SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 _LOCAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
-@dataclass
-class Vec2FaceSettings:
-    """Settings of :class:`Vec2FaceGenerator` (mirrors the run config's ``generator`` section)."""
-
-    checkpoint: str = "BooBooWu/Vec2Face"  # Hub id, local folder (holding ``filename``) or local file
-    filename: str = "weights/vec2face_generator.pth"
-    revision: str | None = None
-    state_dict_key: str = "model_vec2face"
-    tiny: bool = False  # the tiny random architecture (tests, smoke runs)
-    batch_size: int = 32
-    device: str = "auto"
-    dtype: str = "auto"  # Vec2Face runs in float32 only ("auto" = "float32")
-    mask_ratio_min: float = 0.1  # image_generation.py defaults (the gradio demo uses max 0.5)
-    mask_ratio_max: float = 1.0
-    mask_ratio_mu: float = 0.15
-    mask_ratio_std: float = 0.25
-    output_size: int | None = None  # square side of returned images; None = native 112
+# The generator's settings are the run config's ``generator`` section itself (one definition of each field,
+# its default and its bounds); the old name stays for callers that build settings by hand.
+Vec2FaceSettings = Vec2FaceConfig
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -177,7 +164,7 @@ class Vec2FaceGenerator:
 
     def __init__(self, cfg: Any = None, checkpoint_path: str | Path | None = None,
                  arch: Vec2FaceArch | None = None, face_models: str | Path | None = None):
-        self.cfg = cfg if cfg is not None else Vec2FaceSettings()
+        self.cfg = cfg if cfg is not None else Vec2FaceConfig()
         self.checkpoint_path = str(checkpoint_path) if checkpoint_path is not None else None
         attrop = getattr(self.cfg, "attrop", None)
         self.attrop_cfg = attrop if attrop is not None and attrop.enabled else None

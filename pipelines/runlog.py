@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-LOG_DIR = "logs"
+from facefoundry.layout import LOG_DIR
 
 
 def _stamp() -> str:

@@ -15,6 +15,7 @@ from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, finished_manifests, plan_units
 from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_store
 from facefoundry.identities.store import write_identities
+from facefoundry.layout import MODELS_DIR
 from facefoundry.pipelines.local_ray import ray_session
 from facefoundry.pipelines.progress import Progress
 from facefoundry.pipelines.runlog import LOG_DIR, new_log_path, run_log
@@ -62,19 +63,19 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
             return ModelPaths(gen.checkpoint)
         from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
 
-        checkpoint = build_tiny_vec2face(out / "models", seed=cfg.run.seed)
+        checkpoint = build_tiny_vec2face(out / MODELS_DIR, seed=cfg.run.seed)
         if not gen.attrop.enabled:
             return ModelPaths(str(checkpoint))
         from facefoundry.filters.tiny_face_models import write_tiny_face_models
 
-        write_tiny_face_models(out / "models" / "vec2face-face-models", seed=cfg.run.seed)
-        return ModelPaths(str(checkpoint), face_models=str(out / "models" / "vec2face-face-models"))
+        write_tiny_face_models(out / MODELS_DIR / "vec2face-face-models", seed=cfg.run.seed)
+        return ModelPaths(str(checkpoint), face_models=str(out / MODELS_DIR / "vec2face-face-models"))
     if not gen.tiny:
         return ModelPaths(gen.model, gen.base_model)
     from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path
 
-    model, base = build_tiny_arc2face(out / "models", seed=cfg.run.seed)
-    return ModelPaths(str(model), str(base), str(tiny_lcm_lora_path(out / "models")))
+    model, base = build_tiny_arc2face(out / MODELS_DIR, seed=cfg.run.seed)
+    return ModelPaths(str(model), str(base), str(tiny_lcm_lora_path(out / MODELS_DIR)))
 
 
 def file_metadata(cfg: RunConfig) -> dict:
@@ -94,6 +95,9 @@ def file_metadata(cfg: RunConfig) -> dict:
         # Hub ids, never local paths: a shard's bytes must not depend on where the run folder lives.
         "generator": {"kind": gen.kind, **models, "revision": gen.revision},
         "filter": cfg.filter.model_dump(mode="json"),
+        # the identity filter's thresholds, with its model files by name only (no local paths)
+        "id_filter": None if cfg.id_filter is None else cfg.id_filter.model_dump(mode="json")
+        | {k: Path(getattr(cfg.id_filter, k)).name for k in ("detector_model", "encoder_model")},
         "synthetic": True,
     }
 

@@ -335,10 +335,6 @@ class RunConfig(StrictModel):
             raise ValueError("identities.space must be 'raw' (identities.norm about 22) for the vec2face generator")
         return self
 
-    def canonical_json(self) -> str:
-        """Sorted, default-filled JSON of the whole config (what run.json records)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-
     def config_hash(self) -> str:
         """Hash of everything that decides the dataset's content. The ``ray`` section only decides where
         and how fast it runs, so a run can resume on another cluster (or laptop) under the same id."""

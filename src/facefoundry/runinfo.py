@@ -12,10 +12,7 @@ from pathlib import Path
 from facefoundry import __version__
 from facefoundry.config import RunConfig, validate_config
 from facefoundry.dataset.storage import RunStore, open_store
-
-RUN_FILE = "run.json"
-# Everything a run writes into its folder; --fresh removes exactly these and nothing else.
-RUN_ENTRIES = (RUN_FILE, "identities.parquet", "data", "manifests", "models", "report", "README.md", "logs")
+from facefoundry.layout import RUN_ENTRIES, RUN_FILE
 
 
 class RunFolderError(RuntimeError):

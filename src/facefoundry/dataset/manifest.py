@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facefoundry.dataset.storage import RunStore, open_store
-
-MANIFEST_DIR = "manifests"
-DATA_DIR = "data"
+from facefoundry.layout import DATA_DIR, MANIFEST_DIR, shard_file
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class Unit:
 
     @property
     def shard_name(self) -> str:
-        return f"train-{self.name}.parquet"
+        return shard_file(self.name)
 
 
 def plan_units(n_identities: int, per_unit: int) -> list[Unit]:

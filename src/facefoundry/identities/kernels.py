@@ -45,17 +45,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = [
-    "PAIR_DTYPE",
-    "default_block",
-    "default_device",
-    "max_cosine_to",
-    "nearest_neighbours",
-    "pairs_above",
-    "screen_dtype",
-    "screen_margin",
-]
-
 PAIR_DTYPE = np.dtype([("i", np.int64), ("j", np.int64), ("cos", np.float64)])
 _UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 _MIN_NORMAL = {torch.bfloat16: 2.0**-126, torch.float16: 2.0**-14}

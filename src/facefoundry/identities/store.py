@@ -14,8 +14,8 @@ from facefoundry.dataset.storage import RunStore, open_store
 from facefoundry.identities.leakage import LeakageResult
 from facefoundry.identities.sampling import SamplingError, sample_identities
 from facefoundry.identities.separation import nearest_neighbours, separation_summary
+from facefoundry.layout import IDENTITIES_FILE
 
-IDENTITIES_FILE = "identities.parquet"
 _META_KEY = b"facefoundry"
 
 
