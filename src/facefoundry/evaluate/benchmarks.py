@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -112,14 +112,14 @@ def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Benchmark:
     """One verification set: encoded images (two per pair, in order) and one ``issame`` flag per pair."""
 
     name: str
     path: Path
-    encoded: tuple[bytes, ...]
-    issame: np.ndarray
+    encoded: tuple[bytes, ...] = field(repr=False)
+    issame: np.ndarray = field(repr=False)
 
     @property
     def display_name(self) -> str:
