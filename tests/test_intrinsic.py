@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import shutil
 from itertools import combinations
 from pathlib import Path
 
@@ -192,6 +193,25 @@ def test_judge_must_not_be_the_conditioning_encoder(face_run, tmp_path):
     copy.write_bytes(b"weights")
     with pytest.raises(JudgeError, match="conditioning encoder"):
         fake.check_independent("arc2face", str(copy))  # same bytes under another name
+
+
+def test_arcface_judge_scores_cosines(face_run, tmp_path):
+    """A (tiny, random-weight) ArcFace .pth judge goes the same way: dlib finds the face, ArcFace template crop."""
+    from facefoundry.filters.tiny_face_models import write_tiny_arcface
+
+    run, _, _ = face_run
+    shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("eval", "report"))
+    weights = write_tiny_arcface(tmp_path / "tiny-judge.pth")
+    result = evaluate_intrinsic(tmp_path / "run", weights, max_identities=3, max_images_per_identity=3, device="cpu")
+    m, judge = result["metrics"], result["judge"]
+    assert judge["metric"] == "cosine" and judge["same_person_threshold"] == 0.3 and judge["dim"] == 512
+    assert judge["files"][-1]["path"] == str(weights) and "align_dlib" in judge["alignment"]
+    assert result["sample"]["images_sampled"] == 9 and m["images"] == m["verification"]["genuine"]["count"] == 9
+    assert -1 <= m["verification"]["impostor"]["min"] <= m["verification"]["impostor"]["max"] <= 1
+    assert m["intra_class"]["distance"] == "1 - cosine" and m["uniqueness"]["pairs"] == 3
+    with pytest.raises(JudgeError, match="conditioning encoder"):  # Vec2Face conditions on this family's file
+        shutil.copy(weights, tmp_path / "arcface-r100-glint360k.pth")
+        FaceJudge(tmp_path / "arcface-r100-glint360k.pth", device="cpu").check_independent("vec2face")
 
 
 # ---------------------------------------------------------------- pure metrics against brute force

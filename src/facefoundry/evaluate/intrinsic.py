@@ -131,11 +131,11 @@ def histogram(edges: np.ndarray, **series: np.ndarray) -> dict:
     return out
 
 
-def _edges(*arrays: np.ndarray, extra: tuple[float, ...] = ()) -> np.ndarray:
+def _edges(*arrays: np.ndarray, extra: tuple[float, ...] = (), bins: int = PLOT_BINS) -> np.ndarray:
     values = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays] + [np.asarray(extra, np.float64)])
     values = values[np.isfinite(values)]
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
-    return np.linspace(lo, hi if hi > lo else lo + 1.0, PLOT_BINS + 1)
+    return np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
 
 
 def verification(genuine: np.ndarray, impostor: np.ndarray, metric: Metric, threshold: float) -> dict:
@@ -226,7 +226,7 @@ def intra_class(emb: np.ndarray, labels: np.ndarray, metric: Metric) -> dict:
     means = np.asarray(means)
     return {"distance": "euclidean" if metric == "euclidean" else "1 - cosine",
             "identities": int(means.size), "per_identity_mean": describe(means),
-            "histogram": histogram(_edges(means), identities=means)}
+            "histogram": histogram(_edges(means, bins=min(PLOT_BINS, max(5, means.size // 4))), identities=means)}
 
 
 def spread(columns: dict[str, np.ndarray], labels: np.ndarray) -> dict:
@@ -247,10 +247,12 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def separation_comparison(sampled_nn: np.ndarray, judge_nn: np.ndarray) -> dict:
-    """The sampler's nearest-neighbour cosine next to the judge's nearest-other-centroid cosine, per identity."""
+    """The sampler's nearest-neighbour cosine next to the judge's nearest-other-centroid cosine, per identity
+    (both among the same identities; the per-identity pairs are kept for the scatter plot)."""
     ok = np.isfinite(sampled_nn) & np.isfinite(judge_nn)
     out = {"sampled_nn_cosine": describe(sampled_nn), "judge_nn_cosine": describe(judge_nn),
-           "identities": int(ok.sum())}
+           "identities": int(ok.sum()), "per_identity": {"sampled": np.round(sampled_nn[ok], 5).tolist(),
+                                                         "judge": np.round(judge_nn[ok], 5).tolist()}}
     if ok.sum() > 2 and np.std(sampled_nn[ok]) > 0 and np.std(judge_nn[ok]) > 0:
         out["pearson"] = float(np.corrcoef(sampled_nn[ok], judge_nn[ok])[0, 1])
         out["spearman"] = float(np.corrcoef(_ranks(sampled_nn[ok]), _ranks(judge_nn[ok]))[0, 1])

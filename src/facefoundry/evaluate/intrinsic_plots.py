@@ -2,7 +2,7 @@
 
 - ``intrinsic_scores.png``: genuine vs impostor judge scores, with the EER threshold and the same-person rule;
 - ``intrinsic_uniqueness.png``: pairwise identity-centroid cosines (and, for dlib, centroid distances with the
-  0.6 rule), and the sampled vs judged nearest-identity cosine;
+  0.6 rule), and per identity the sampled vs the judged nearest-identity cosine;
 - ``intrinsic_spread.png``: intra-class mean pairwise judge distance per identity, and for each pose/quality
   column the within-identity spread relative to the whole set's.
 """
@@ -103,13 +103,13 @@ def plot_uniqueness(result: dict, path: Path, title: str) -> None:
         ax.set_ylabel("identity pairs")
         ax.legend(fontsize=8)
     ax, name = axes[-1], "nearest other identity: sampled vs judged"
-    hist = sep.get("histogram")
-    if _steps(ax, hist, "sampled", SAMPLED, "sampled vectors") | _steps(ax, hist, "judge", JUDGE, "judge centroids"):
+    pairs = sep.get("per_identity") or {}
+    if pairs.get("sampled"):
+        ax.scatter(pairs["sampled"], pairs["judge"], s=8, alpha=0.6, color=JUDGE)
         corr = sep.get("spearman")
         ax.set_title(name + (f" (Spearman {corr:.2f})" if corr is not None else ""), fontsize=10)
-        ax.set_xlabel("cosine to the nearest other judged identity")
-        ax.set_ylabel("density")
-        ax.legend(fontsize=8)
+        ax.set_xlabel("sampled vectors: nearest-identity cosine")
+        ax.set_ylabel("judge centroids: nearest-identity cosine")
     else:
         _no_data(ax, name, "no identities.parquet vectors, or one identity")
     fig.savefig(path, dpi=100, metadata={"Software": None})
