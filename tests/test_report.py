@@ -16,7 +16,8 @@ from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.filters.face_filter import OUTPUT_FIELDS, REASONS
 from facefoundry.identities.store import write_identities
-from facefoundry.report import PLOTS, REASON_ORDER, ReportError, build_report, pose_proxies
+from facefoundry.report import PLOTS, ReportError, build_report, pose_proxies
+from facefoundry.runfacts import read_run_facts
 from facefoundry.runinfo import prepare_run_folder
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -110,9 +111,8 @@ def test_report_numbers_match_planted_run(tmp_path, mode):
     assert images["generated"] == 30 and images["accepted"] == 21 and images["rejected"] == 9
     assert images["stored"] == (30 if mode == "annotate" else 21)
     assert images["acceptance"] == pytest.approx(0.7) and images["acceptance_pct"] == pytest.approx(70.0)
-    assert summary["drops"] == {"undecodable": 0, "no_face": 6, "low_face_score": 0, "multiple_faces": 1,
-                                "identity_confusion": 0,
-                                "identity_mismatch": 2}
+    planted = {"no_face": 6, "multiple_faces": 1, "identity_mismatch": 2}
+    assert summary["drops"] == {r: planted.get(r, 0) for r in REASONS}  # every reason, in decision order
     assert summary["identities"]["count"] == 6 and summary["identities"]["nn_cosine"]["max"] <= 0.3
     per = summary["images_per_identity"]
     assert per["sample"]["histogram"] == {"0": 1, "3": 1, "4": 2, "5": 2}
@@ -144,7 +144,7 @@ def test_sample_is_bounded_and_deterministic(tmp_path):
     assert a["sample"]["shards_read"] == 2 and a["sample"]["last_shard_cut"] is True
     assert a["images"]["generated"] == 30  # manifest numbers never depend on the sample
     assert a["images_per_identity"]["sample"]["identities"] == 2  # only whole shards count
-    manifests = report._manifests(tmp_path, a["config_hash"])
+    manifests = read_run_facts(tmp_path).manifests
     first, again = (report._sample(tmp_path, manifests, 15, 3) for _ in range(2))
     assert first["info"] == again["info"] == a["sample"]
     assert np.array_equal(first["identity"], again["identity"])
@@ -175,8 +175,9 @@ def test_not_a_run_or_nothing_done(tmp_path):
         build_report(tmp_path)
 
 
-def test_pose_proxies_and_reason_order():
-    assert REASON_ORDER == REASONS  # the funnel follows the filter's decision order
+def test_pose_proxies_and_reason_order(tmp_path):
+    make_run(tmp_path)
+    assert tuple(read_run_facts(tmp_path).drops(with_zeros=True)) == REASONS  # the filter's decision order
     lm = np.array([LANDMARKS, [np.nan] * 10, [30, 40, 42, 40, 70, 40, 58, 40, 50, 60]], np.float64)
     got = pose_proxies(lm)
     assert got["yaw_proxy"][0] == pytest.approx(0.1) and got["pitch_proxy"][0] == pytest.approx(20 / 28)

@@ -232,16 +232,21 @@ def report(
 @app.command()
 def card(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).", callback=_local_run)],
-    license: Annotated[str, typer.Option("--license", help="Dataset licence (Hub id).")] = "cc-by-nc-4.0",
-    pretty_name: Annotated[str | None, typer.Option("--pretty-name")] = None,
+    license: Annotated[str | None, typer.Option(
+        "--license", help="Dataset licence (Hub id); default: the existing card's, else cc-by-nc-4.0.")] = None,
+    pretty_name: Annotated[str | None, typer.Option("--pretty-name", help="Default: the existing card's.")] = None,
 ) -> None:
-    """Write the dataset card (README.md in the run folder) from the run's manifests and metadata."""
+    """Write the dataset card (README.md in the run folder) from the run's manifests and metadata.
+
+    Rewriting keeps the existing card's licence, pretty name and hand-written sections unless told otherwise."""
     from facefoundry.card import read_run_facts, write_card
+    from facefoundry.card.user import user_choices
     from facefoundry.licensing import licence_conflicts, run_components
 
     try:
         path = write_card(run_dir, license, pretty_name)
-        warnings = licence_conflicts(license, run_components(read_run_facts(run_dir).cfg))
+        stated = user_choices(path.read_text(encoding="utf-8"))[0] or ""
+        warnings = licence_conflicts(stated, run_components(read_run_facts(run_dir).config))
     except ValueError as exc:
         _fail(_one_line(exc), code=2)
     except Exception as exc:
@@ -258,19 +263,24 @@ def publish(
     private: Annotated[bool, typer.Option("--private", help="Create or switch the repo to private.")] = False,
     gated: Annotated[bool, typer.Option("--gated", help="Gate access behind manual approval.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; send nothing.")] = False,
-    license: Annotated[str, typer.Option("--license", help="Dataset licence (Hub id).")] = "cc-by-nc-4.0",
+    license: Annotated[str | None, typer.Option(
+        "--license", help="Dataset licence (Hub id); must match an existing card's unless --regenerate-card.")] = None,
     include_identities: Annotated[
         bool, typer.Option("--include-identities", help="Also upload identities.parquet (decodable vectors).")
     ] = False,
+    regenerate_card: Annotated[bool, typer.Option(
+        "--regenerate-card", help="Rebuild README.md (keeps its licence, name and hand-written sections).")] = False,
 ) -> None:
     """Upload card, shards, manifests and report to the Hugging Face Hub (token: HF_TOKEN or login).
+
+    The run's README.md is published as it is; one is written only when missing or with --regenerate-card.
 
     Resumable: rerunning uploads only what the Hub does not have yet."""
     from facefoundry.hub import publish as publish_run
 
     try:
         result = publish_run(run_dir, repo, private=private, gated=gated, dry_run=dry_run, license=license,
-                             include_identities=include_identities)
+                             include_identities=include_identities, regenerate_card=regenerate_card)
     except Exception as exc:
         _fail(_one_line(exc))
     for warning in result.warnings:
@@ -293,14 +303,16 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list() -> None:
-    """Name, Hub repo, file count, licence, and whether the files are in the HF cache (no network)."""
-    from facefoundry.models import hub_cache, list_rows
+    """Name, Hub repo, file count, licence (marked when its chain is non-commercial: facefoundry.licensing.UPSTREAM),
+    and whether the files are in the HF cache (no network)."""
+    from facefoundry.models import CHAIN_NOTE, hub_cache, list_rows
 
     rows = list_rows()
     cols = ["name", "repo", "files", "licence", "cached", "size"]
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     for row in [{c: c.upper() for c in cols}, *rows]:
         typer.echo("  ".join(row[c].ljust(widths[c]) for c in cols).rstrip())
+    typer.echo(CHAIN_NOTE)
     typer.echo(f"cache: {hub_cache()}")
 
 

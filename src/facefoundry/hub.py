@@ -21,26 +21,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facefoundry.card import (
-    CARD_FILE,
-    DATA_PATTERN,
-    REPORT_DIR,
-    build_card,
-    card_problems,
-    format_bytes,
-    read_run_facts,
-)
+from facefoundry.card import card_problems, render_card
+from facefoundry.card.user import card_metadata, user_choices
 from facefoundry.dataset.atomic import atomic_write_bytes
-from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR
-from facefoundry.identities.store import IDENTITIES_FILE
+from facefoundry.layout import (
+    CARD_FILE,
+    DATA_DIR,
+    DATA_PATTERN,
+    IDENTITIES_FILE,
+    LOG_DIR,
+    MANIFEST_DIR,
+    MODELS_DIR,
+    REPORT_DIR,
+    RUN_FILE,
+)
 from facefoundry.licensing import DEFAULT_LICENSE, check_license, licence_conflicts, run_components
-from facefoundry.runinfo import RUN_FILE
+from facefoundry.models import human_bytes
+from facefoundry.runfacts import RunFactsError, read_run_facts
 
 MAX_FILES_PER_FOLDER = 10_000  # the Hub's recommended limit per folder
 # What publish uploads (patterns relative to the run folder) and deletes remotely when absent locally.
 UPLOAD_PATTERNS = [CARD_FILE, RUN_FILE, DATA_PATTERN, f"{MANIFEST_DIR}/*.json", f"{REPORT_DIR}/*.png",
                    f"{REPORT_DIR}/*.json"]
-IGNORE_PATTERNS = [".tmp-*", "*/.tmp-*", "models/*", "*.log"]
+IGNORE_PATTERNS = [".tmp-*", "*/.tmp-*", f"{MODELS_DIR}/*", f"{LOG_DIR}/*", "*.log"]
 DELETE_PATTERNS = [f"{DATA_DIR}/*", f"{MANIFEST_DIR}/*", f"{REPORT_DIR}/*", IDENTITIES_FILE, RUN_FILE]
 
 
@@ -65,12 +68,12 @@ class PublishResult:
         """Human-readable lines for the CLI (no secrets in here)."""
         if self.dry_run:
             lines = [f"{size:>14,}  {path}" for path, size in self.files]
-            lines.append(f"dry run: {len(self.files)} files, {format_bytes(self.total_bytes)} would be published to "
+            lines.append(f"dry run: {len(self.files)} files, {human_bytes(self.total_bytes)} would be published to "
                          f"{self.repo_id}; remote files under {', '.join(DELETE_PATTERNS)} that the run does not "
                          "have would be deleted")
             return lines
         state = "uploaded" if self.changed else "already up to date, nothing uploaded"
-        return [f"{self.repo_id}: {len(self.files)} files, {format_bytes(self.total_bytes)}: {state}",
+        return [f"{self.repo_id}: {len(self.files)} files, {human_bytes(self.total_bytes)}: {state}",
                 f"{self.url}" + (f" (commit {self.commit_url})" if self.commit_url else "")]
 
 
@@ -137,17 +140,51 @@ def _verify(run_dir: Path) -> list[str]:
     return verify_run(run_dir)
 
 
+def card_to_publish(run_dir: Path, license: str | None, pretty_name: str | None, *, regenerate: bool,
+                    repo_id: str, gated: bool, include_identities: bool) -> tuple[str, list[str]]:
+    """The card text publish uploads, and warnings about it.
+
+    The card in the run folder is published as it is; a new card is built only when there is none or when
+    ``regenerate`` asks for it, and then keeps the old card's licence, pretty name and hand-written content
+    unless new ones are given. A ``license`` that contradicts the existing card is refused, never overwritten."""
+    path = run_dir / CARD_FILE
+    old = path.read_text(encoding="utf-8") if path.is_file() else None
+    warnings: list[str] = []
+    if old is None or regenerate:
+        text = render_card(run_dir, old, license, pretty_name, repo_id=repo_id, gated=gated,
+                           include_identities=include_identities)
+    else:
+        text = old
+        stated, name = user_choices(old)
+        for option, given, have in (("--license", license, stated), ("--pretty-name", pretty_name, name)):
+            if given is not None and given != have:
+                raise PublishError(f"{path} states {option[2:]} {have!r}, not {given!r}: edit the card, or add "
+                                   "--regenerate-card to rebuild it with the new value (hand-written sections "
+                                   "are kept)")
+        if gated and "extra_gated_prompt" not in card_metadata(old):
+            warnings.append(f"{CARD_FILE} has no access-request form (extra_gated_prompt); the repository is gated "
+                            "anyway: add --regenerate-card to put the form in the card")
+    problems = card_problems(text)
+    if problems:
+        raise PublishError(f"the dataset card {path.name} is invalid: " + "; ".join(problems)
+                           + ("" if old is None or regenerate else "; fix it, or add --regenerate-card"))
+    return text, warnings
+
+
 def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: bool = False, dry_run: bool = False,
-            endpoint: str | None = None, token: str | None = None, license: str = DEFAULT_LICENSE, *,
-            pretty_name: str | None = None, include_identities: bool = False) -> PublishResult:
+            endpoint: str | None = None, token: str | None = None, license: str | None = None, *,
+            pretty_name: str | None = None, include_identities: bool = False,
+            regenerate_card: bool = False) -> PublishResult:
     """Publish a verified run to the dataset repository ``repo_id`` (created if needed).
 
-    Re-running resumes an interrupted upload and commits nothing when the Hub is already up to date.
-    Licence conflicts are returned as warnings (the CLI prints them), not errors.
+    The run's ``README.md`` is published as it is (:func:`card_to_publish`); only a missing card, or
+    ``regenerate_card``, writes one, and a failed upload leaves the run folder as it was. Re-running resumes
+    an interrupted upload and commits nothing when the Hub is already up to date. Licence conflicts are
+    returned as warnings (the CLI prints them), not errors.
     """
     run_dir = Path(run_dir)
     try:
-        license = check_license(license)
+        license = None if license is None else check_license(license)
     except ValueError as exc:
         raise PublishError(str(exc)) from None
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
@@ -157,21 +194,20 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise PublishError(f"{run_dir} does not verify ({shown}); fix or rerun it (`facefoundry verify`) first")
-    facts = read_run_facts(run_dir)
-    sampler = (facts.cfg.get("identities") or {}).get("sampler")
-    if include_identities and sampler == "from_file":
+    try:
+        facts = read_run_facts(run_dir)
+    except RunFactsError as exc:
+        raise PublishError(str(exc)) from None
+    if include_identities and facts.config.identities.sampler == "from_file":
         raise PublishError("identity vectors of the from_file sampler may be embeddings of real people: "
                            "they are never published")
-    warnings = licence_conflicts(license, run_components(facts.cfg))
+    text, warnings = card_to_publish(run_dir, license, pretty_name, regenerate=regenerate_card, repo_id=repo_id,
+                                     gated=gated, include_identities=include_identities)
+    card_bytes = text.encode("utf-8")
+    warnings = licence_conflicts(user_choices(text)[0] or DEFAULT_LICENSE, run_components(facts.config)) + warnings
     if len(facts.manifests) > MAX_FILES_PER_FOLDER:
         warnings.append(f"{DATA_DIR}/ holds {len(facts.manifests):,} shards; the Hub recommends at most "
                         f"{MAX_FILES_PER_FOLDER:,} files per folder: use a larger output.identities_per_unit")
-    card = build_card(run_dir, license, pretty_name, repo_id=repo_id, gated=gated,
-                      include_identities=include_identities)
-    card_bytes = str(card).encode("utf-8")
-    problems = card_problems(card_bytes.decode("utf-8"))
-    if problems:
-        raise PublishError("the dataset card is invalid: " + "; ".join(problems))
     files = [p.as_posix() for p in upload_selection(run_dir, include_identities) if p.as_posix() != CARD_FILE]
     listing = [(CARD_FILE, len(card_bytes))] + [(p, (run_dir / p).stat().st_size) for p in files]
     total = sum(size for _, size in listing)
@@ -188,9 +224,26 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
         token = get_token()
     if not token:
         raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token is needed)")
-    atomic_write_bytes(run_dir / CARD_FILE, card_bytes)
+    card_path = run_dir / CARD_FILE
+    previous = card_path.read_bytes() if card_path.is_file() else None
+    if previous != card_bytes:
+        atomic_write_bytes(card_path, card_bytes)  # upload_folder reads the folder; undone if the upload fails
+    try:
+        info, before = _upload(run_dir, repo_id, base, token, private, gated, include_identities, facts.run_id)
+    except BaseException:
+        if previous is None:
+            card_path.unlink(missing_ok=True)
+        elif previous != card_bytes:
+            atomic_write_bytes(card_path, previous)
+        raise
+    return PublishResult(repo_id, url, listing, total, False, commit_url=info.commit_url,
+                         changed=info.oid != before, warnings=warnings)
 
-    from huggingface_hub import HfApi
+
+def _upload(run_dir: Path, repo_id: str, base: str, token: str, private: bool, gated: bool,
+            include_identities: bool, run_id: str | None) -> tuple[object, str | None]:
+    """Create or update the repository and upload the folder; (commit info, head before) or PublishError."""
+    from huggingface_hub import HfApi, constants
 
     api = HfApi(endpoint=base, token=token)
     allow, ignore = _patterns(include_identities)
@@ -206,9 +259,8 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
         before = api.repo_info(repo_id, repo_type="dataset").sha
         info = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=run_dir,
                                  allow_patterns=allow, ignore_patterns=ignore, delete_patterns=DELETE_PATTERNS,
-                                 commit_message=f"Publish facefoundry run {facts.record.get('run_id')}")
+                                 commit_message=f"Publish facefoundry run {run_id}")
     except Exception as exc:  # every Hub failure becomes one line without the token
         raise _hub_error(exc, repo_id, base, token) from None
-    return PublishResult(repo_id, url, listing, total, False, commit_url=info.commit_url,
-                         changed=info.oid != before, warnings=warnings)
+    return info, before
 

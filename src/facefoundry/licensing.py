@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from facefoundry.config import IdentityFilterConfig, RunConfig
 
 DEFAULT_LICENSE = "cc-by-nc-4.0"
 
@@ -51,102 +55,110 @@ def hub_id(value: str | None, default: str) -> str:
     return value
 
 
-def run_components(cfg: dict) -> list[Component]:
-    """The upstream models a run used, from its resolved config."""
-    gen, filt = cfg.get("generator") or {}, cfg.get("filter") or {}
-    comps = []
-    if gen.get("tiny"):
-        comps.append(Component("generator", "tiny random weights (built in code)", "facefoundry", "none",
-                               "none (random initialisation)", True))
-    elif gen.get("kind", "arc2face") == "arc2face":
-        model = hub_id(gen.get("model"), "FoivosPar/Arc2Face")
-        comps += [
-            Component("generator (UNet, ID-conditioned text encoder)", "Arc2Face", model,
-                      "mit (model card); training-data release cc-by-nc-sa-4.0",
-                      "WebFace42M-derived face images (web-crawled, no consent)", False, gen.get("revision")),
-            Component("generator base (VAE, tokenizer, scheduler)", "Stable Diffusion 1.5",
-                      hub_id(gen.get("base_model"), "stable-diffusion-v1-5/stable-diffusion-v1-5"),
-                      "creativeml-openrail-m (use-based restrictions)", "LAION-5B subsets (web-crawled)", True),
-            *([Component("generator fast mode (fused into the UNet)", "LCM-LoRA SD-1.5",
-                         hub_id(gen.get("lcm_lora"), "latent-consistency/lcm-lora-sdv1-5"),
-                         "openrail++ (model card; use-based restrictions)",
-                         "distilled from SD-1.5 on LAION subsets (web-crawled)", True,
-                         gen.get("lcm_lora_revision"))] if gen.get("sampler") == "lcm" else []),
-            Component("identity space (arcface.onnx; defines the vectors, not run here)", "ArcFace",
-                      f"{model} (arcface.onnx)", "mit (Arc2Face model card); WebFace42M terms: non-commercial research",
-                      "WebFace42M (web-crawled celebrity faces, no consent)", False, gen.get("revision")),
-        ]
-    elif gen.get("kind") == "vec2face":
-        comps += [
-            Component("generator (masked autoencoder + image decoder)", "Vec2Face",
-                      hub_id(gen.get("checkpoint"), "BooBooWu/Vec2Face"), "mit (model card)",
-                      "web-crawled face images (see the Vec2Face paper); no consent", False, gen.get("revision")),
-            Component("identity space (ArcFace-R100; defines the vectors, not run here)", "ArcFace R100",
-                      "BooBooWu/Vec2Face (arcface-r100-glint360k.pth)", "not recorded: Glint360K terms apply",
-                      "Glint360K (web-crawled celebrity faces, no consent)", False),
-        ]
-        if (gen.get("attrop") or {}).get("enabled"):
-            comps += [
-                Component("AttrOP quality model (MagFace R100)", "MagFace", "BooBooWu/Vec2Face "
-                          "(magface-r100-glint360k.pth)", "apache-2.0 code; Glint360K terms apply to the weights",
-                          "Glint360K (web-crawled celebrity faces, no consent)", False),
-                Component("AttrOP pose model", "6DRepNet", "BooBooWu/Vec2Face (6DRepNet_300W_LP_AFLW2000.pth)",
-                          "mit code; 300W-LP / AFLW2000 terms apply to the weights",
-                          "300W-LP (synthesised from 300-W faces)", False),
-            ]
-    else:
-        comps.append(Component("generator", str(gen.get("kind")), hub_id(gen.get("model"), "unknown"),
-                               "not recorded", "not recorded", None, gen.get("revision")))
-    if filt.get("kind", "dlib") == "dlib":
-        if filt.get("detector", "hog") == "cnn":
-            comps.append(Component("face detector", "dlib CNN (MMOD) face detector", "dlib-models "
-                                   "(mmod_human_face_detector.dat)", "not recorded here: check dlib-models",
-                                   "face images annotated by the dlib author", None))
-        else:
-            comps.append(Component("face detector", "dlib HOG frontal face detector", "dlib library",
-                                   "bsl-1.0 (dlib)", "built into dlib", True))
-        comps += [
-            Component("landmarks", "dlib 5-point shape predictor", "dlib-models (shape_predictor_5_face_landmarks)",
-                      "cc0-1.0", "internet face images annotated by the dlib author", True),
-            Component("identity judge", "dlib ResNet face recognition v1",
-                      "dlib-models (dlib_face_recognition_resnet_model_v1)", "cc0-1.0",
-                      "about 3M faces: FaceScrub, VGG-Face and web-scraped images (no consent)", True),
-        ]
-    else:
-        comps.append(Component("face filter", str(filt.get("kind")), "unknown", "not recorded", "not recorded", None))
-    return comps + id_filter_components(cfg.get("id_filter"))
+@dataclass(frozen=True)
+class Upstream:
+    """Licence facts of one upstream model: the single record the card, ``models list`` and checks read."""
+
+    name: str
+    licence: str  # the licence chain as stated by its sources (code, weights, training data)
+    training_data: str
+    commercial: bool | None  # False: non-commercial terms somewhere in the chain; None: not recorded
 
 
-def id_filter_components(idf: dict | None) -> list[Component]:
+_GLINT = "Glint360K (web-crawled celebrity faces, no consent)"
+_GLINT_TERMS = "Glint360K / InsightFace terms: non-commercial research only"
+# Keyed by short name; ``models.REGISTRY`` entries name the upstream models their files hold.
+UPSTREAM: dict[str, Upstream] = {
+    "tiny": Upstream("tiny random weights (built in code)", "none", "none (random initialisation)", True),
+    "arc2face": Upstream("Arc2Face", "mit (model card); training-data release cc-by-nc-sa-4.0",
+                         "WebFace42M-derived face images (web-crawled, no consent)", False),
+    "sd15": Upstream("Stable Diffusion 1.5", "creativeml-openrail-m (use-based restrictions)",
+                     "LAION-5B subsets (web-crawled)", True),
+    "lcm-lora": Upstream("LCM-LoRA SD-1.5", "openrail++ (model card; use-based restrictions)",
+                         "distilled from SD-1.5 on LAION subsets (web-crawled)", True),
+    "arcface-onnx": Upstream("ArcFace (arcface.onnx)", "mit (Arc2Face model card); WebFace42M terms: "
+                             "non-commercial research", "WebFace42M (web-crawled celebrity faces, no consent)",
+                             False),
+    "vec2face": Upstream("Vec2Face", "mit (model card)",
+                         "web-crawled face images (see the Vec2Face paper); no consent", False),
+    "arcface-r100": Upstream("ArcFace R100", f"weights: {_GLINT_TERMS}", _GLINT, False),
+    # code: MIT (IrvingMeng/MagFace LICENSE); the R100 weights Vec2Face ships are trained on Glint360K
+    "magface": Upstream("MagFace R100", f"mit code (IrvingMeng/MagFace); weights: {_GLINT_TERMS}", _GLINT, False),
+    "6drepnet": Upstream("6DRepNet", "mit code; 300W-LP / AFLW2000 terms (non-commercial research) apply to the "
+                         "weights", "300W-LP (synthesised from 300-W faces)", False),
+    "scrfd": Upstream("SCRFD", "InsightFace pretrained packs: non-commercial research only",
+                      "WIDER FACE (web images)", False),
+    "dlib-hog": Upstream("dlib HOG frontal face detector", "bsl-1.0 (dlib)", "built into dlib", True),
+    "dlib-cnn": Upstream("dlib CNN (MMOD) face detector", "not recorded here: check dlib-models",
+                         "face images annotated by the dlib author", None),
+    "dlib-5pt": Upstream("dlib 5-point shape predictor", "cc0-1.0",
+                         "internet face images annotated by the dlib author", True),
+    "dlib-resnet": Upstream("dlib ResNet face recognition v1", "cc0-1.0",
+                            "about 3M faces: FaceScrub, VGG-Face and web-scraped images (no consent)", True),
+}
+
+
+def component(key: str, role: str, source: str, revision: str | None = None) -> Component:
+    """The :class:`Component` of upstream model ``key`` in ``role``, its licence facts from :data:`UPSTREAM`."""
+    up = UPSTREAM[key]
+    return Component(role, up.name, source, up.licence, up.training_data, up.commercial, revision)
+
+
+def run_components(cfg: RunConfig) -> list[Component]:
+    """The upstream models a run used, from its typed config."""
+    gen, filt = cfg.generator, cfg.filter
+    if gen.tiny:
+        comps = [component("tiny", "generator", "facefoundry")]
+    elif gen.kind == "arc2face":
+        model = hub_id(gen.model, "FoivosPar/Arc2Face")
+        comps = [
+            component("arc2face", "generator (UNet, ID-conditioned text encoder)", model, gen.revision),
+            component("sd15", "generator base (VAE, tokenizer, scheduler)",
+                      hub_id(gen.base_model, "stable-diffusion-v1-5/stable-diffusion-v1-5")),
+            *([component("lcm-lora", "generator fast mode (fused into the UNet)",
+                         hub_id(gen.lcm_lora, "latent-consistency/lcm-lora-sdv1-5"), gen.lcm_lora_revision)]
+              if gen.sampler == "lcm" else []),
+            component("arcface-onnx", "identity space (arcface.onnx; defines the vectors, not run here)",
+                      f"{model} (arcface.onnx)", gen.revision),
+        ]
+    else:
+        comps = [
+            component("vec2face", "generator (masked autoencoder + image decoder)",
+                      hub_id(gen.checkpoint, "BooBooWu/Vec2Face"), gen.revision),
+            component("arcface-r100", "identity space (ArcFace-R100; defines the vectors, not run here)",
+                      "BooBooWu/Vec2Face (arcface-r100-glint360k.pth)"),
+        ]
+        if gen.attrop.enabled:
+            comps += [component("magface", "AttrOP quality model", "BooBooWu/Vec2Face (magface-r100-glint360k.pth)"),
+                      component("6drepnet", "AttrOP pose model",
+                                "BooBooWu/Vec2Face (6DRepNet_300W_LP_AFLW2000.pth)")]
+    comps += [
+        component("dlib-cnn", "face detector", "dlib-models (mmod_human_face_detector.dat)") if filt.detector == "cnn"
+        else component("dlib-hog", "face detector", "dlib library"),
+        component("dlib-5pt", "landmarks", "dlib-models (shape_predictor_5_face_landmarks)"),
+        component("dlib-resnet", "identity judge", "dlib-models (dlib_face_recognition_resnet_model_v1)"),
+    ]
+    return comps + id_filter_components(cfg.id_filter)
+
+
+def id_filter_components(idf: IdentityFilterConfig | None) -> list[Component]:
     """The identity filter's detector and conditioning encoder (file names only, never local paths)."""
-    if not idf:
+    if idf is None:
         return []
-    detector = Path(str(idf.get("detector_model", "antelopev2"))).name
-    encoder = Path(str(idf.get("encoder_model", "arcface.onnx"))).name
-    comps = [Component("face detector (id_filter)", "SCRFD", f"InsightFace model pack ({detector})",
-                       "InsightFace pretrained packs: non-commercial research only",
-                       "WIDER FACE (web images)", False)]
+    detector, encoder = Path(idf.detector_model).name, Path(idf.encoder_model).name
+    comps = [component("scrfd", "face detector (id_filter)", f"InsightFace model pack ({detector})")]
     if encoder.endswith((".pth", ".pt")):
-        comps.append(Component("conditioning encoder (id_filter)", "ArcFace R100 (PyTorch)",
-                               f"BooBooWu/Vec2Face ({encoder})", "not recorded: Glint360K terms apply",
-                               "Glint360K (web-crawled celebrity faces, no consent)", False))
+        comps.append(component("arcface-r100", "conditioning encoder (id_filter)", f"BooBooWu/Vec2Face ({encoder})"))
     else:
-        comps.append(Component("conditioning encoder (id_filter)", "ArcFace (ONNX)", encoder,
-                               "Arc2Face's arcface.onnx: WebFace42M terms; InsightFace packs: non-commercial",
-                               "WebFace42M or Glint360K / WebFace600K (web-crawled faces, no consent)", False))
+        comps.append(component("arcface-onnx", "conditioning encoder (id_filter)", encoder))
     return comps
 
 
-def licence_conflicts(license: str, components: list[Component] | None = None) -> list[str]:
-    """Warnings when ``license`` allows commercial use but an upstream component does not (or is unknown).
-
-    Without ``components``, the default pipeline (Arc2Face + dlib) is assumed.
-    """
+def licence_conflicts(license: str, components: list[Component]) -> list[str]:
+    """Warnings when ``license`` allows commercial use but an upstream component does not (or is unknown)."""
     lic = check_license(license)
     if lic in NONCOMMERCIAL_LICENSES:
         return []
-    if components is None:
-        components = run_components({})
     out = []
     for comp in components:
         if comp.commercial is False:

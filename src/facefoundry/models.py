@@ -14,7 +14,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facefoundry.licensing import UPSTREAM
+
 FETCH_COMMAND = "facefoundry models fetch"
+# ``models list``: may the licence chain (code, weights, training data) be used commercially?
+COMMERCIAL = {True: "allowed", False: "no", None: "not recorded"}
+CHAIN_MARK = {True: "", False: "*", None: "?"}
+CHAIN_NOTE = "licence *: non-commercial terms in the chain (weights or training data); ?: chain not recorded"
 
 
 @dataclass(frozen=True)
@@ -25,13 +31,24 @@ class ModelSpec:
     repo_id: str | None  # None: not on the Hub (see ``manual``)
     files: tuple[str, ...]  # exact paths in the repo; also the allow_patterns of the download
     licence: str  # Hub licence identifier of the repo (model card)
-    licence_note: str  # the rest of the chain: training data terms, use restrictions
-    commercial: bool | None  # False: non-commercial terms somewhere in the chain; None: unknown
+    upstream: tuple[str, ...]  # the models its files hold: keys of licensing.UPSTREAM (their licence chains)
     used_by: str
     description: str
     revision: str | None = None  # None: the repo's main branch at fetch time
     repo_type: str = "model"
     manual: str = ""  # how to get it when it is not on the Hub
+
+    @property
+    def licence_note(self) -> str:
+        """The licence chain of every model in the files, from :data:`facefoundry.licensing.UPSTREAM`."""
+        return "; ".join(f"{u.name}: {u.licence}, trained on {u.training_data}"
+                         for u in (UPSTREAM[k] for k in self.upstream))
+
+    @property
+    def commercial(self) -> bool | None:
+        """False if any model's chain is non-commercial, None if one is not recorded, else True."""
+        flags = [UPSTREAM[k].commercial for k in self.upstream]
+        return False if False in flags else None if None in flags else True
 
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
@@ -39,8 +56,7 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
         "arc2face", "FoivosPar/Arc2Face",
         ("arc2face/config.json", "arc2face/diffusion_pytorch_model.safetensors",
          "encoder/config.json", "encoder/pytorch_model.bin", "arcface.onnx"),
-        "mit", "model card MIT; arcface.onnx and the UNet are trained on WebFace42M-derived faces "
-        "(web-crawled, non-commercial research terms)", False,
+        "mit", ("arc2face", "arcface-onnx"),
         "generator.kind=arc2face (generator.model); id_filter.encoder_model (arcface.onnx)",
         "Arc2Face ID-conditioned SD-1.5 UNet, its fine-tuned CLIP text encoder, and the ArcFace ONNX model "
         "that defines its identity space"),
@@ -49,33 +65,29 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
         ("model_index.json", "scheduler/scheduler_config.json",
          "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
          "tokenizer/vocab.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
-        "creativeml-openrail-m", "CreativeML OpenRAIL-M: commercial use allowed under its use-based "
-        "restrictions; trained on LAION-5B subsets (web-crawled)", True,
+        "creativeml-openrail-m", ("sd15",),
         "generator.kind=arc2face (generator.base_model)",
         "Stable Diffusion 1.5 base: only the tokenizer, VAE and scheduler config Arc2Face loads "
         "(its UNet and text encoder are replaced by Arc2Face's)"),
     ModelSpec(
         "lcm-lora", "latent-consistency/lcm-lora-sdv1-5", ("pytorch_lora_weights.safetensors",),
-        "openrail++", "OpenRAIL++ (model card): use-based restrictions; distilled from SD-1.5", True,
+        "openrail++", ("lcm-lora",),
         "Arc2Face fast mode (LCMScheduler, 2-4 steps)",
         "LCM-LoRA for SD-1.5: few-step sampling adapter"),
     ModelSpec(
         "vec2face", "BooBooWu/Vec2Face", ("weights/vec2face_generator.pth",),
-        "mit", "model card MIT; trained on web-crawled face images without consent (see the Vec2Face paper)",
-        False, "generator.kind=vec2face (generator.checkpoint, generator.filename)",
+        "mit", ("vec2face",), "generator.kind=vec2face (generator.checkpoint, generator.filename)",
         "Vec2Face generator checkpoint (entry model_vec2face)"),
     ModelSpec(
         "vec2face-face-models", "BooBooWu/Vec2Face",
         ("weights/arcface-r100-glint360k.pth", "weights/magface-r100-glint360k.pth",
          "weights/6DRepNet_300W_LP_AFLW2000.pth"),
-        "mit", "repo card MIT; ArcFace-R100 and MagFace-R100 are trained on Glint360K (InsightFace: "
-        "non-commercial research only); 6DRepNet (code MIT) is trained on 300W-LP, derived from 300-W "
-        "(non-commercial research terms)", False,
+        "mit", ("arcface-r100", "magface", "6drepnet"),
         "id_filter.encoder_model (arcface-r100-glint360k.pth); Vec2Face AttrOP (MagFace quality, 6DRepNet pose)",
         "Vec2Face's face models: ArcFace-R100 identity space, MagFace quality, 6DRepNet head pose"),
     ModelSpec(
         "antelopev2", None, ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
-        "other", "InsightFace pretrained packs: non-commercial research only", False,
+        "other", ("scrfd",),
         "id_filter.detector_model (SCRFD detector)",
         "InsightFace antelopev2 pack (SCRFD-10GF detector); not on the Hub",
         manual="download antelopev2.zip from the InsightFace model zoo (github.com/deepinsight/insightface, "
@@ -350,6 +362,8 @@ def list_rows() -> list[dict[str, str]]:
         else:
             cached = f"partial ({status.cached}/{len(spec.files)})" if status.cached else "no"
         rows.append({"name": spec.name, "repo": spec.repo_id or "(not on the Hub)",
-                     "files": str(len(spec.files)), "licence": spec.licence, "cached": cached,
-                     "size": human_bytes(status.nbytes) if status.cached else "-"})
+                     "files": str(len(spec.files)), "licence": spec.licence + CHAIN_MARK[spec.commercial],
+                     "cached": cached,
+                     "size": human_bytes(status.nbytes) if status.cached else "-",
+                     "commercial": COMMERCIAL[spec.commercial]})
     return rows

@@ -7,10 +7,11 @@ columns (Parquet column projection: no image bytes). The image grid decodes at m
 ``GRID_IDENTITIES x GRID_IMAGES`` images from the first shards, reading only the row groups that
 hold them. Cost is therefore bounded whatever the size of the run.
 
-Only done units count (manifest of this config, shard of the recorded size), so a partial run can be
-reported; ``summary.json`` says how many units are done of those planned. "Accepted" means passed
-every filter: ``generated - sum(drops)`` (in ``annotate`` mode rejected rows are stored too, so
-manifest ``stats`` and the sample include them, split by ``filter_reason`` in the plots).
+The exact numbers are the run facts (:mod:`facefoundry.runfacts`), which the dataset card reads too:
+only done units count, so a partial run can be reported; ``summary.json`` says how many units are done
+of those planned. "Accepted" means passed every filter: ``generated - sum(drops)`` (in ``annotate``
+mode rejected rows are stored too, so manifest ``stats`` and the sample include them, split by
+``filter_reason`` in the plots).
 
 Output (``<run>/report/`` by default): ``separation.png``, ``consistency.png``, ``funnel.png``,
 ``quality.png``, ``pose.png``, ``grid.png`` and ``summary.json``.
@@ -27,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +37,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 from PIL import Image
 
-from facefoundry.dataset.manifest import MANIFEST_DIR, finished_manifests
-from facefoundry.identities.store import IDENTITIES_FILE, read_metadata
-from facefoundry.runinfo import RunFolderError, read_record
+from facefoundry.config import RunConfig
+from facefoundry.layout import IDENTITIES_FILE, PLOTS, REPORT_DIR, SUMMARY_FILE
+from facefoundry.runfacts import RunFacts, RunFactsError, read_run_facts
 
-REPORT_DIR = "report"
-PLOTS = ("separation.png", "consistency.png", "funnel.png", "quality.png", "pose.png", "grid.png")
-# The dlib filter's decision order (facefoundry.filters.face_filter.REASONS); other reasons follow.
-REASON_ORDER = ("undecodable", "no_face", "low_face_score", "multiple_faces", "identity_confusion",
-                "identity_mismatch")
 SCORE_COLUMNS = ("identity", "filter_reason", "face_count", "face_score", "face_box", "landmarks",
                  "judge_similarity", "judge_distance", "id_similarity")
 SIMILARITY_COLUMNS = ("judge_similarity", "judge_distance", "id_similarity")
@@ -61,20 +56,18 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
     """Write the plots and ``summary.json`` of the run in ``run_dir``; return the summary."""
     run_dir = Path(run_dir)
     try:
-        record = read_record(run_dir)
-    except RunFolderError as exc:
+        facts = read_run_facts(run_dir)
+    except RunFactsError as exc:
         raise ReportError(str(exc)) from None
-    config_hash, cfg = record.get("config_hash"), record.get("config") or {}
-    manifests = _manifests(run_dir, config_hash)
+    cfg, manifests = facts.config, facts.manifests
     out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    mode = (cfg.get("filter") or {}).get("mode", "drop")
-    ident_meta, nn, top1 = _identities(run_dir)
+    nn, top1 = _identities(run_dir)
     sample = _sample(run_dir, manifests, max_rows, seed)
-    summary = _summary(record, manifests, ident_meta, sample)
-    run_id = record.get("run_id", run_dir.name)
-    title = f"{run_id} — " + _sample_note(summary["sample"], mode)
-    _plot_separation(out_dir / "separation.png", nn, top1, ident_meta, cfg, run_id)
+    summary = _summary(facts, sample)
+    run_id = facts.run_id or run_dir.name
+    title = f"{run_id} — " + _sample_note(summary["sample"], cfg.filter.mode)
+    _plot_separation(out_dir / "separation.png", nn, top1, facts.identities, cfg, run_id)
     summary["consistency"] = _plot_consistency(out_dir / "consistency.png", sample, cfg, title)
     _plot_funnel(out_dir / "funnel.png", summary, title)
     _plot_quality(out_dir / "quality.png", sample, title)
@@ -82,30 +75,23 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
     summary["grid"] = _plot_grid(out_dir / "grid.png", run_dir, manifests, run_id)
     summary["plots"] = list(PLOTS)
     summary = _clean(summary)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
 # ---------------------------------------------------------------- reading
 
 
-def _manifests(run_dir: Path, config_hash: str | None) -> list[dict]:
-    """Manifests of this run's done units (the rule of ``dataset.manifest.is_done``)."""
-    found = finished_manifests(run_dir, config_hash)
-    if not found:
-        raise ReportError(f"{run_dir} has no finished unit yet (no manifest of this run in {MANIFEST_DIR}/)")
-    return found
-
-
-def _identities(run_dir: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+def _identities(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour and top-1 gallery cosines of every identity (NaN where absent)."""
     path = run_dir / IDENTITIES_FILE
     if not path.exists():
-        return {}, np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0)
     names = set(pq.read_schema(path).names)
     table = pq.read_table(path, columns=[c for c in ("nn_cosine", "gallery_top1") if c in names])
     values = [_floats(table.column(c)) if c in names else np.full(table.num_rows, np.nan)
               for c in ("nn_cosine", "gallery_top1")]
-    return read_metadata(path), values[0], values[1]
+    return values[0], values[1]
 
 
 def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -171,28 +157,19 @@ def _sample(run_dir: Path, manifests: list[dict], max_rows: int, seed: int) -> d
 # ---------------------------------------------------------------- summary
 
 
-def _summary(record: dict, manifests: list[dict], ident_meta: dict, sample: dict) -> dict:
-    cfg = record.get("config") or {}
-    generated = sum(int(m.get("generated", 0)) for m in manifests)
-    stored = sum(int(m.get("rows", 0)) for m in manifests)
-    drops: Counter[str] = Counter()
-    for m in manifests:
-        drops.update({k: int(v) for k, v in (m.get("drops") or {}).items()})
-    rejected = sum(drops.values())
-    accepted = generated - rejected
-    in_units = sum(int(m.get("identity_stop", 0)) - int(m.get("identity_start", 0)) for m in manifests)
-    count = ident_meta.get("count", (cfg.get("identities") or {}).get("count"))
-    per_unit = (cfg.get("output") or {}).get("identities_per_unit")
+def _summary(facts: RunFacts, sample: dict) -> dict:
+    cfg, ident_meta = facts.config, facts.identities
+    generated, accepted, in_units = facts.generated, facts.accepted, facts.identities_in_units
     per = sample["per_identity"]
     return {
-        "run_id": record.get("run_id"),
-        "config_hash": record.get("config_hash"),
-        "filter_mode": (cfg.get("filter") or {}).get("mode", "drop"),
-        "units": {"done": len(manifests), "planned": math.ceil(count / per_unit) if count and per_unit else None},
+        "run_id": facts.run_id,
+        "config_hash": facts.config_hash,
+        "filter_mode": cfg.filter.mode,
+        "units": {"done": len(facts.manifests), "planned": facts.planned_units},
         "identities": {
-            "count": count,
+            "count": ident_meta.get("count", cfg.identities.count),
             "in_finished_units": in_units,
-            "with_rows": sum(int(m.get("identities_kept", 0)) for m in manifests),
+            "with_rows": facts.identities_kept,
             "sampler": ident_meta.get("sampler"),
             "max_cosine_rule": ident_meta.get("max_cosine"),
             "nn_cosine": ident_meta.get("nn_cosine"),
@@ -200,16 +177,16 @@ def _summary(record: dict, manifests: list[dict], ident_meta: dict, sample: dict
         },
         "images": {
             "generated": generated,
-            "stored": stored,
+            "stored": facts.rows,
             "accepted": accepted,
-            "rejected": rejected,
+            "rejected": facts.rejected,
             "acceptance": accepted / generated if generated else None,
             "acceptance_pct": round(100.0 * accepted / generated, 3) if generated else None,
         },
-        "drops": dict(_ordered_drops(drops)),
-        "columns": _aggregate_stats(manifests),
+        "drops": facts.drops(with_zeros=True),
+        "columns": facts.column_stats(),
         "images_per_identity": {
-            "target": (cfg.get("images") or {}).get("per_identity"),
+            "target": cfg.images.per_identity,
             "mean_accepted": accepted / in_units if in_units else None,  # exact, from manifests
             "sample": {
                 "identities": int(per.size),
@@ -219,28 +196,6 @@ def _summary(record: dict, manifests: list[dict], ident_meta: dict, sample: dict
         },
         "sample": sample["info"],
     }
-
-
-def _ordered_drops(drops: Counter) -> list[tuple[str, int]]:
-    """Known reasons in decision order (0 when absent), then any other reason by count."""
-    known = [(r, int(drops.get(r, 0))) for r in REASON_ORDER]
-    return known + sorted(((r, n) for r, n in drops.items() if r not in REASON_ORDER), key=lambda x: (-x[1], x[0]))
-
-
-def _aggregate_stats(manifests: list[dict]) -> dict:
-    """Manifest column stats over all units: summed counts, count-weighted means, min of mins, max of maxes."""
-    acc: dict[str, dict] = {}
-    for m in manifests:
-        for col, s in (m.get("stats") or {}).items():
-            n = int(s.get("count", 0))
-            if not n:
-                continue
-            a = acc.setdefault(col, {"count": 0, "sum": 0.0, "min": math.inf, "max": -math.inf})
-            a["count"] += n
-            a["sum"] += n * float(s["mean"])
-            a["min"], a["max"] = min(a["min"], float(s["min"])), max(a["max"], float(s["max"]))
-    return {c: {"count": a["count"], "mean": a["sum"] / a["count"], "min": a["min"], "max": a["max"]}
-            for c, a in sorted(acc.items())}
 
 
 def _describe(values: np.ndarray) -> dict:
@@ -324,13 +279,13 @@ def _hist_split(ax, values: np.ndarray, kept: np.ndarray, title: str, xlabel: st
     return {"accepted": _describe(good), "rejected": _describe(bad)}
 
 
-def _plot_separation(path: Path, nn: np.ndarray, top1: np.ndarray, meta: dict, cfg: dict, run_id: str) -> None:
+def _plot_separation(path: Path, nn: np.ndarray, top1: np.ndarray, meta: dict, cfg: RunConfig, run_id: str) -> None:
     fig, (left, right) = _figure(2, f"{run_id} — identity separation and leakage (identities.parquet, all rows)")
     title = "nearest-neighbour cosine between identities"
     values = nn[np.isfinite(nn)]
     if values.size:
         left.hist(values, bins=50, histtype="stepfilled", color="#3d6fb6")
-        rule = meta.get("max_cosine", (cfg.get("identities") or {}).get("max_cosine"))
+        rule = meta.get("max_cosine", cfg.identities.max_cosine)
         if rule is not None:
             left.axvline(rule, color="k", ls="--", lw=1, label=f"max_cosine rule {rule:g}")
             left.legend(fontsize=8)
@@ -361,10 +316,10 @@ def _plot_separation(path: Path, nn: np.ndarray, top1: np.ndarray, meta: dict, c
     _save(fig, path)
 
 
-def _plot_consistency(path: Path, sample: dict, cfg: dict, title: str) -> dict:
+def _plot_consistency(path: Path, sample: dict, cfg: RunConfig, title: str) -> dict:
     present = [c for c in SIMILARITY_COLUMNS if c != "id_similarity" or np.isfinite(sample[c]).any()]
     fig, axes = _figure(len(present), "consistency: similarity of each image to its identity\n" + title)
-    max_dist = (cfg.get("filter") or {}).get("max_judge_distance")
+    max_dist = cfg.filter.max_judge_distance
     labels = {
         "judge_similarity": ("judge cosine to identity centroid", "cosine of the dlib descriptor to its identity's "
                              "leave-one-out centroid"),

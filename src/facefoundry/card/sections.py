@@ -1,0 +1,10 @@
+"""The card's body: its sections in reading order (each reads a ``CardContext`` and returns its lines)."""
+
+from __future__ import annotations
+
+from facefoundry.card.about import description, generation
+from facefoundry.card.data import filtering, leakage, statistics, structure
+from facefoundry.card.use import citations, considerations, licence, limitations
+
+SECTIONS = (description, generation, structure, statistics, filtering, leakage, considerations, licence,
+            limitations, citations)
