@@ -33,6 +33,7 @@ import pyarrow as pa
 from PIL import Image
 
 from facefoundry.config import DlibFilterConfig
+from facefoundry.resources import Resources
 
 from .dlib_models import LANDMARK_ORDER, Detection, DlibFaceModel
 
@@ -43,17 +44,6 @@ LOW_FACE_SCORE = "low_face_score"
 IDENTITY_CONFUSION = "identity_confusion"
 IDENTITY_MISMATCH = "identity_mismatch"
 REASONS = (UNDECODABLE, NO_FACE, LOW_FACE_SCORE, MULTIPLE_FACES, IDENTITY_CONFUSION, IDENTITY_MISMATCH)
-# What each reason means, for the dataset card and the docs (this filter owns its reasons' documentation).
-REASON_DOCS = {
-    UNDECODABLE: "the image could not be decoded",
-    NO_FACE: "no face found by the dlib detector",
-    LOW_FACE_SCORE: "dlib detector score below `filter.min_face_score`",
-    MULTIPLE_FACES: "more than one face detected",
-    IDENTITY_CONFUSION: "face closer to another identity of its unit than to its own (dlib judge, by "
-                        "`filter.judge_confusion_margin`)",
-    IDENTITY_MISMATCH: "face too far from its identity's other faces (dlib judge distance above "
-                       "`filter.max_judge_distance`)",
-}
 
 OUTPUT_FIELDS = [
     pa.field("face_count", pa.int32()),
@@ -110,7 +100,9 @@ def decode_image(value: object) -> np.ndarray | None:
 class FaceFilter:
     """Offline dlib face filter (CPU). ``setup()`` loads models once; ``process()`` filters a unit."""
 
-    resources = {"num_cpus": 1.0, "num_gpus": 0.0}
+    # Half a CPU per worker (dlib on the CPU): with the generator's 1 and the writer's 0.25 all three stages start
+    # on a 2-core machine. Read by pipelines.stages.FilterStage.resources.
+    resources = Resources(num_cpus=0.5)
     reason_column = "filter_reason"
 
     def __init__(self, cfg: DlibFilterConfig):

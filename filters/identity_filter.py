@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from facefoundry.config import IdentityFilterConfig
+from facefoundry.resources import ModelFiles, Resources
 
 from .alignment import KEYPOINT_ORDER, AlignmentError, align
 from .arcface import ArcFaceEmbedder, l2_normalize
@@ -50,25 +51,6 @@ REASONS = (
     UNDECODABLE, NO_FACE, MULTIPLE_FACES, LOW_FACE_SCORE, SMALL_FACE, BLURRY, EXTREME_POSE, LOW_FEATURE_NORM,
     LOW_ID_SIMILARITY, CONFUSED, NEAR_DUPLICATE, TOO_FEW_IMAGES,
 )  # fmt: skip
-# What each reason means, for the dataset card and the docs (this filter owns its reasons' documentation).
-REASON_DOCS = {
-    UNDECODABLE: "the image could not be decoded",
-    NO_FACE: "no face found by SCRFD at `id_filter.det_thresh`",
-    MULTIPLE_FACES: "more than one face found by SCRFD",
-    LOW_FACE_SCORE: "SCRFD face score below `id_filter.min_face_score`",
-    SMALL_FACE: "shorter side of the face box below `id_filter.min_face_size` pixels",
-    BLURRY: "variance of the Laplacian of the aligned 112 px crop below `id_filter.min_blur`",
-    EXTREME_POSE: "approximate yaw, pitch or roll beyond `id_filter.max_yaw/max_pitch/max_roll` (or landmarks "
-                  "too degenerate to align)",
-    LOW_FEATURE_NORM: "raw embedding norm below `id_filter.min_feature_norm` (a quality proxy)",
-    LOW_ID_SIMILARITY: "cosine of the face's embedding (conditioning encoder) to its identity vector below "
-                       "`id_filter.min_id_similarity`",
-    CONFUSED: "not at least `id_filter.confusion_margin` more similar to its own identity vector than to the "
-              "nearest other identity vector of the run",
-    NEAR_DUPLICATE: "cosine above `id_filter.duplicate_cosine` to an earlier kept image of the same identity",
-    TOO_FEW_IMAGES: "its identity kept fewer than `id_filter.min_images_per_identity` images, so the identity "
-                    "was dropped",
-}
 
 F32 = pa.float32()
 OUTPUT_FIELDS = [
@@ -106,7 +88,9 @@ class IdentityFilter:
 
     reason_column = "id_filter_reason"
 
-    resources = {"num_cpus": 1.0, "num_gpus": 0.0}
+    # Half a CPU per worker, as the dlib filter it shares a worker with (pipelines.stages.FilterStage
+    # merges the two declarations): with the generator's 1 and the writer's 0.25 all stages start on 2 cores.
+    resources = Resources(num_cpus=0.5)
 
     def __init__(self, cfg: IdentityFilterConfig, identity_vectors: np.ndarray):
         vectors = np.asarray(identity_vectors, dtype=np.float32)
@@ -121,6 +105,20 @@ class IdentityFilter:
     def output_schema() -> pa.Schema:
         """Schema of the columns this stage appends (always all of them, always these types)."""
         return pa.schema(OUTPUT_FIELDS)
+
+    @staticmethod
+    def model_files(cfg: IdentityFilterConfig) -> list[ModelFiles]:
+        """What :meth:`setup` loads, for the driver's check before any worker starts: the detector and the
+        encoder, each a file or a pack folder (a folder is checked to exist; its ``.onnx`` is picked at load)."""
+        needs = []
+        for value, role, name in ((cfg.detector_model, "id_filter.detector_model", "antelopev2"),
+                                  (cfg.encoder_model, "id_filter.encoder_model", None)):
+            path = Path(value).expanduser()
+            if path.suffix:  # a model file
+                needs.append(ModelFiles(str(path.parent), ((path.name,),), name, None, role, hub=False))
+            else:
+                needs.append(ModelFiles(str(path), (), name, None, role, hub=False))
+        return needs
 
     def setup(self) -> None:
         """Load SCRFD and the encoder once (idempotent)."""

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 
 from facefoundry.config import Arc2FaceConfig
 
-from .base import Resources, check_batch, in_microbatches, resolve_device, resolve_dtype
+from .base import GenerationOutput, ModelFiles, Resources, check_batch, in_microbatches, resolve_device, resolve_dtype
 from .lcm_lora import fuse_lcm_lora, resolve_lora_file
 
 ID_DIM = 512
@@ -89,6 +90,7 @@ class Arc2FaceGenerator:
     """Identity vectors (L2-normalised arcface.onnx space, 512-d) + seeds -> RGB face images."""
 
     name = "arc2face"
+    resources = Resources(num_cpus=1.0)  # + ray.generator_gpus GPUs (pipelines.stages.GenerateStage)
 
     def __init__(self, cfg: Arc2FaceConfig, model_path: str | None = None, base_path: str | None = None,
                  lcm_lora_path: str | None = None):
@@ -96,10 +98,35 @@ class Arc2FaceGenerator:
         self.model = str(model_path or cfg.model)
         self.base = str(base_path or cfg.base_model)
         self.lcm_lora = str(lcm_lora_path or cfg.lcm_lora)
-        self.resources = Resources()
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
         self._uncond: torch.Tensor | None = None
+
+    @classmethod
+    def model_files(cls, cfg: Arc2FaceConfig, model: str | None = None, base_model: str | None = None,
+                    extra: str | None = None) -> list[ModelFiles]:
+        """What :meth:`setup` loads: Arc2Face's UNet and encoder (``model``), SD-1.5's tokenizer, VAE and
+        scheduler (``base_model``), and with ``sampler=lcm`` the LCM-LoRA file (``extra``)."""
+        def groups(role: str) -> tuple[tuple[str, ...], ...]:
+            return tuple(tuple(f"{sub}/{n}" for n in names)
+                         for r, sub, alternatives in _REQUIRED.values() if r == role for names in alternatives)
+
+        files = [ModelFiles(str(model or cfg.model), groups("model"), "arc2face", cfg.revision, "generator.model"),
+                 ModelFiles(str(base_model or cfg.base_model), groups("base"), "sd15", None, "generator.base_model")]
+        if cfg.sampler == "lcm":
+            files.append(ModelFiles(str(extra or cfg.lcm_lora), ((cfg.lcm_lora_weight_name,),), "lcm-lora",
+                                    cfg.lcm_lora_revision, "generator.lcm_lora"))
+        return files
+
+    @classmethod
+    def from_paths(cls, cfg: Arc2FaceConfig, model: str | None = None, base_model: str | None = None,
+                   extra: str | None = None) -> Arc2FaceGenerator:
+        """The generator for the pipeline's model paths (``extra``: the LCM-LoRA)."""
+        return cls(cfg, model, base_model, extra)
+
+    def extra_fields(self) -> list[pa.Field]:
+        """Arc2Face adds no per-image columns."""
+        return []
 
     # ------------------------------------------------------------------ loading
     def setup(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
@@ -228,6 +255,11 @@ class Arc2FaceGenerator:
         self._require_setup()
         return in_microbatches(len(arr), self.cfg.batch_size,
                                lambda i, j: self._generate_batch(arr[i:j], seeds[i:j]), self.device)
+
+    def generate_output(self, vectors: np.ndarray, seeds: np.ndarray,
+                        variations: list[dict[str, Any]] | None = None) -> GenerationOutput:
+        """The images of :meth:`generate`; no extra columns."""
+        return GenerationOutput(self.generate(vectors, seeds, variations))
 
     @torch.inference_mode()
     def _generate_batch(self, vectors: np.ndarray, seeds: np.ndarray) -> list[np.ndarray]:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +53,22 @@ class Outcome:
     id_similarity: float
     quality: float | None
     yaw: float | None
+
+
+# The row columns of an :class:`Outcome` (``attrop_<field>``), in the order of its fields.
+OUTCOME_FIELDS = [
+    pa.field("attrop_iterations", pa.int32()),
+    pa.field("attrop_converged", pa.bool_()),
+    pa.field("attrop_id_similarity", pa.float32()),
+    pa.field("attrop_quality", pa.float32()),
+    pa.field("attrop_yaw", pa.float32()),
+]
+
+
+def needed_files(cfg) -> tuple[str, ...]:
+    """The files :func:`load_scorers` reads for ``cfg``: ArcFace always, MagFace and 6DRepNet with their targets."""
+    return (ARCFACE_FILE, *((MAGFACE_FILE,) if cfg.target_quality is not None else ()),
+            *((POSE_FILE,) if cfg.target_yaw is not None else ()))
 
 
 def resolve_file(source: str, filename: str) -> Path:

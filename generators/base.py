@@ -7,34 +7,83 @@ A batch may mix identities; image ``i`` depends only on ``vectors[i]``, ``seeds[
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+import pyarrow as pa
 import torch
 
+from facefoundry.resources import ModelFiles, Resources
 
-@dataclass(frozen=True)
-class Resources:
-    """What one worker of a stage asks the scheduler for."""
+__all__ = ["IDENTITY_VECTOR", "GenerationOutput", "Generator", "ModelFiles", "Resources"]
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+# Variation key every image gets from the pipeline: the identity vector it must show (before any
+# perturbation). A generator that steers toward the identity (Vec2Face AttrOP) reads it; others ignore it.
+IDENTITY_VECTOR = "identity_vector"
+
+
+@dataclass
+class GenerationOutput:
+    """What a generator returns for a batch: the images and its own per-image columns.
+
+    ``columns`` holds one sequence per field of the generator's :meth:`Generator.extra_fields`, one value per
+    image; the pipeline appends them to the image rows with exactly those Arrow types, in that order.
+    """
+
+    images: list[np.ndarray]
+    columns: dict[str, Sequence[Any] | pa.Array] = field(default_factory=dict)
+
+    def arrays(self, fields: list[pa.Field]) -> dict[str, pa.Array]:
+        """``columns`` as Arrow arrays of the declared ``fields`` (a missing or extra column is an error)."""
+        if set(self.columns) != {f.name for f in fields}:
+            raise ValueError(f"generator returned columns {sorted(self.columns)}, declared "
+                             f"{[f.name for f in fields]}")
+        for f in fields:
+            if len(self.columns[f.name]) != len(self.images):
+                raise ValueError(f"column {f.name} has {len(self.columns[f.name])} values for "
+                                 f"{len(self.images)} images")
+        return {f.name: pa.array(self.columns[f.name], f.type) for f in fields}
 
 
 @runtime_checkable
 class Generator(Protocol):
+    """An identity-conditioned image generator (one module each under ``generators/``).
+
+    Class-level declarations read by the pipeline before any worker starts: ``resources`` (what one
+    generator actor asks Ray for; ``ray.generator_gpus`` overrides the GPUs) and
+    :meth:`model_files` (what ``setup`` will load, checked in the driver).
+    """
+
     name: str
-    resources: Resources
+    resources: ClassVar[Resources]
+
+    @classmethod
+    def model_files(cls, cfg: Any, model: str | None = None, base_model: str | None = None,
+                    extra: str | None = None) -> list[ModelFiles]:
+        """The files :meth:`setup` loads for generator config ``cfg`` (paths override the config's)."""
+
+    @classmethod
+    def from_paths(cls, cfg: Any, model: str | None = None, base_model: str | None = None,
+                   extra: str | None = None) -> Generator:
+        """The generator, not yet set up, loading from these paths (Hub ids or folders; None = the config's)."""
 
     def setup(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         """Load weights onto ``device`` once per worker."""
+
+    def extra_fields(self) -> list[pa.Field]:
+        """The per-image columns :meth:`generate_output` adds to the image rows (may be empty)."""
 
     def generate(
         self, vectors: np.ndarray, seeds: np.ndarray, variations: list[dict[str, Any]] | None = None
     ) -> list[np.ndarray]:
         """Return one HxWx3 uint8 RGB array per row of ``vectors`` (float32, N x dim)."""
+
+    def generate_output(
+        self, vectors: np.ndarray, seeds: np.ndarray, variations: list[dict[str, Any]] | None = None
+    ) -> GenerationOutput:
+        """The images of :meth:`generate` and, per image, the columns of :meth:`extra_fields`."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 
 from facefoundry.config import Vec2FaceConfig
 
-from .base import Resources, check_batch, in_microbatches, resolve_device
+from .base import IDENTITY_VECTOR, GenerationOutput, ModelFiles, Resources, check_batch, in_microbatches, resolve_device
 from .vec2face_model import (
     BASE_ARCH,
     DROPPED,
@@ -161,6 +162,7 @@ class Vec2FaceGenerator:
     """Raw ArcFace-R100-Glint360K vectors (512-d, norm ~22) + seeds -> 112x112 RGB faces."""
 
     name = "vec2face"
+    resources = Resources(num_cpus=1.0)  # + ray.generator_gpus GPUs (pipelines.stages.GenerateStage)
 
     def __init__(self, cfg: Any = None, checkpoint_path: str | Path | None = None,
                  arch: Vec2FaceArch | None = None, face_models: str | Path | None = None):
@@ -171,7 +173,6 @@ class Vec2FaceGenerator:
         self.face_models = str(face_models) if face_models else (attrop.models if attrop is not None else None)
         self.attrop = None  # generators.attrop.AttrOp, built at setup when enabled
         self.arch = arch or (TINY_ARCH if getattr(self.cfg, "tiny", False) else BASE_ARCH)
-        self.resources = Resources()
         self.device: torch.device | None = None
         self.dtype = torch.float32
         self.model: Vec2FaceModel | None = None
@@ -179,6 +180,40 @@ class Vec2FaceGenerator:
         self.num_dropped = num_dropped_tokens(self.cfg.mask_ratio_min, self.arch.num_tokens)
         if not 0 < self.cfg.mask_ratio_min <= self.cfg.mask_ratio_max <= 1 or self.cfg.mask_ratio_std <= 0:
             raise ValueError("need 0 < mask_ratio_min <= mask_ratio_max <= 1 and mask_ratio_std > 0")
+
+    @classmethod
+    def model_files(cls, cfg: Any, model: str | None = None, base_model: str | None = None,
+                    extra: str | None = None) -> list[ModelFiles]:
+        """What :meth:`setup` loads: the checkpoint (``model``: Hub id, folder or file) and, with AttrOP,
+        its face models (``extra``: Hub id or folder); ``base_model`` is unused."""
+        ref = str(model or cfg.checkpoint)
+        if Path(ref).expanduser().is_file() or ref.endswith(_LOCAL_SUFFIXES):  # a checkpoint file itself
+            folder, name = str(Path(ref).expanduser().parent), Path(ref).name
+            files = [ModelFiles(folder, ((name,),), "vec2face", None, "generator.checkpoint")]
+        else:
+            files = [ModelFiles(ref, ((cfg.filename,),), "vec2face", cfg.revision, "generator.checkpoint")]
+        if cfg.attrop.enabled:
+            from .attrop import needed_files
+
+            files.append(ModelFiles(str(extra or cfg.attrop.models), tuple((f,) for f in needed_files(cfg.attrop)),
+                                    "vec2face-face-models", None, "generator.attrop.models"))
+        return files
+
+    @classmethod
+    def from_paths(cls, cfg: Any, model: str | None = None, base_model: str | None = None,
+                   extra: str | None = None) -> Vec2FaceGenerator:
+        """The generator for the pipeline's model paths (``extra``: AttrOP's face models)."""
+        return cls(cfg, None if model in (None, cfg.checkpoint) else model, face_models=extra)
+
+    def extra_fields(self) -> list[pa.Field]:
+        """``mask_ratio`` and ``token_mask`` (so an image can be regenerated alone), and with AttrOP what it
+        did to each image (``attrop_*``)."""
+        fields = [pa.field("mask_ratio", pa.float32()), pa.field("token_mask", pa.string())]
+        if self.attrop_cfg is not None:
+            from .attrop import OUTCOME_FIELDS
+
+            fields += OUTCOME_FIELDS
+        return fields
 
     # ------------------------------------------------------------------ loading
     def resolve_checkpoint(self) -> Path:
@@ -288,6 +323,12 @@ class Vec2FaceGenerator:
         images, self.last_info = self.generate_with_info(vectors, seeds, variations)
         return images
 
+    def generate_output(self, vectors: np.ndarray, seeds: np.ndarray,
+                        variations: list[dict[str, Any]] | None = None) -> GenerationOutput:
+        """The images with their :meth:`extra_fields` columns (the mask, and AttrOP's outcome when enabled)."""
+        images, self.last_info = self.generate_with_info(vectors, seeds, variations)
+        return GenerationOutput(images, {f.name: [row[f.name] for row in self.last_info] for f in self.extra_fields()})
+
     def generate_with_info(self, vectors: np.ndarray, seeds: np.ndarray,
                            variations: list[dict[str, Any]] | None = None
                            ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
@@ -306,8 +347,8 @@ class Vec2FaceGenerator:
             images = in_microbatches(len(arr), self.cfg.batch_size,
                                      lambda i, j: self._forward(arr[i:j], codes[i:j]), self.device)
             return images, info
-        # AttrOP's target is the identity (``attrop_target`` in the variation, else the input vector itself).
-        targets = np.stack([(variations[i] or {}).get("attrop_target", arr[i]) if variations else arr[i]
+        # AttrOP's target is the identity (``IDENTITY_VECTOR`` in the variation, else the input vector itself).
+        targets = np.stack([(variations[i] or {}).get(IDENTITY_VECTOR, arr[i]) if variations else arr[i]
                             for i in range(len(arr))]).astype(np.float32)
         done = in_microbatches(len(arr), self.cfg.batch_size,
                                lambda i, j: self._optimised(arr[i:j], codes[i:j], targets[i:j]), self.device)

@@ -17,7 +17,17 @@ import pyarrow as pa
 
 from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import Unit
-from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, UnitResult, WriteStage
+from facefoundry.pipelines.stages import (
+    FilterStage,
+    GenerateStage,
+    ModelPaths,
+    Stage,
+    UnitResult,
+    WriteStage,
+    generator_threads,
+)
+
+__all__ = ["StageActor", "generator_threads", "map_stage", "pipeline", "run_stage", "stream_units"]
 
 log = logging.getLogger(__name__)
 
@@ -67,71 +77,93 @@ def retry(fn: Callable[[Any], Any], arg: Any, unit: Unit, retries: int) -> tuple
     return None, error
 
 
-def run_stage(stage: Callable[[Any], UnitResult], item: Unit | UnitResult, unit: Unit, retries: int) -> UnitResult:
-    """One stage on one unit with retries. A unit that still fails travels on marked failed (with its
+def run_stage(stage: Stage, item: Unit | UnitResult, retries: int) -> Any:
+    """One stage on one unit with retries. A unit that still fails travels on as ``stage.failed`` (with its
     reason), so one bad unit never stops the others; a failed input passes through untouched."""
+    unit = item if isinstance(item, Unit) else item.unit
     if isinstance(item, UnitResult) and item.error:
-        return item
+        return stage.failed(unit, item.error)
     result, error = retry(stage, item, unit, retries)
-    return result if error is None else UnitResult.failed(unit, error)
+    return result if error is None else stage.failed(unit, error)
 
 
-def generator_threads(cfg: RunConfig, node_cpus: int | None) -> int:
-    """torch threads for one generator actor: ``ray.generator_threads``, else the node's CPUs shared
-    among the generator actors (Ray alone would pin an actor reserving 1 CPU to 1 thread)."""
-    if cfg.ray.generator_threads:
-        return cfg.ray.generator_threads
-    return max(1, (node_cpus or 1) // cfg.ray.generator_actors)
+def _encode(outputs: list[Any]) -> dict[str, np.ndarray]:
+    """A stage's outputs as a Ray batch: units travel packed, manifests (the last stage's) as JSON."""
+    if all(isinstance(o, UnitResult) for o in outputs):
+        return _pack(outputs)
+    return {"manifest": np.array([json.dumps(o) for o in outputs], dtype=object)}
 
 
-class GenerateActor:
-    def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths):
+class StageActor:
+    """The one Ray adapter: any :class:`~facefoundry.pipelines.stages.Stage` as an actor that sets itself
+    up once when the pipeline starts (not when the first unit arrives, so start-up and imports stay off
+    every unit's path) and then runs the stage on each batch of units."""
+
+    def __init__(self, stage: Stage):
         import os
 
-        import torch
-
-        torch.set_num_threads(generator_threads(cfg, len(os.sched_getaffinity(0))))
-        self.stage = GenerateStage(cfg, out, paths)
-        self.stage.setup()
+        stage.setup_worker(len(os.sched_getaffinity(0)))
+        stage.setup()
+        self.stage = stage
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        units = [Unit(int(a), int(b)) for a, b in zip(batch["start"], batch["stop"], strict=True)]
-        return _pack([run_stage(self.stage, u, u, self.stage.cfg.ray.unit_retries) for u in units])
+        items = (_unpack(batch) if "payload" in batch
+                 else [Unit(int(a), int(b)) for a, b in zip(batch["start"], batch["stop"], strict=True)])
+        return _encode([run_stage(self.stage, item, self.stage.cfg.ray.unit_retries) for item in items])
 
 
-class FilterActor:
-    def __init__(self, cfg: RunConfig, out: str):
-        self.stage = FilterStage(cfg, out)
-        self.stage.setup()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        retries = self.stage.cfg.ray.unit_retries
-        return _pack([run_stage(self.stage, r, r.unit, retries) for r in _unpack(batch)])
+# One named subclass per stage, only so that Ray's operator names and logs say which stage is which.
+class GenerateActor(StageActor):
+    """Actors of :class:`GenerateStage`."""
 
 
-class WriteActor:
-    """An actor rather than a task: its process starts with the pipeline, not when the first unit
-    arrives, so a fresh worker's start-up and imports stay off every unit's path."""
+class FilterActor(StageActor):
+    """Actors of :class:`FilterStage`."""
 
-    def __init__(self, cfg: RunConfig, out: str, meta: dict):
-        self.stage, self.retries = WriteStage(cfg, out, meta), cfg.ray.unit_retries
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        manifests = []
-        for result in _unpack(batch):
-            manifest, error = (None, result.error) if result.error else retry(self.stage, result, result.unit,
-                                                                                self.retries)
-            manifests.append(manifest if error is None else {"unit": result.unit.name, "error": error})
-        return {"manifest": np.array([json.dumps(m) for m in manifests], dtype=object)}
+class WriteActor(StageActor):
+    """Actors of :class:`WriteStage`."""
+
+
+ACTORS: dict[type[Stage], type[StageActor]] = {GenerateStage: GenerateActor, FilterStage: FilterActor,
+                                               WriteStage: WriteActor}
+
+
+def pipeline(cfg: RunConfig, out: str, paths: ModelPaths, file_metadata: dict) -> list[Stage]:
+    """The stages a unit goes through, in order."""
+    return [GenerateStage(cfg, out, paths), FilterStage(cfg, out), WriteStage(cfg, out, file_metadata)]
+
+
+def map_stage(ds: Any, stage: Stage) -> Any:
+    """``ds`` through ``stage``, built from the stage's declaration alone: an actor pool of one to
+    ``stage.workers`` actors (every stage's process starts with the pipeline), each asking for
+    ``stage.resources``, called with ``stage.batch_size`` units at a time."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
+        ACTORS.get(type(stage), StageActor),
+        fn_constructor_args=(stage,),
+        batch_size=stage.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=stage.workers),
+        **stage.resources.ray_options(),
+    )
 
 
 def stream_units(
     cfg: RunConfig, out: str, units: list[Unit], paths: ModelPaths, file_metadata: dict
 ) -> Iterator[dict]:
-    """Run ``units`` through the stages on the current Ray; yield each manifest as its unit commits."""
-    import ray.data
-    from ray.data import ActorPoolStrategy, DataContext
+    """Run ``units`` through the stages on the current Ray; yield each manifest as its unit commits.
 
+    Before any actor starts, the stages' declarations are checked against the cluster
+    (:func:`~facefoundry.pipelines.preflight.check_cluster`): a request no node can meet fails in one line."""
+    import ray.data
+    from ray.data import DataContext
+
+    from facefoundry.pipelines.preflight import check_cluster
+
+    stages = pipeline(cfg, out, paths, file_metadata)
+    check_cluster(stages, embedded=cfg.ray.address is None)
     for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.ERROR)
     ctx = DataContext.get_current()
@@ -140,31 +172,8 @@ def stream_units(
     ds = ray.data.from_items(
         [{"start": u.start, "stop": u.stop} for u in units], override_num_blocks=len(units)
     )
-    ds = ds.map_batches(
-        GenerateActor,
-        fn_constructor_args=(cfg, out, paths),
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=cfg.ray.generator_actors),
-        num_gpus=cfg.ray.generator_gpus,
-        num_cpus=1,
-    )
-    ds = ds.map_batches(
-        FilterActor,
-        fn_constructor_args=(cfg, out),
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=cfg.ray.filter_actors),
-        num_cpus=0.5,
-    )
-    ds = ds.map_batches(
-        WriteActor,
-        fn_constructor_args=(cfg, out, file_metadata),
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=cfg.ray.writer_actors),
-        num_cpus=0.25,
-    )
+    for stage in stages:
+        ds = map_stage(ds, stage)
     for batch in ds.iter_batches(batch_size=1, batch_format="numpy"):
         for text in batch["manifest"]:
             yield json.loads(text)

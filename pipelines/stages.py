@@ -1,7 +1,10 @@
 """The pipeline's stages, each testable without Ray: generate a unit, filter it, write it.
 
 A stage takes one work unit (a contiguous identity block) and returns a ``pa.Table`` of its image
-rows; ``setup()`` loads models once per worker. ``pipelines.executor`` wraps them for Ray Data.
+rows; ``setup()`` loads models once per worker. Each stage declares what one of its workers needs
+(:attr:`Stage.resources`, from its generator's or filters' class declarations and the ``ray.*``
+settings), how many units it takes per call (:attr:`Stage.batch_size`) and its actor pool's size
+(:attr:`Stage.workers`); ``pipelines.executor`` builds the Ray stage from that declaration alone.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +24,15 @@ from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.dataset.storage import open_store
 from facefoundry.identities.variation import perturb, sigma_schedule
+from facefoundry.resources import ModelFiles, Resources
 from facefoundry.seeds import image_seeds
 
-ATTROP_COLUMNS = {"attrop_iterations": pa.int32(), "attrop_converged": pa.bool_(),
-                  "attrop_id_similarity": pa.float32(), "attrop_quality": pa.float32(), "attrop_yaw": pa.float32()}
+# generator.kind -> the class implementing facefoundry.generators.base.Generator ("module:Class", imported on use:
+# filter and writer workers never import a generator). A new generator is its module plus one line here.
+GENERATORS = {
+    "arc2face": "facefoundry.generators.arc2face:Arc2FaceGenerator",
+    "vec2face": "facefoundry.generators.vec2face:Vec2FaceGenerator",
+}
 
 
 def identity_vectors(out: str):
@@ -47,18 +56,36 @@ class ModelPaths:
     lcm_lora: str | None = None  # Arc2Face fast mode: the LCM-LoRA (tiny builds); None = generator.lcm_lora
     face_models: str | None = None  # Vec2Face AttrOP's models (tiny builds); None = generator.attrop.models
 
+    @property
+    def extra(self) -> str | None:
+        """The generator's third source (``from_paths``/``model_files``' ``extra``): whichever is set."""
+        return self.lcm_lora or self.face_models
+
+
+def generator_class(cfg: RunConfig) -> Any:
+    """The class of the configured generator (see :data:`GENERATORS`)."""
+    import importlib
+
+    module, name = GENERATORS[cfg.generator.kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
 
 def build_generator(cfg: RunConfig, paths: ModelPaths):
     """The configured generator, not yet set up."""
-    if cfg.generator.kind == "vec2face":
-        from facefoundry.generators.vec2face import Vec2FaceGenerator
+    return generator_class(cfg).from_paths(cfg.generator, paths.model, paths.base_model, paths.extra)
 
-        # The config's own checkpoint (Hub id or path) is resolved by the generator; a tiny build is a file.
-        return Vec2FaceGenerator(cfg.generator, None if paths.model == cfg.generator.checkpoint else paths.model,
-                                 face_models=paths.face_models)
-    from facefoundry.generators.arc2face import Arc2FaceGenerator
 
-    return Arc2FaceGenerator(cfg.generator, paths.model, paths.base_model, paths.lcm_lora)
+def generator_model_files(cfg: RunConfig, paths: ModelPaths) -> list[ModelFiles]:
+    """The model files the configured generator will load from ``paths`` (checked before Ray starts)."""
+    return generator_class(cfg).model_files(cfg.generator, paths.model, paths.base_model, paths.extra)
+
+
+def generator_threads(cfg: RunConfig, node_cpus: int | None) -> int:
+    """torch threads for one generator actor: ``ray.generator_threads``, else the node's CPUs shared
+    among the generator actors (Ray alone would pin an actor reserving 1 CPU to 1 thread)."""
+    if cfg.ray.generator_threads:
+        return cfg.ray.generator_threads
+    return max(1, (node_cpus or 1) // cfg.ray.generator_actors)
 
 
 @dataclass
@@ -86,12 +113,64 @@ def encode_image(array: np.ndarray, cfg: ImagesConfig) -> bytes:
     return buf.getvalue()
 
 
-class GenerateStage:
-    """Renders every image of a unit. Seeds come from (run seed, identity, image index) only."""
+class Stage:
+    """What every stage declares and does; ``pipelines.executor`` wraps any stage the same way.
+
+    ``__call__`` takes a :class:`Unit` (first stage) or a :class:`UnitResult` and returns a
+    :class:`UnitResult` (or, for the last stage, a manifest dict); :meth:`failed` is what it returns for a
+    unit that failed here or earlier."""
+
+    name: ClassVar[str] = "stage"
+    batch_size: ClassVar[int] = 1  # units per call: a unit is never split, and one unit is already many images
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    @property
+    def resources(self) -> Resources:
+        """What one worker of this stage asks the scheduler for."""
+        return Resources()
+
+    @property
+    def workers(self) -> int:
+        """The most workers (actors) of this stage; the pool starts with one."""
+        return 1
+
+    def setup_worker(self, node_cpus: int | None) -> None:
+        """Process-wide settings of a worker, before :meth:`setup` (thread counts)."""
+
+    def setup(self) -> None:
+        """Load models once per worker (idempotent)."""
+
+    def failed(self, unit: Unit, error: str) -> Any:
+        """The result a unit that failed (here or in an earlier stage) travels on as."""
+        return UnitResult.failed(unit, error)
+
+
+class GenerateStage(Stage):
+    """Renders every image of a unit. Seeds come from (run seed, identity, image index) only. The columns
+    are the image's own, then perturbation's, then the generator's ``extra_fields()``."""
+
+    name = "generate"
 
     def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths):
-        self.cfg, self.out, self.paths = cfg, out, paths
+        super().__init__(cfg)
+        self.out, self.paths = out, paths
         self.generator = None
+
+    @property
+    def resources(self) -> Resources:
+        """The generator class's declaration with ``ray.generator_gpus`` GPUs."""
+        return generator_class(self.cfg).resources.override("ray.generator_gpus", num_gpus=self.cfg.ray.generator_gpus)
+
+    @property
+    def workers(self) -> int:
+        return self.cfg.ray.generator_actors
+
+    def setup_worker(self, node_cpus: int | None) -> None:
+        import torch
+
+        torch.set_num_threads(generator_threads(self.cfg, node_cpus))
 
     def setup(self) -> None:
         if self.generator is not None:
@@ -107,9 +186,9 @@ class GenerateStage:
         indices = np.tile(np.arange(per, dtype=np.int32), unit.stop - unit.start)
         seeds = image_seeds(self.cfg.run.seed, identities, indices)
         vectors = self.vectors[identities]
-        # AttrOP (Vec2Face) steers each image toward its identity, not toward its perturbed vector.
-        attrop = getattr(self.cfg.generator, "attrop", None)
-        variations = [{"attrop_target": v} for v in vectors] if attrop is not None and attrop.enabled else None
+        from facefoundry.generators.base import IDENTITY_VECTOR
+
+        variations = [{IDENTITY_VECTOR: v} for v in vectors]  # what each image must show, before perturbation
         extra = {}
         pcfg = self.cfg.images.perturbation
         if pcfg is not None:
@@ -121,16 +200,10 @@ class GenerateStage:
                 "vector_cosine": pa.array(cosine, pa.float32()),
             }
             vectors = moved
-        images = self.generator.generate(vectors, seeds, variations)
-        infos = getattr(self.generator, "last_info", None)
-        if infos:  # Vec2Face: the mask each image was generated with, so it can be regenerated alone
-            extra["mask_ratio"] = pa.array([i["mask_ratio"] for i in infos], pa.float32())
-            extra["token_mask"] = pa.array([i["token_mask"] for i in infos], pa.string())
-            if variations:  # what AttrOP did to each image
-                for name, kind in ATTROP_COLUMNS.items():
-                    extra[name] = pa.array([i[name] for i in infos], kind)
+        output = self.generator.generate_output(vectors, seeds, variations)
+        extra.update(output.arrays(self.generator.extra_fields()))
         ext = "png" if self.cfg.images.format == "png" else "jpg"
-        data = [encode_image(img, self.cfg.images) for img in images]
+        data = [encode_image(img, self.cfg.images) for img in output.images]
         paths = [f"{i:07d}_{j:04d}.{ext}" for i, j in zip(identities, indices, strict=True)]
         table = pa.table(
             {
@@ -141,17 +214,36 @@ class GenerateStage:
                 **extra,
             }
         )
-        return UnitResult(unit, table, generated=len(images))
+        return UnitResult(unit, table, generated=len(output.images))
 
 
-class FilterStage:
+class FilterStage(Stage):
     """Scores (and in ``drop`` mode removes) a unit's images: the dlib filter (an independent judge),
     then, when ``id_filter`` is configured, the conditioning-encoder identity and quality filter, which
     decides last so its minimum-images-per-identity rule sees every earlier rejection."""
 
+    name = "filter"
+
     def __init__(self, cfg: RunConfig, out: str):
-        self.cfg, self.out = cfg, out
+        super().__init__(cfg)
+        self.out = out
         self.filters: list | None = None
+
+    @property
+    def resources(self) -> Resources:
+        """The filters' class declarations merged (they run one after the other in one worker)."""
+        from facefoundry.filters.face_filter import FaceFilter
+
+        resources = FaceFilter.resources
+        if self.cfg.id_filter is not None:
+            from facefoundry.filters.identity_filter import IdentityFilter
+
+            resources = resources.merge(IdentityFilter.resources)
+        return resources
+
+    @property
+    def workers(self) -> int:
+        return self.cfg.ray.filter_actors
 
     def setup(self) -> None:
         if self.filters is not None:
@@ -192,13 +284,35 @@ class FilterStage:
         return UnitResult(result.unit, table, result.generated, drops)
 
 
-class WriteStage:
-    """Commits a unit: shard first (atomic rename), manifest last."""
+class WriteStage(Stage):
+    """Commits a unit: shard first (atomic rename), manifest last. Returns the unit's manifest (a failed
+    unit's is ``{"unit", "error"}``: nothing is written for it)."""
+
+    name = "write"
 
     def __init__(self, cfg: RunConfig, out: str, file_metadata: dict):
-        self.cfg, self.out, self.file_metadata = cfg, open_store(out), file_metadata
+        super().__init__(cfg)
+        self.uri, self.file_metadata = out, file_metadata
+        self.out = None  # the store, opened once per worker (setup): a stage travels to its workers unopened
+
+    @property
+    def resources(self) -> Resources:
+        """A quarter CPU: writing is mostly waiting on the disk or the object store."""
+        return Resources(num_cpus=0.25)
+
+    @property
+    def workers(self) -> int:
+        return self.cfg.ray.writer_actors
+
+    def setup(self) -> None:
+        if self.out is None:
+            self.out = open_store(self.uri)
+
+    def failed(self, unit: Unit, error: str) -> dict:
+        return {"unit": unit.name, "error": error}
 
     def __call__(self, result: UnitResult) -> dict:
+        self.setup()
         return write_unit(
             self.out,
             result.unit,
