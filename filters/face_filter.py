@@ -44,6 +44,17 @@ LOW_FACE_SCORE = "low_face_score"
 IDENTITY_CONFUSION = "identity_confusion"
 IDENTITY_MISMATCH = "identity_mismatch"
 REASONS = (UNDECODABLE, NO_FACE, LOW_FACE_SCORE, MULTIPLE_FACES, IDENTITY_CONFUSION, IDENTITY_MISMATCH)
+# What each reason means, for the dataset card and the docs (this filter owns its reasons' documentation).
+REASON_DOCS = {
+    UNDECODABLE: "the image could not be decoded",
+    NO_FACE: "no face found by the dlib detector",
+    LOW_FACE_SCORE: "dlib detector score below `filter.min_face_score`",
+    MULTIPLE_FACES: "more than one face detected",
+    IDENTITY_CONFUSION: "face closer to another identity of its unit than to its own (dlib judge, by "
+                        "`filter.judge_confusion_margin`)",
+    IDENTITY_MISMATCH: "face too far from its identity's other faces (dlib judge distance above "
+                       "`filter.max_judge_distance`)",
+}
 
 OUTPUT_FIELDS = [
     pa.field("face_count", pa.int32()),

@@ -51,6 +51,25 @@ REASONS = (
     UNDECODABLE, NO_FACE, MULTIPLE_FACES, LOW_FACE_SCORE, SMALL_FACE, BLURRY, EXTREME_POSE, LOW_FEATURE_NORM,
     LOW_ID_SIMILARITY, CONFUSED, NEAR_DUPLICATE, TOO_FEW_IMAGES,
 )  # fmt: skip
+# What each reason means, for the dataset card and the docs (this filter owns its reasons' documentation).
+REASON_DOCS = {
+    UNDECODABLE: "the image could not be decoded",
+    NO_FACE: "no face found by SCRFD at `id_filter.det_thresh`",
+    MULTIPLE_FACES: "more than one face found by SCRFD",
+    LOW_FACE_SCORE: "SCRFD face score below `id_filter.min_face_score`",
+    SMALL_FACE: "shorter side of the face box below `id_filter.min_face_size` pixels",
+    BLURRY: "variance of the Laplacian of the aligned 112 px crop below `id_filter.min_blur`",
+    EXTREME_POSE: "approximate yaw, pitch or roll beyond `id_filter.max_yaw/max_pitch/max_roll` (or landmarks "
+                  "too degenerate to align)",
+    LOW_FEATURE_NORM: "raw embedding norm below `id_filter.min_feature_norm` (a quality proxy)",
+    LOW_ID_SIMILARITY: "cosine of the face's embedding (conditioning encoder) to its identity vector below "
+                       "`id_filter.min_id_similarity`",
+    CONFUSED: "not at least `id_filter.confusion_margin` more similar to its own identity vector than to the "
+              "nearest other identity vector of the run",
+    NEAR_DUPLICATE: "cosine above `id_filter.duplicate_cosine` to an earlier kept image of the same identity",
+    TOO_FEW_IMAGES: "its identity kept fewer than `id_filter.min_images_per_identity` images, so the identity "
+                    "was dropped",
+}
 
 F32 = pa.float32()
 OUTPUT_FIELDS = [
