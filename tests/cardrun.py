@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from facefoundry.config import validate_config
@@ -102,3 +104,26 @@ def folder_digest(folder: Path) -> dict[str, str]:
 
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """The run of :func:`make_run` with a screened gallery, built once per test module."""
+    root = tmp_path_factory.mktemp("cardrun")
+    gallery = root / "real_gallery.npy"
+    np.save(gallery, np.random.default_rng(7).standard_normal((64, 512)).astype(np.float32))
+    return make_run(root / "run", gallery)
+
+
+@pytest.fixture
+def run(base_run, tmp_path) -> Path:
+    """A private copy of ``base_run`` that a test may change."""
+    return Path(shutil.copytree(base_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def stub(monkeypatch, tmp_path):
+    """The loopback Hub stub (:mod:`hubstub`), every default Hub URL pointed at it."""
+    from hubstub import serve
+
+    yield from serve(monkeypatch, tmp_path)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import numpy as np
+import cardrun
 import pytest
 import yaml
 from cardrun import SECTIONS, make_run, sections
-from hubstub import serve, validate_card_yaml
+from hubstub import validate_card_yaml
 from PIL import Image
 
 from facefoundry import card as card_mod
@@ -19,25 +18,9 @@ from facefoundry.config import validate_config
 from facefoundry.filters import face_filter, identity_filter
 from facefoundry.runfacts import read_run_facts
 
+base_run, run, stub = cardrun.base_run, cardrun.run, cardrun.stub  # the shared fixtures
+
 BASE = {"identities": {"count": 4}, "images": {"per_identity": 3}}
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cardrun")
-    gallery = root / "real_gallery.npy"
-    np.save(gallery, np.random.default_rng(7).standard_normal((64, 512)).astype(np.float32))
-    return make_run(root / "run", gallery)
-
-
-@pytest.fixture
-def run(base_run, tmp_path) -> Path:
-    return Path(shutil.copytree(base_run, tmp_path / "run"))
-
-
-@pytest.fixture
-def stub(monkeypatch, tmp_path):
-    yield from serve(monkeypatch, tmp_path)
 
 
 def test_card_yaml_and_every_section_filled(run):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import logging
 import secrets
-import shutil
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import cardrun
 import numpy as np
 import pytest
 import yaml
 from cardrun import folder_digest, make_run, sections
-from hubstub import serve, validate_card_yaml
+from hubstub import validate_card_yaml
 from typer.testing import CliRunner
 
 from facefoundry import card as card_mod
@@ -21,24 +21,7 @@ from facefoundry import hub
 from facefoundry.card.user import USER_END, USER_START
 from facefoundry.cli import app
 
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hubrun")
-    gallery = root / "real_gallery.npy"
-    np.save(gallery, np.random.default_rng(7).standard_normal((64, 512)).astype(np.float32))
-    return make_run(root / "run", gallery)
-
-
-@pytest.fixture
-def run(base_run, tmp_path) -> Path:
-    return Path(shutil.copytree(base_run, tmp_path / "run"))
-
-
-@pytest.fixture
-def stub(monkeypatch, tmp_path):
-    yield from serve(monkeypatch, tmp_path)
-
+base_run, run, stub = cardrun.base_run, cardrun.run, cardrun.stub  # the shared fixtures
 
 EXPECTED = {"README.md", "run.json", "data/train-0000000-0000002.parquet", "data/train-0000002-0000004.parquet",
             "manifests/0000000-0000002.json", "manifests/0000002-0000004.json", "report/funnel.png",
