@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from facefoundry.config import ConfigError, RunConfig, load_config
+from facefoundry.layout import REPORT_DIR
 
 app = typer.Typer(
     help="Manufacture synthetic face-recognition datasets.",
@@ -225,7 +226,7 @@ def report(
     typer.echo(
         f"{summary['run_id']}: {images['accepted']}/{images['generated']} images accepted "
         f"({images['acceptance_pct']}%), {summary['units']['done']}/{summary['units']['planned']} units "
-        f"-> {out or run_dir / 'report'}"
+        f"-> {out or run_dir / REPORT_DIR}"
     )
 
 

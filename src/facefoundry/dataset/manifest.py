@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facefoundry.dataset.storage import RunStore, open_store
-from facefoundry.layout import DATA_DIR, MANIFEST_DIR, shard_file
+from facefoundry.layout import DATA_DIR, MANIFEST_DIR, manifest_file, shard_file
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def plan_units(n_identities: int, per_unit: int) -> list[Unit]:
 
 
 def manifest_path(out: Path, unit: Unit) -> Path:
-    return out / MANIFEST_DIR / f"{unit.name}.json"
+    return out / manifest_file(unit.name)
 
 
 def shard_path(out: Path, unit: Unit) -> Path:
@@ -51,7 +51,7 @@ def _parse(raw: bytes | None) -> dict | None:
 
 
 def read_manifest(out: str | Path | RunStore, unit: Unit) -> dict | None:
-    return _parse(open_store(out).read_bytes(f"{MANIFEST_DIR}/{unit.name}.json"))
+    return _parse(open_store(out).read_bytes(manifest_file(unit.name)))
 
 
 def _agrees(manifest: dict | None, config_hash: str | None, shard_sizes: dict[str, int]) -> bool:

@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit
+from facefoundry.dataset.manifest import DATA_DIR, Unit
 from facefoundry.dataset.schema import with_hf_metadata
 from facefoundry.dataset.storage import RunStore, open_store
+from facefoundry.layout import manifest_file
 
 
 def sha256_file(path: Path) -> str:
@@ -82,5 +83,5 @@ def write_unit(
     }
     # Last: the manifest is what makes the unit done (dataset.manifest).
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    store.put_bytes(f"{MANIFEST_DIR}/{unit.name}.json", text.encode())
+    store.put_bytes(manifest_file(unit.name), text.encode())
     return manifest
