@@ -9,7 +9,10 @@ Models (all from ``face_recognition_models/models/``):
   ``mmod_human_face_detector.dat``;
 - ``shape_predictor_5_face_landmarks.dat``: 5 landmarks (public domain / CC0);
 - ``dlib_face_recognition_resnet_model_v1.dat``: 128-d descriptors, same person typically < 0.6
-  Euclidean apart (public domain / CC0).
+  Euclidean apart (public domain / CC0);
+- ``shape_predictor_68_face_landmarks.dat`` (:data:`SHAPE_68_FILE`): not loaded by the pipeline (trained on iBUG
+  300-W, whose licence excludes commercial use); the tests use it as the reference that the dlib-5 -> ArcFace
+  mapping of :mod:`facefoundry.filters.alignment` is fitted and measured against.
 
 Landmark order of the 5-point predictor (image coordinates, "left" = smaller x in a frontal face):
 ``0`` outer corner of the image-right eye, ``1`` inner corner of the image-right eye,
@@ -31,6 +34,7 @@ MODELS_PACKAGE = "face_recognition_models"
 PIP_HINT = "pip install face-recognition-models"
 CNN_DETECTOR_FILE = "mmod_human_face_detector.dat"
 SHAPE_5_FILE = "shape_predictor_5_face_landmarks.dat"
+SHAPE_68_FILE = "shape_predictor_68_face_landmarks.dat"  # measurement reference only (see the module docstring)
 RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARK_ORDER = (
     "image_right_eye_outer",
