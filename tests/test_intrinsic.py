@@ -173,6 +173,16 @@ def test_rerun_reuses_result_and_caps_are_deterministic(face_run, monkeypatch):
     assert select_sample(run, manifests, 4, 2, seed=8)[0] != a
 
 
+def test_parallel_workers_give_the_same_result(face_run, tmp_path):
+    run, judge, _ = face_run
+    shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("eval", "report"))
+    one = evaluate_intrinsic(tmp_path / "run", judge, max_identities=4, max_images_per_identity=2, seed=1)
+    two = evaluate_intrinsic(tmp_path / "run", "dlib", max_identities=4, max_images_per_identity=2, seed=1,
+                             reuse=False, workers=2)
+    assert one["sample"]["images_sampled"] == 8 and one["metrics"]["images"] == 8
+    assert one == two
+
+
 def test_report_hook_summarises_and_never_fails(face_run, tmp_path):
     run, _, _ = face_run
     summary = report_intrinsic(run, tmp_path / "report")  # reuses intrinsic.json, draws the plots

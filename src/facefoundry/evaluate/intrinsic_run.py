@@ -109,12 +109,18 @@ def evaluate_intrinsic(run_dir: str | Path, judge: str | Path | FaceJudge = DLIB
                        max_identities: int | None = MAX_IDENTITIES,
                        max_images_per_identity: int | None = MAX_IMAGES_PER_IDENTITY,
                        max_impostor_pairs: int = MAX_IMPOSTOR_PAIRS, seed: int = 0, plots_dir: str | Path | None = None,
-                       reuse: bool = True, device: str = "auto") -> dict:
+                       reuse: bool = True, device: str = "auto", workers: int = 1) -> dict:
     """Judge a sample of the run's kept images; write and return ``RUN/eval/intrinsic.json``.
 
     ``judge``: ``"dlib"`` or an ArcFace ``.onnx`` / ``.pth`` path (or a loaded :class:`FaceJudge`);
-    ``plots_dir``: where to draw the figures (``intrinsic_plots``), none when None.
+    ``threshold``: the same-person rule (default 0.6 distance for dlib, 0.3 cosine for ArcFace);
+    ``max_identities`` / ``max_images_per_identity``: the sample caps (None = all); ``max_impostor_pairs``:
+    above this many different-identity pairs, this many are drawn (seeded); ``plots_dir``: where to draw the
+    figures (``intrinsic_plots``), none when None; ``reuse``: return the stored result when nothing changed;
+    ``workers``: processes judging shards in parallel (each loads the judge; the result does not change).
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     run_dir = Path(run_dir)
     record = read_record(run_dir)
     cfg = record.get("config") or {}
@@ -135,7 +141,7 @@ def evaluate_intrinsic(run_dir: str | Path, judge: str | Path | FaceJudge = DLIB
     if previous is not None and previous.get("key") == key:
         result = previous
     else:
-        result = _evaluate(run_dir, record, manifests, judge, info, key)
+        result = _evaluate(run_dir, record, manifests, judge, info, key, workers)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_path, (json.dumps(result, indent=1, allow_nan=False) + "\n").encode())
     if plots_dir is not None:
@@ -153,22 +159,21 @@ def _load(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _evaluate(run_dir: Path, record: dict, manifests: list[dict], judge: FaceJudge, info: dict, key: dict) -> dict:
+def _evaluate(run_dir: Path, record: dict, manifests: list[dict], judge: FaceJudge, info: dict, key: dict,
+              workers: int) -> dict:
     selection, sample = select_sample(run_dir, manifests, key["max_identities"], key["max_images_per_identity"],
                                       key["seed"])
     labels, status, emb, extra = [], [], [], {c: [] for c in SPREAD_COLUMNS}
     marks, scores, counts = [], [], []
-    for shard in sorted(selection):  # one shard's images in memory at a time
-        part = list(read_sample(run_dir, {shard: selection[shard]}))
-        judged = judge([decode_image(image) for _, _, image, _ in part])
-        labels += [identity for identity, _, _, _ in part]
+    for part, judged in _judge_shards(run_dir, selection, judge, workers):
+        labels += [identity for identity, _, _ in part]
         status.append(judged.status)
         emb.append(judged.embeddings)
         marks.append(judged.landmarks)
         scores.append(judged.face_score)
         counts.append(judged.face_count)
         for c in SPREAD_COLUMNS:
-            extra[c] += [np.nan if row.get(c) is None else float(row[c]) for _, _, _, row in part]
+            extra[c] += [np.nan if row.get(c) is None else float(row[c]) for _, _, row in part]
     labels = np.asarray(labels, np.int64)
     status = np.concatenate(status) if status else np.zeros(0, object)
     ok = status == "ok"
@@ -196,6 +201,38 @@ def _evaluate(run_dir: Path, record: dict, manifests: list[dict], judge: FaceJud
                                          "judged identities; *_all_identities: among all identities of the run")
     result["metrics"] = metrics
     return _clean(result)
+
+
+_WORKER_JUDGE: FaceJudge | None = None
+
+
+def _init_worker(model: str, threshold: float, device: str, batch_size: int) -> None:
+    global _WORKER_JUDGE
+    _WORKER_JUDGE = FaceJudge(model, threshold=threshold, device=device, batch_size=batch_size)
+
+
+def _judge_one_shard(run_dir: Path, shard: str, rows: dict[int, list[int]], judge: FaceJudge | None = None):
+    """Read, decode and judge one shard's selected rows; images are dropped once judged."""
+    part = list(read_sample(run_dir, {shard: rows}))
+    judged = (judge or _WORKER_JUDGE)([decode_image(image) for _, _, image, _ in part])
+    return [(identity, j, row) for identity, j, _, row in part], judged
+
+
+def _judge_shards(run_dir: Path, selection: dict, judge: FaceJudge, workers: int):
+    """``(rows, JudgedImages)`` per shard in shard order, judged here or by ``workers`` processes (each loads its
+    own judge); the order, hence the result, does not depend on ``workers``."""
+    shards = sorted(selection)
+    if workers <= 1 or len(shards) <= 1:
+        for shard in shards:  # one shard's images in memory at a time
+            yield _judge_one_shard(run_dir, shard, selection[shard], judge)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(shards)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker,
+                             initargs=(judge.model, judge.threshold, judge.device, judge.batch_size)) as pool:
+        yield from pool.map(_judge_one_shard, [run_dir] * len(shards), shards, [selection[s] for s in shards])
 
 
 def _clean(value: object) -> object:

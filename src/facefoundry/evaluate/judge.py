@@ -62,7 +62,7 @@ class FaceJudge:
     def __init__(self, model: str | Path = DLIB, *, threshold: float | None = None, device: str = "auto",
                  batch_size: int = 64):
         self.faces = DlibFaceModel("hog")
-        self.model = str(model)
+        self.model, self.device, self.batch_size = str(model), device, batch_size
         files = [model_path(SHAPE_5_FILE)]
         if self.model == DLIB:
             self.name, self.metric, self.dim, self._embedder = "dlib ResNet (128-d)", "euclidean", 128, None
