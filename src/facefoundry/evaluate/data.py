@@ -90,7 +90,7 @@ def read_run(run: str | Path, classes: np.ndarray, kept_only: bool = True, size:
 
     paths = shard_paths(run)
     columns = READ_COLUMNS + (["filter_reason"] if kept_only and has_filter_reason(paths) else [])
-    ds = ray.data.read_parquet(paths, columns=columns)
+    ds = ray.data.read_parquet(paths).select_columns(columns)  # projection pushed down into the read
     return ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=rows_per_batch,
                           fn_kwargs={"classes": classes, "kept_only": kept_only, "size": size})
 

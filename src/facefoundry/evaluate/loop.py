@@ -95,7 +95,8 @@ def train_loop_per_worker(config: dict) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
 
     start, history, attempts = 0, [], []
-    checkpoint = ray.train.get_checkpoint()
+    # A fresh Ray run per attempt: the checkpoint to resume from is the one latest.json named (driver).
+    checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(config["resume"]) if config["resume"] else None)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)

@@ -147,14 +147,14 @@ def train_on_run(run: str | Path, cfg: EvaluateConfig, progress: Callable[[str],
             train_loop_per_worker,
             train_loop_config={"evaluate": cfg.model_dump(mode="json"), "num_classes": len(classes),
                                "steps_per_epoch": steps_per_epoch, "out": str(out.resolve()),
-                               "checkpoint_root": str(ray_root / attempt)},
+                               "checkpoint_root": str(ray_root / attempt),
+                               "resume": str(resume[1]) if resume else None},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                                    resources_per_worker={"CPU": cfg.cpus_per_worker}),
             run_config=ray.train.RunConfig(name=attempt, storage_path=str(ray_root),
                                            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
             datasets={"train": read_run(run, classes, cfg.kept_only, cfg.image_size)},
             dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
-            resume_from_checkpoint=ray.train.Checkpoint(str(resume[1])) if resume else None,
         )
         progress(f"training {cfg.name}: {cfg.backbone} + {cfg.head.kind}, {len(classes)} classes, {rows} images, "
                  f"{cfg.epochs} epochs on {cfg.workers} {'GPU' if cfg.use_gpu else 'CPU'} worker(s)")
