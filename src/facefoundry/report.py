@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from facefoundry.evaluate.intrinsic_run import report_intrinsic
 from facefoundry.layout import IDENTITIES_FILE, PLOTS, REPORT_DIR, SUMMARY_FILE
 from facefoundry.report_plots import (
     SIMILARITY_COLUMNS,
@@ -79,6 +80,7 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
     plot_quality(out_dir / "quality.png", sample, title)
     summary["pose"] = plot_pose(out_dir / "pose.png", sample, title)
     summary["grid"] = plot_grid(out_dir / "grid.png", run_dir, manifests, run_id)
+    summary["intrinsic"] = report_intrinsic(run_dir, out_dir)  # independent-judge metrics, eval/intrinsic.json
     summary["plots"] = list(PLOTS)
     summary = _clean(summary)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")

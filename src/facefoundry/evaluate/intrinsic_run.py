@@ -24,9 +24,18 @@ from facefoundry import __version__
 from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.dataset.manifest import finished_manifests
 from facefoundry.evaluate.intrinsic import describe, intrinsic_metrics
-from facefoundry.evaluate.judge import DLIB, STATUSES, FaceJudge
+from facefoundry.evaluate.judge import (
+    DLIB,
+    STATUSES,
+    FaceJudge,
+    check_independent,
+    default_threshold,
+    file_info,
+    judge_files,
+)
 from facefoundry.filters.face_filter import decode_image
 from facefoundry.layout import EVAL_DIR, IDENTITIES_FILE
+from facefoundry.report_plots import pose_proxies  # the report's landmark pose proxies, on the judge's points
 from facefoundry.runinfo import read_record
 
 INTRINSIC_FILE = "intrinsic.json"
@@ -127,13 +136,17 @@ def evaluate_intrinsic(run_dir: str | Path, judge: str | Path | FaceJudge = DLIB
     manifests = finished_manifests(run_dir, record.get("config_hash"))
     if not manifests:
         raise IntrinsicError(f"{run_dir} has no finished unit yet: run `facefoundry run` first")
-    judge = judge if isinstance(judge, FaceJudge) else FaceJudge(judge, threshold=threshold, device=device)
+    files = judge.files if isinstance(judge, FaceJudge) else judge_files(judge)
+    if files is None:  # a pack folder: which file it holds is known once loaded
+        judge = FaceJudge(judge, threshold=threshold, device=device)
+        files = judge.files
     generator = cfg.get("generator") or {}
-    judge.check_independent(generator.get("kind"), (cfg.get("id_filter") or {}).get("encoder_model"))
-    info = judge.info()
+    check_independent(files[-1], generator.get("kind"), (cfg.get("id_filter") or {}).get("encoder_model"))
     key = {"config_hash": record.get("config_hash"), "units": sorted((m["unit"], m.get("sha256")) for m in manifests),
-           "judge_files": [f["sha256"] for f in info["files"]], "threshold": judge.threshold, "seed": seed,
-           "max_identities": max_identities, "max_images_per_identity": max_images_per_identity,
+           "judge_files": [file_info(f)["sha256"] for f in files],
+           "threshold": judge.threshold if isinstance(judge, FaceJudge) else
+           (default_threshold(judge) if threshold is None else float(threshold)),
+           "seed": seed, "max_identities": max_identities, "max_images_per_identity": max_images_per_identity,
            "max_impostor_pairs": max_impostor_pairs}
     key = json.loads(json.dumps(key))  # as it reads back from the file (tuples become lists)
     out_path = run_dir / EVAL_DIR / INTRINSIC_FILE
@@ -141,7 +154,9 @@ def evaluate_intrinsic(run_dir: str | Path, judge: str | Path | FaceJudge = DLIB
     if previous is not None and previous.get("key") == key:
         result = previous
     else:
-        result = _evaluate(run_dir, record, manifests, judge, info, key, workers)
+        if not isinstance(judge, FaceJudge):
+            judge = FaceJudge(judge, threshold=threshold, device=device)
+        result = _evaluate(run_dir, record, manifests, judge, judge.info(), key, workers)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_path, (json.dumps(result, indent=1, allow_nan=False) + "\n").encode())
     if plots_dir is not None:
@@ -185,8 +200,6 @@ def _evaluate(run_dir: Path, record: dict, manifests: list[dict], judge: FaceJud
     if not ok.any():
         result["metrics"] = {"images": 0, "identities": 0, "note": "the judge found no face in the sampled images"}
         return _clean(result)
-    from facefoundry.report import pose_proxies  # the report's landmark pose proxies, on the judge's own points
-
     columns = {f"judge_{k}": v[ok] for k, v in pose_proxies(np.concatenate(marks)).items()}
     columns["judge_face_score"] = np.concatenate(scores)[ok]
     columns |= {c: np.asarray(v)[ok] for c, v in extra.items() if np.isfinite(np.asarray(v, np.float64)).any()}

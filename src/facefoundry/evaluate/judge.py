@@ -45,6 +45,32 @@ def file_info(path: Path) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
+def judge_files(model: str | Path) -> list[Path] | None:
+    """The files a judge would load, without loading them (None for a pack folder: known once resolved)."""
+    if str(model) == DLIB:
+        return [model_path(SHAPE_5_FILE), model_path(RECOGNITION_FILE)]
+    path = Path(model).expanduser()
+    return [model_path(SHAPE_5_FILE), path] if path.is_file() else None
+
+
+def default_threshold(model: str | Path) -> float:
+    """The same-person rule a judge uses unless told otherwise."""
+    return DLIB_SAME_PERSON_DISTANCE if str(model) == DLIB else DEFAULT_COSINE_THRESHOLD
+
+
+def check_independent(judge_file: Path, generator_kind: str | None, encoder_model: str | None = None) -> None:
+    """Refuse a judge file that is the generator's conditioning encoder: by its published file name, by the
+    run's ``id_filter.encoder_model`` name, or by identical bytes."""
+    names = set(CONDITIONING_FILES.get(generator_kind or "", ()))
+    if encoder_model:
+        names.add(Path(encoder_model).name)
+    same_bytes = bool(encoder_model) and Path(encoder_model).is_file() and (
+        file_info(Path(encoder_model))["sha256"] == file_info(judge_file)["sha256"])
+    if judge_file.name in names or same_bytes:
+        raise JudgeError(f"judge {judge_file} is the {generator_kind} generator's conditioning encoder; "
+                         "an independent judge is needed: use 'dlib' or another model family")
+
+
 @dataclass
 class JudgedImages:
     """Per image: status, embedding (NaN row unless ``ok``), the judge's 5 dlib points (NaN) and detector score."""
@@ -63,10 +89,10 @@ class FaceJudge:
                  batch_size: int = 64):
         self.faces = DlibFaceModel("hog")
         self.model, self.device, self.batch_size = str(model), device, batch_size
+        self.threshold = default_threshold(model) if threshold is None else float(threshold)
         files = [model_path(SHAPE_5_FILE)]
         if self.model == DLIB:
             self.name, self.metric, self.dim, self._embedder = "dlib ResNet (128-d)", "euclidean", 128, None
-            self.threshold = DLIB_SAME_PERSON_DISTANCE if threshold is None else float(threshold)
             files.append(model_path(RECOGNITION_FILE))
         else:
             path = Path(model).expanduser()
@@ -81,21 +107,12 @@ class FaceJudge:
 
                 self._embedder = ArcFaceEmbedder(path, batch_size=batch_size)
             self.name, self.metric, self.dim = f"ArcFace {self._embedder.model_path.name}", "cosine", 512
-            self.threshold = DEFAULT_COSINE_THRESHOLD if threshold is None else float(threshold)
             files.append(Path(self._embedder.model_path))
         self.files = files
 
     def check_independent(self, generator_kind: str | None, encoder_model: str | None = None) -> None:
-        """Refuse a judge that is the generator's conditioning encoder (by file name or identical bytes)."""
-        judge_file = self.files[-1]
-        names = set(CONDITIONING_FILES.get(generator_kind or "", ()))
-        if encoder_model:
-            names.add(Path(encoder_model).name)
-        same_bytes = bool(encoder_model) and Path(encoder_model).is_file() and (
-            file_info(Path(encoder_model))["sha256"] == file_info(judge_file)["sha256"])
-        if judge_file.name in names or same_bytes:
-            raise JudgeError(f"judge {judge_file} is the {generator_kind} generator's conditioning encoder; "
-                             "an independent judge is needed: use 'dlib' or another model family")
+        """Refuse a judge that is the generator's conditioning encoder (see :func:`check_independent`)."""
+        check_independent(self.files[-1], generator_kind, encoder_model)
 
     def info(self) -> dict:
         """Model name, score, threshold, detector/alignment and the files (path, bytes, sha256)."""
