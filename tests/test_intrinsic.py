@@ -129,7 +129,7 @@ def test_real_faces_separate_under_dlib(face_run):
     run, _, result = face_run
     sample, m = result["sample"], result["metrics"]
     # 9 people x 5 crops + 1 kept faceless image; the 3 rejected rows are not read
-    assert sample["images_sampled"] == 46 and sample["identities_sampled"] == 9
+    assert sample["images_sampled"] == 46 and sample["identities"] == list(range(9))
     assert sample["status"] == {"ok": 45, "undecodable": 0, "no_face": 1}
     assert m["images"] == 45 and m["identities"] == 9
     ver = m["verification"]
@@ -168,6 +168,7 @@ def test_rerun_reuses_result_and_caps_are_deterministic(face_run, monkeypatch):
     a, info = select_sample(run, manifests, 4, 2, seed=7)
     assert select_sample(run, manifests, 4, 2, seed=7)[0] == a
     assert info["identities_sampled"] == 4 and info["images_sampled"] == 8 and info["kept_images"] == 46
+    assert info["identities"] == sorted({i for rows in a.values() for i in rows})
     chosen = {i: v for rows in a.values() for i, v in rows.items()}
     assert len(chosen) == 4 and all(len(v) == 2 and max(v) < 6 for v in chosen.values())
     assert select_sample(run, manifests, 4, 2, seed=8)[0] != a

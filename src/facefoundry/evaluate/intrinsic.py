@@ -11,63 +11,31 @@ Cost is bounded whatever the number of identities N and images n:
   uniformly (with replacement) among different-identity pairs by a seeded generator;
 - identity centroids: all ``N (N - 1) / 2`` pairs, in blocks of ``block`` rows; the maximum cosine is exact,
   the 99th percentile comes from a histogram of ``QUANTILE_BINS`` bins over [-1, 1], interpolated within a
-  1e-4 bin (it lies between the order statistics next to the percentile, give or take one bin).
+  1e-4 bin (it lies between the order statistics next to the percentile, give or take one bin); the
+  histogram of centroid distances (``euclidean`` judges) is kept up to 5 million pairs (about 3,000 identities).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
+from facefoundry.evaluate.embedding_stats import (
+    PLOT_BINS,
+    Metric,
+    cross_scores,
+    describe,
+    groups,
+    histogram,
+    normalize,
+    pair_scores,
+    plot_edges,
+    same_person,
+    similarity,
+)
 from facefoundry.evaluate.scores import eer, tar_at_far
 
-Metric = Literal["euclidean", "cosine"]
 FARS = (1e-3, 1e-4)
 QUANTILE_BINS = 20_000
-PLOT_BINS = 50
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def pair_scores(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray:
-    """Native score of row pairs ``(a[i], b[i])``."""
-    if metric == "euclidean":
-        return np.linalg.norm(a - b, axis=1)
-    return (normalize(a) * normalize(b)).sum(axis=1)
-
-
-def _cross(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray:
-    """Native score matrix between the rows of ``a`` and of ``b``."""
-    if metric == "euclidean":
-        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-        return np.sqrt(np.clip(sq, 0.0, None))
-    return normalize(a) @ normalize(b).T
-
-
-def similarity(scores: np.ndarray, metric: Metric) -> np.ndarray:
-    """Higher-is-more-alike version of native scores."""
-    return -np.asarray(scores) if metric == "euclidean" else np.asarray(scores)
-
-
-def same_person(scores: np.ndarray, metric: Metric, threshold: float) -> np.ndarray:
-    """The judge's same-person rule on native scores."""
-    return scores < threshold if metric == "euclidean" else scores > threshold
-
-
-def groups(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Sorted distinct labels and the row indices of each."""
-    labels = np.asarray(labels)
-    if not labels.size:
-        return labels, []
-    ids, inverse = np.unique(labels, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.cumsum(np.bincount(inverse, minlength=ids.size))[:-1]
-    return ids, np.split(order, bounds)
 
 
 def genuine_scores(emb: np.ndarray, labels: np.ndarray, metric: Metric) -> np.ndarray:
@@ -76,7 +44,7 @@ def genuine_scores(emb: np.ndarray, labels: np.ndarray, metric: Metric) -> np.nd
     for rows in groups(labels)[1]:
         if rows.size > 1:
             iu = np.triu_indices(rows.size, 1)
-            out.append(_cross(emb[rows], emb[rows], metric)[iu])
+            out.append(cross_scores(emb[rows], emb[rows], metric)[iu])
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -90,7 +58,7 @@ def impostor_scores(emb: np.ndarray, labels: np.ndarray, metric: Metric, max_pai
     if total <= max_pairs:
         parts = []
         for start in range(0, n, 1024):
-            block = _cross(emb[start:start + 1024], emb, metric)
+            block = cross_scores(emb[start:start + 1024], emb, metric)
             keep = (labels[start:start + 1024, None] != labels[None, :]) & (
                 np.arange(start, min(start + 1024, n))[:, None] < np.arange(n)[None, :])
             parts.append(block[keep])
@@ -109,33 +77,6 @@ def impostor_scores(emb: np.ndarray, labels: np.ndarray, metric: Metric, max_pai
                              for s in range(0, max_pairs, 65536)])
     return scores, {"method": f"{max_pairs} pairs drawn uniformly with replacement (seed {seed})",
                     "pairs": int(scores.size), "total_pairs": int(total)}
-
-
-def describe(values: np.ndarray) -> dict:
-    """Count, mean, std and quantiles of the finite values."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return {"count": 0}
-    q = np.quantile(values, [0.0, 0.01, 0.05, 0.5, 0.95, 0.99, 1.0])
-    return {"count": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
-            **{k: float(v) for k, v in zip(("min", "p01", "p05", "p50", "p95", "p99", "max"), q, strict=True)}}
-
-
-def histogram(edges: np.ndarray, **series: np.ndarray) -> dict:
-    """``{"edges": [...], name: counts, ...}`` on shared bin edges."""
-    out: dict = {"edges": [round(float(e), 6) for e in edges]}
-    for name, values in series.items():
-        values = np.asarray(values, dtype=np.float64)
-        out[name] = np.histogram(values[np.isfinite(values)], bins=edges)[0].astype(int).tolist()
-    return out
-
-
-def _edges(*arrays: np.ndarray, extra: tuple[float, ...] = (), bins: int = PLOT_BINS) -> np.ndarray:
-    values = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays] + [np.asarray(extra, np.float64)])
-    values = values[np.isfinite(values)]
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
-    return np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
 
 
 def verification(genuine: np.ndarray, impostor: np.ndarray, metric: Metric, threshold: float) -> dict:
@@ -159,7 +100,7 @@ def verification(genuine: np.ndarray, impostor: np.ndarray, metric: Metric, thre
         "same_person_rule": {"threshold": threshold,
                              "genuine_accepted": float(same_person(genuine, metric, threshold).mean()),
                              "impostor_accepted": float(same_person(impostor, metric, threshold).mean())},
-        "histogram": histogram(_edges(genuine, impostor, extra=(threshold,)), genuine=genuine, impostor=impostor),
+        "histogram": histogram(plot_edges(genuine, impostor, extra=(threshold,)), genuine=genuine, impostor=impostor),
     }
 
 
@@ -184,7 +125,7 @@ def uniqueness(cents: np.ndarray, metric: Metric, threshold: float,
     for start in range(0, n, block):
         stop = min(start + block, n)
         cos = unit[start:stop] @ unit.T
-        nat = cos if metric == "cosine" else _cross(cents[start:stop], cents, metric)
+        nat = cos if metric == "cosine" else cross_scores(cents[start:stop], cents, metric)
         rows = np.arange(start, stop)[:, None]
         upper, other = rows < np.arange(n)[None, :], rows != np.arange(n)[None, :]
         nearest_cos[start:stop] = np.where(other, cos, -np.inf).max(axis=1) if n > 1 else np.nan
@@ -212,7 +153,7 @@ def uniqueness(cents: np.ndarray, metric: Metric, threshold: float,
     }
     if native_values and metric == "euclidean":
         values = np.concatenate(native_values)
-        out["distance_histogram"] = histogram(_edges(values, extra=(threshold,)), pairs=values)
+        out["distance_histogram"] = histogram(plot_edges(values, extra=(threshold,)), pairs=values)
     return out, nearest_cos, nearest_native
 
 
@@ -221,12 +162,12 @@ def intra_class(emb: np.ndarray, labels: np.ndarray, metric: Metric) -> dict:
     means = []
     for rows in groups(labels)[1]:
         if rows.size > 1:
-            scores = _cross(emb[rows], emb[rows], metric)[np.triu_indices(rows.size, 1)]
+            scores = cross_scores(emb[rows], emb[rows], metric)[np.triu_indices(rows.size, 1)]
             means.append(scores.mean() if metric == "euclidean" else 1.0 - scores.mean())
     means = np.asarray(means)
     return {"distance": "euclidean" if metric == "euclidean" else "1 - cosine",
             "identities": int(means.size), "per_identity_mean": describe(means),
-            "histogram": histogram(_edges(means, bins=min(PLOT_BINS, max(5, means.size // 4))), identities=means)}
+            "histogram": histogram(plot_edges(means, bins=min(PLOT_BINS, max(5, means.size // 4))), identities=means)}
 
 
 def spread(columns: dict[str, np.ndarray], labels: np.ndarray) -> dict:
@@ -256,7 +197,7 @@ def separation_comparison(sampled_nn: np.ndarray, judge_nn: np.ndarray) -> dict:
     if ok.sum() > 2 and np.std(sampled_nn[ok]) > 0 and np.std(judge_nn[ok]) > 0:
         out["pearson"] = float(np.corrcoef(sampled_nn[ok], judge_nn[ok])[0, 1])
         out["spearman"] = float(np.corrcoef(_ranks(sampled_nn[ok]), _ranks(judge_nn[ok]))[0, 1])
-    out["histogram"] = histogram(_edges(sampled_nn, judge_nn), sampled=sampled_nn, judge=judge_nn)
+    out["histogram"] = histogram(plot_edges(sampled_nn, judge_nn), sampled=sampled_nn, judge=judge_nn)
     return out
 
 

@@ -81,7 +81,7 @@ def select_sample(run_dir: Path, manifests: list[dict], max_identities: int | No
     info = {"max_identities": max_identities, "max_images_per_identity": max_images_per_identity, "seed": seed,
             "units_done": len(manifests), "identities_with_kept_images": len(everyone),
             "kept_images": sum(len(v) for rows in kept.values() for v in rows.values()),
-            "identities_sampled": len(chosen), "images_sampled": images,
+            "identities_sampled": len(chosen), "images_sampled": images, "identities": [int(i) for i in chosen],
             "method": "identities drawn with default_rng(seed), images of each with default_rng([seed, identity]); "
                       "kept = filter_reason null"}
     return selection, info
