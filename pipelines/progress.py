@@ -13,13 +13,18 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Counts committed units; redraws in place on a terminal, one line per unit otherwise."""
+    """Counts committed units of the whole run; redraws in place on a terminal, one line per unit otherwise.
 
-    def __init__(self, total_units: int, images_per_unit: float, stream: TextIO | None = None):
+    ``done_units`` are the units a resumed run found already written: they count toward ``units n/total``
+    (a resume after 7 of 12 shows ``8/12`` when its first unit lands), while images, acceptance, rate and
+    ETA cover this invocation's units only."""
+
+    def __init__(self, total_units: int, images_per_unit: float, stream: TextIO | None = None, done_units: int = 0):
         self.total_units = total_units
         self.images_per_unit = images_per_unit
         self.stream = stream or sys.stderr
-        self.units = self.generated = self.kept = 0
+        self.units = done_units
+        self.generated = self.kept = 0
         self.started = time.monotonic()
 
     def update(self, manifest: dict) -> None:

@@ -12,7 +12,7 @@ from typing import TextIO
 
 from facefoundry import __version__
 from facefoundry.config import RunConfig
-from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, finished_manifests, plan_units
+from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit, finished_manifests, plan_units
 from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_store
 from facefoundry.identities.store import write_identities
 from facefoundry.layout import MODELS_DIR
@@ -20,7 +20,9 @@ from facefoundry.pipelines.local_ray import ray_session
 from facefoundry.pipelines.progress import Progress
 from facefoundry.pipelines.runlog import LOG_DIR, new_log_path, run_log
 from facefoundry.pipelines.stages import ModelPaths
+from facefoundry.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
 from facefoundry.runinfo import prepare_run_folder, run_id
+from facefoundry.runlock import run_lock
 
 
 @dataclass
@@ -102,31 +104,51 @@ def file_metadata(cfg: RunConfig) -> dict:
     }
 
 
-def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None = None) -> RunSummary:
+def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None = None,
+        repair: bool = False) -> RunSummary:
     """Run (or resume) ``cfg`` into ``out`` (a folder or a remote URI such as ``s3://bucket/prefix``).
-    Units with a valid manifest are skipped untouched."""
+
+    Units with a valid manifest are skipped untouched; with ``repair`` a unit is valid only if its
+    shard's sha256 matches the manifest. The folder is locked for the whole call (one writer at a
+    time, see :mod:`facefoundry.runlock`); a second writer gets :class:`RunLockedError`."""
     started = time.monotonic()
     store = open_store(out)
-    resuming = prepare_run_folder(store, cfg, fresh=fresh)
-    local = work_dir(cfg, store)
-    log_path = new_log_path(local)
-    try:
-        with run_log(log_path, log or sys.stderr) as stream:
-            summary = _run(cfg, store, local, resuming, stream, started)
-            stream.record(summary.line())
-    finally:
-        if not isinstance(store, LocalStore):  # the log joins the run folder whatever the outcome
-            with contextlib.suppress(OSError):
-                store.put_bytes(f"{LOG_DIR}/{log_path.name}", log_path.read_bytes())
+    terminal = log or sys.stderr
+    with run_lock(store, "run", notify=lambda text: terminal.write(text + "\n")):
+        resuming = prepare_run_folder(store, cfg, fresh=fresh)
+        local = work_dir(cfg, store)
+        log_path = new_log_path(local)
+        try:
+            with run_log(log_path, terminal) as stream:
+                summary = _run(cfg, store, local, resuming, stream, started, repair)
+                stream.record(summary.line())
+        finally:
+            if not isinstance(store, LocalStore):  # the log joins the run folder whatever the outcome
+                with contextlib.suppress(OSError):
+                    store.put_bytes(f"{LOG_DIR}/{log_path.name}", log_path.read_bytes())
     return summary
 
 
-def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: TextIO, started: float) -> RunSummary:
-    if resuming:
-        for folder in (DATA_DIR, MANIFEST_DIR):  # what a killed run left behind: never read as done
-            store.remove_temporaries(folder)
-    meta = write_identities(store, cfg)
+def _tidy(cfg: RunConfig, store: RunStore, units: list[Unit], repair: bool, log: TextIO) -> None:
+    """Before deciding what is done: drop temporaries, set orphans aside, and with ``repair`` set aside
+    every shard (and identities file) that ``verify`` would reject, so it is written again."""
+    for folder in (DATA_DIR, MANIFEST_DIR):  # what a killed run left behind: never read as done
+        store.remove_temporaries(folder)
+    lines = set_aside_orphans(store, units)
+    if repair:
+        lines += set_aside_bad_identities(store, cfg.config_hash(), cfg.identities.count)
+        lines += set_aside_corrupt(store, units, cfg.config_hash())
+        lines.append(f"repair: {len(units)} units checked against their manifests' sha256")
+    for line in lines:
+        log.write(f"{line}\n")
+
+
+def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: TextIO, started: float,
+         repair: bool = False) -> RunSummary:
     units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
+    if resuming:
+        _tidy(cfg, store, units, repair, log)
+    meta = write_identities(store, cfg, progress=log)
     done = {m["unit"] for m in finished_manifests(store, cfg.config_hash())}
     pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
@@ -142,7 +164,8 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
         paths = resolve_model_paths(cfg, local)
         from facefoundry.pipelines.executor import stream_units
 
-        progress = Progress(len(pending), (cfg.identities.count / len(units)) * cfg.images.per_identity, log)
+        progress = Progress(len(units), (cfg.identities.count / len(units)) * cfg.images.per_identity, log,
+                            done_units=skipped)
         with ray_session(cfg.ray):
             for manifest in stream_units(cfg, store.uri if isinstance(store, RemoteStore) else str(store), pending,
                                          paths, file_metadata(cfg)):

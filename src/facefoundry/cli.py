@@ -64,20 +64,42 @@ def _load(config: Path, overrides: list[str] | None) -> RunConfig:
         _fail(str(exc), code=2)
 
 
+# Plain flags: metavar="" keeps typer from showing them as taking a value ("--fresh <bool>").
+FreshOpt = Annotated[bool, typer.Option("--fresh", metavar="", help="Discard a previous run in --out first.")]
+
+
+def _load_for_repair(config: Path | None, out: str, overrides: list[str] | None) -> RunConfig:
+    """``run --repair`` without CONFIG repairs the run in --out with the config its run.json records."""
+    if config is not None:
+        return _load(config, overrides)
+    from facefoundry.runinfo import RunFolderError, stored_config
+
+    try:
+        return stored_config(out, overrides)
+    except (RunFolderError, ConfigError) as exc:
+        _fail(f"{exc}; give CONFIG to start a run", code=2)
+
+
 @app.command()
 def run(
-    config: ConfigArg,
-    out: RunOutOpt,
+    config: Annotated[Path | None, typer.Argument(
+        help="YAML run config (e.g. configs/smoke.yaml); optional with --repair (read from --out/run.json).")] = None,
+    out: RunOutOpt = ...,
     set_: SetOpt = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Discard a previous run in --out first.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Print full tracebacks.")] = False,
+    fresh: FreshOpt = False,
+    repair: Annotated[bool, typer.Option("--repair", metavar="", help=(
+        "Check every shard's sha256 against its manifest and redo the units that differ (what verify advises)."
+    ))] = False,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Print full tracebacks.")] = False,
 ) -> None:
     """Run the whole pipeline (or resume it): identities, images, filters, shards."""
-    cfg = _load(config, set_)
+    if config is None and not repair:
+        _fail("missing CONFIG (a YAML run config such as configs/smoke.yaml); only --repair reads it from --out", 2)
+    cfg = _load_for_repair(config, out, set_)
     from facefoundry.pipelines.runner import run as run_pipeline
 
     try:
-        summary = run_pipeline(cfg, out, fresh=fresh)
+        summary = run_pipeline(cfg, out, fresh=fresh, repair=repair)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume (finished units are kept)", code=130)
     except Exception as exc:  # one line for users, the trace on request
@@ -146,15 +168,19 @@ def stop(run_id: RunIdArg, address: AddressOpt) -> None:
 
 
 @app.command()
-def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None) -> None:
+def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshOpt = False) -> None:
     """Sample identities only: write identities.parquet and print the separation summary."""
     cfg = _load(config, set_)
     from facefoundry.identities.store import write_identities
     from facefoundry.runinfo import prepare_run_folder
+    from facefoundry.runlock import run_lock
 
     try:
-        prepare_run_folder(out, cfg)
-        meta = write_identities(out, cfg)
+        with run_lock(out, "sample"):
+            prepare_run_folder(out, cfg, fresh=fresh)
+            meta = write_identities(out, cfg, progress=sys.stderr)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing of the sampling is kept (rerun the same command)", code=130)
     except Exception as exc:
         _fail(_one_line(exc))
     nn = meta["nn_cosine"]
@@ -173,16 +199,23 @@ def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None) -> None:
 @app.command()
 def verify(run_dir: Annotated[str, typer.Argument(help="A run folder or remote run URI (holds run.json).")]) -> None:
     """Check every shard against its manifest, the identities file, and orphan or missing units."""
+    from facefoundry.repair import repair_command
+    from facefoundry.runinfo import RunFolderError, read_record
     from facefoundry.verify import verify_run
 
     try:
+        read_record(run_dir)  # not a run at all: nothing a rerun could repair
         problems = verify_run(run_dir)
+    except RunFolderError as exc:
+        _fail(f"{exc}; give the folder a run wrote (`facefoundry run CONFIG --out DIR`)", code=2)
     except OSError as exc:  # an unreachable or forbidden remote location
         _fail(_one_line(exc))
     for problem in problems:
         typer.echo(f"problem: {problem}", err=True)
     if problems:
-        _fail(f"{_shown(run_dir)}: {len(problems)} problem(s); rerun `facefoundry run` to redo broken units", code=1)
+        query = " (with the URI's ?options)" if "?" in run_dir else ""
+        _fail(f"{_shown(run_dir)}: {len(problems)} problem(s); repair with `{repair_command(_shown(run_dir))}`"
+              f"{query}: it redoes missing and corrupt units and moves orphans to orphans/", code=1)
     typer.echo(f"ok: {_shown(run_dir)} verifies")
 
 

@@ -92,7 +92,24 @@ class IdentitiesConfig(StrictModel):
             raise ValueError("identities.file is required by the from_file sampler (a .npy or .parquet file)")
         if self.sampler in ("gaussian_rejection", "pca_gaussian") and self.max_cosine is None:
             raise ValueError(f"identities.max_cosine must be set for the {self.sampler} sampler")
+        self._check_separation()
         return self
+
+    def _check_separation(self) -> None:
+        """Separation rules no set of identities can meet (feasibility within the candidate budget is
+        estimated when a run starts: facefoundry.identities.budget)."""
+        t = self.max_cosine
+        if t is None:
+            return
+        if t >= 1.0:
+            raise ValueError(f"identities.max_cosine={t} allows every pair (a cosine is at most 1): use a value "
+                             "in [0, 1) such as 0.3, or null for no separation rule")
+        if t < 0.0:
+            # n unit vectors with all pairwise cosines <= t < 0: |sum|^2 >= 0 gives n <= 1 - 1/t
+            at_most = min(int(1 - 1 / t + 1e-9), self.dim + 1)
+            raise ValueError(f"identities.max_cosine={t} is below 0: every identity would have to point away from "
+                             f"all others, which at most {at_most} can (random directions in {self.dim} dimensions "
+                             "have cosines near 0); use a value in [0, 1) such as 0.3")
 
 
 class PerturbationConfig(StrictModel):
@@ -364,8 +381,9 @@ def _strip_tag(loc: tuple) -> tuple[tuple, str]:
 _GENERATORS: dict[str, type[BaseModel]] = {"arc2face": Arc2FaceConfig, "vec2face": Vec2FaceConfig}
 
 
-def _format_error(err: ValidationError) -> str:
-    parts = []
+def _format_error(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
+    """One line for all errors; an error at (or naming) a key given with ``--set`` is blamed on that --set."""
+    parts, blamed = [], []
     for e in err.errors():
         loc, tag = _strip_tag(tuple(e["loc"]))
         path = ".".join(str(p) for p in loc) or "<root>"
@@ -376,8 +394,17 @@ def _format_error(err: ValidationError) -> str:
             msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
             msg = f"must be one of {e['ctx']['expected']}"
-        parts.append(f"{path}{tag}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"{path}: {msg}")
-    return "; ".join(parts)
+        text = f"{path}{tag}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"{path}: {msg}"
+        if e["type"] == "value_error":  # a model validator's own sentence names the keys and values
+            text = msg.removeprefix("Value error, ")
+        unknown = e["type"] == "extra_forbidden"
+        culprit = next((t for k, t in (overrides or {}).items() if path == k or path.startswith(k + ".")
+                        or (unknown and k.startswith(path + ".")) or f"{k}=" in msg or f"{k} " in msg), None)
+        if culprit:
+            blamed.append(f"--set {culprit!r}: {text}")
+        else:
+            parts.append(text)
+    return "; ".join(([f"{source}: " + "; ".join(parts)] if parts else []) + blamed)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -409,13 +436,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def validate_config(data: Any, source: str = "config") -> RunConfig:
+def validate_config(data: Any, source: str = "config", overrides: list[str] | None = None) -> RunConfig:
+    """Validate a raw config mapping; errors name ``source``, or the ``--set`` override that caused them."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_format_error(err)}") from None
+        keys = {text.split("=", 1)[0].strip(): text for text in overrides or []}
+        raise ConfigError(_format_error(err, source, keys)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -428,4 +457,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     data = apply_overrides(data if data is not None else {}, overrides or [])
-    return validate_config(data, str(path))
+    return validate_config(data, str(path), overrides)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from facefoundry import __version__
-from facefoundry.config import RunConfig, validate_config
+from facefoundry.config import RunConfig, apply_overrides, validate_config
 from facefoundry.dataset.storage import RunStore, open_store
 from facefoundry.layout import RUN_ENTRIES, RUN_FILE
 
@@ -37,7 +37,7 @@ def read_record(out: str | Path | RunStore) -> dict:
     store = open_store(out)
     raw = store.read_bytes(RUN_FILE)
     if raw is None:
-        raise RunFolderError(f"{store} is not a facefoundry run ({RUN_FILE} missing)")
+        raise RunFolderError(f"{store} is not a facefoundry run folder ({RUN_FILE} missing)")
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -50,8 +50,20 @@ def read_run(out: str | Path | RunStore) -> RunConfig:
     return validate_config(read_record(store).get("config"), store.name(RUN_FILE))
 
 
+def stored_config(out: str | Path | RunStore, overrides: list[str] | None = None) -> RunConfig:
+    """The config recorded in ``out``'s ``run.json``, with ``--set`` overrides applied (e.g. ``ray.*``)."""
+    store = open_store(out)
+    data = read_record(store).get("config")
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{store.name(RUN_FILE)} holds no config")
+    return validate_config(apply_overrides(data, overrides or []), store.name(RUN_FILE))
+
+
 def prepare_run_folder(out: str | Path | RunStore, cfg: RunConfig, fresh: bool = False) -> bool:
-    """Make ``out`` ready for ``cfg``; return True when resuming an existing run of this config."""
+    """Make ``out`` ready for ``cfg``; return True when resuming an existing run of this config.
+
+    A new run is refused before anything is written when its identities cannot be sampled within the
+    candidate budget (:func:`facefoundry.identities.budget.check_feasible`)."""
     store = open_store(out)
     if fresh:
         for name in RUN_ENTRIES:
@@ -66,5 +78,8 @@ def prepare_run_folder(out: str | Path | RunStore, cfg: RunConfig, fresh: bool =
         return True
     if store.entries() & set(RUN_ENTRIES):
         raise RunFolderError(f"{store} holds run files but no {RUN_FILE}; use another --out, or --fresh")
+    from facefoundry.identities.budget import check_feasible
+
+    check_feasible(cfg.identities)  # before the first file: a sampling that cannot finish is refused here
     store.put_bytes(RUN_FILE, (json.dumps(run_record(cfg), indent=2, sort_keys=True) + "\n").encode())
     return False

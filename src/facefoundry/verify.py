@@ -22,7 +22,8 @@ from facefoundry.identities.store import IDENTITIES_FILE, read_metadata
 from facefoundry.runinfo import RunFolderError, read_run
 
 
-def _check_identities(store: RunStore, config_hash: str, count: int) -> list[str]:
+def check_identities(store: RunStore, config_hash: str, count: int) -> list[str]:
+    """Problems of the run's identities file (missing, unreadable, another config's, wrong ids, NaN)."""
     raw = store.read_bytes(IDENTITIES_FILE)
     if raw is None:
         return [f"{IDENTITIES_FILE}: missing"]
@@ -70,14 +71,17 @@ def _check_shard(manifest: dict, store: RunStore, name: str, lo: int, hi: int) -
 
 
 def verify_run(run_dir: str | Path) -> list[str]:
-    """Return every integrity problem of the run folder or remote run URI (an empty list means it verifies)."""
+    """Return every integrity problem of the run folder or remote run URI (an empty list means it verifies).
+
+    Every problem listed after a readable ``run.json`` is repaired by
+    :func:`facefoundry.repair.repair_command`; without one, the only problem is that it is not a run."""
     store = open_store(run_dir)
     try:
         cfg = read_run(store)
     except (RunFolderError, ValueError) as exc:
         return [str(exc)]
     config_hash = cfg.config_hash()
-    problems = _check_identities(store, config_hash, cfg.identities.count)
+    problems = check_identities(store, config_hash, cfg.identities.count)
     units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
     schemas: dict[str, pa.Schema] = {}
     for unit in units:

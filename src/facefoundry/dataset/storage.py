@@ -99,6 +99,12 @@ class LocalStore:
         else:
             path.unlink(missing_ok=True)
 
+    def move(self, rel: str, dest: str) -> None:
+        """Rename the file ``rel`` to ``dest`` (parent folders are created)."""
+        target = self.root / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.root / rel, target)
+
     def remove_temporaries(self, folder: str) -> None:
         """Delete ``.tmp-*`` files a killed writer left in ``folder`` (one run per folder at a time)."""
         for path in (self.root / folder).glob(".tmp-*"):
@@ -185,6 +191,11 @@ class RemoteStore:
             self.fs.delete_dir(self._path(rel))
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(self._path(rel))
+
+    def move(self, rel: str, dest: str) -> None:
+        """Copy the object ``rel`` to ``dest``, then delete ``rel`` (object stores have no rename)."""
+        self.fs.copy_file(self._path(rel), self._path(dest))
+        self.fs.delete_file(self._path(rel))
 
     def remove_temporaries(self, folder: str) -> None:
         """Nothing to do: an interrupted upload never becomes an object."""

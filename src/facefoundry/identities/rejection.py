@@ -71,10 +71,11 @@ def _batch_sizes(n_kept: int, count: int, drawn: int, max_candidates: int, block
 
 
 def rejection_sample(
-    propose: Proposal, count: int, dim: int, tau: float, max_candidates: int, rng: np.random.Generator
+    propose: Proposal, count: int, dim: int, tau: float, max_candidates: int, rng: np.random.Generator,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Return (``count`` unit float32 vectors, candidates drawn); raise :class:`SamplingError` if the
-    candidate budget runs out first."""
+    candidate budget runs out first. ``on_batch(drawn, kept)`` is called after each screened batch."""
     device = kernels.default_device()
     kept = np.empty((count, dim), dtype=np.float32)
     bank = kernels.Prepared(
@@ -104,6 +105,8 @@ def rejection_sample(
             bank.source[new] = cands.source[index]
         bank.err, bank.size = max(bank.err, cands.err), max(bank.size, cands.size)
         n_kept += len(take)
+        if on_batch is not None:
+            on_batch(drawn, n_kept)
     if n_kept < count:
         raise SamplingError(
             f"identities: kept only {n_kept} of {count} identities after {drawn} candidates at "

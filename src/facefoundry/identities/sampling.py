@@ -4,11 +4,14 @@ generator's space. Every sampler is deterministic in the run seed."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import numpy as np
 
 from facefoundry.config import IdentitiesConfig
+from facefoundry.identities.budget import SamplingProgress, candidate_budget, check_feasible
 from facefoundry.identities.leakage import LeakageResult, screen
 from facefoundry.identities.pca import fit_pca_gaussian
 from facefoundry.identities.rejection import SamplingError, gaussian_proposal, rejection_sample
@@ -30,28 +33,33 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _limit(cfg: IdentitiesConfig, count: int) -> int:
-    return cfg.max_candidates or 1000 * count
+OnBatch = Callable[[int, int], None] | None
 
 
-def _gaussian_rejection(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+def _gaussian_rejection(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int,
+                        on_batch: OnBatch = None) -> SampledIdentities:
     propose = gaussian_proposal(cfg.dim)
-    vectors, drawn = rejection_sample(propose, count, cfg.dim, cfg.max_cosine, _limit(cfg, count), rng)
+    vectors, drawn = rejection_sample(propose, count, cfg.dim, cfg.max_cosine, candidate_budget(cfg, count), rng,
+                                      on_batch)
     return SampledIdentities(vectors, drawn)
 
 
-def _uniform_sphere(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+def _uniform_sphere(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int,
+                    on_batch: OnBatch = None) -> SampledIdentities:
     return SampledIdentities(_unit(rng.standard_normal((count, cfg.dim)).astype(np.float32)), count)
 
 
-def _pca_gaussian(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+def _pca_gaussian(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int,
+                  on_batch: OnBatch = None) -> SampledIdentities:
     gallery = load_vectors(cfg.gallery, cfg.dim, "gallery vectors")
     propose = fit_pca_gaussian(gallery, cfg.pca_components)
-    vectors, drawn = rejection_sample(propose, count, cfg.dim, cfg.max_cosine, _limit(cfg, count), rng)
+    vectors, drawn = rejection_sample(propose, count, cfg.dim, cfg.max_cosine, candidate_budget(cfg, count), rng,
+                                      on_batch)
     return SampledIdentities(vectors, drawn)
 
 
-def _hyperface(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+def _hyperface(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int,
+               on_batch: OnBatch = None) -> SampledIdentities:
     from facefoundry.identities.hyperface import hyperface_pack
 
     gallery = load_vectors(cfg.gallery, cfg.dim, "gallery vectors") if cfg.gallery else None
@@ -67,7 +75,8 @@ def _hyperface(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed
     return SampledIdentities(_unit(result.vectors), count, details=details)
 
 
-def _from_file(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int) -> SampledIdentities:
+def _from_file(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int,
+               on_batch: OnBatch = None) -> SampledIdentities:
     vectors = load_vectors(cfg.file, cfg.dim, "identity vectors")
     if len(vectors) < count:
         raise SamplingError(f"identities.file {cfg.file} holds {len(vectors)} vectors; identities.count is {count}")
@@ -84,28 +93,36 @@ _SAMPLERS = {
 }
 
 
-def _sample(cfg: IdentitiesConfig, run_seed: int, count: int) -> SampledIdentities:
+def _sample(cfg: IdentitiesConfig, run_seed: int, count: int, stream: TextIO | None = None) -> SampledIdentities:
+    check_feasible(cfg, count)  # refuse, with the numbers, what cannot finish within the candidate budget
+    on_batch = None
+    if stream is not None and cfg.max_cosine is not None:
+        on_batch = SamplingProgress(count, cfg.max_cosine, cfg.dim, stream)
     rng = np.random.default_rng(derive_seed(run_seed, "identities"))
-    sampled = _SAMPLERS[cfg.sampler](cfg, count, rng, run_seed)
+    sampled = _SAMPLERS[cfg.sampler](cfg, count, rng, run_seed, on_batch)
     if cfg.space == "raw" and cfg.sampler != "from_file":
         sampled.vectors = sampled.vectors * np.float32(cfg.norm)
     return sampled
 
 
-def sample_identities(cfg: IdentitiesConfig, run_seed: int) -> SampledIdentities:
+def sample_identities(cfg: IdentitiesConfig, run_seed: int, progress: TextIO | None = None) -> SampledIdentities:
     """Sample ``cfg.count`` identities; with galleries configured, replace those that leak.
+
+    A rejection sampler expected to exceed its candidate budget is refused before it starts
+    (:class:`~facefoundry.identities.budget.InfeasibleSamplingError`); with a ``progress`` stream, a
+    sampling that takes more than a few seconds reports candidates, accepted identities and ETA there.
 
     Rejected identities are replaced by sampling more: rejection samplers produce the same first k
     vectors whatever the total, so the survivors keep their order and the run stays deterministic.
     """
     started = time.monotonic()
     if not cfg.leakage.galleries:
-        sampled = _sample(cfg, run_seed, cfg.count)
+        sampled = _sample(cfg, run_seed, cfg.count, progress)
         sampled.details["seconds_total"] = time.monotonic() - started
         return sampled
     extra = 0
     while True:
-        sampled = _sample(cfg, run_seed, cfg.count + extra)
+        sampled = _sample(cfg, run_seed, cfg.count + extra, progress)
         result = screen(sampled.vectors, cfg.leakage)
         keep = np.where(~result.rejected(cfg.leakage.reject_morphs))[0]
         if len(keep) >= cfg.count:

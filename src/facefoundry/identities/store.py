@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -39,11 +40,12 @@ def identities_table(vectors: np.ndarray, sampler: str, leakage: LeakageResult |
     )
 
 
-def write_identities(out: str | Path | RunStore, cfg: RunConfig) -> dict:
+def write_identities(out: str | Path | RunStore, cfg: RunConfig, progress: TextIO | None = None) -> dict:
     """Sample and write ``identities.parquet`` unless a file of this run is already there.
 
     Returns the sampling summary (also stored in the file's metadata). The run refuses to go on if
-    any pair of identities is closer than ``identities.max_cosine`` allows.
+    any pair of identities is closer than ``identities.max_cosine`` allows. Long sampling reports its
+    progress to the ``progress`` stream, if given.
     """
     store = open_store(out)
     raw = store.read_bytes(IDENTITIES_FILE)
@@ -54,7 +56,7 @@ def write_identities(out: str | Path | RunStore, cfg: RunConfig) -> dict:
         raise RuntimeError(f"{store.name(IDENTITIES_FILE)} belongs to another config "
                            f"(hash {meta.get('config_hash')}); use a new --out")
     icfg = cfg.identities
-    sampled = sample_identities(icfg, cfg.run.seed)
+    sampled = sample_identities(icfg, cfg.run.seed, progress)
     table = identities_table(sampled.vectors, icfg.sampler, sampled.leakage)
     nn = table.column("nn_cosine").to_numpy()
     if icfg.max_cosine is not None and len(nn) > 1 and nn.max() > icfg.max_cosine:
