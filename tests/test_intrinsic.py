@@ -115,11 +115,16 @@ def write_face_run(out: Path, people: list[list[bytes]], per_unit: int = 3) -> P
 
 
 @pytest.fixture(scope="module")
-def face_run(tmp_path_factory):
+def people():
     if GROUP_PHOTO is None:
         pytest.skip("insightface's t1.jpg is not installed")
-    people = face_images()
-    assert len(people) == 9
+    found = face_images()
+    assert len(found) == 9
+    return found
+
+
+@pytest.fixture(scope="module")
+def face_run(tmp_path_factory, people):
     run = write_face_run(tmp_path_factory.mktemp("faces"), people)
     judge = FaceJudge("dlib")
     return run, judge, evaluate_intrinsic(run, judge, plots_dir=run / "report")
@@ -158,6 +163,18 @@ def test_real_faces_separate_under_dlib(face_run):
             assert image.format == "PNG" and image.size[0] >= 400
     table = im.intrinsic_table_markdown(result)
     assert "| EER | 0.0000 |" in table and "| identity pairs the judge cannot tell apart | 0.0000 |" in table
+
+
+def test_one_person_under_two_labels_is_caught(face_run, people, tmp_path):
+    """Grace Hopper's crops split over identities 0 and 2: the judge must call that pair the same person."""
+    _, judge, _ = face_run
+    run = write_face_run(tmp_path, [people[7][:3], people[1][:3], people[7][3:]])
+    m = evaluate_intrinsic(run, judge)["metrics"]
+    assert m["images"] == 8 and m["uniqueness"]["pairs"] == 3
+    assert m["uniqueness"]["indistinguishable_pairs"] == 1 and m["uniqueness"]["max_cosine"] > 0.97
+    assert m["uniqueness"]["nearest_other_native"]["min"] < 0.6
+    ver = m["verification"]
+    assert ver["eer"] > 0.05 and ver["same_person_rule"]["impostor_accepted"] > 0.2  # 6 of 21 "impostor" pairs
 
 
 def test_rerun_reuses_result_and_caps_are_deterministic(face_run, monkeypatch):
