@@ -93,7 +93,9 @@ def read_sample(run_dir: Path, selection: dict[str, dict[int, list[int]]]):
         path = run_dir / shard
         names = set(pq.read_schema(path).names)
         cols = ["image", "identity"] + [c for c in ("image_index", *SPREAD_COLUMNS) if c in names]
-        table = pq.read_table(path, columns=cols, filters=[("identity", "in", sorted(rows))]).to_pydict()
+        # Row groups of other identities are skipped; without image_index rows are known by position: read all.
+        where = [("identity", "in", sorted(rows))] if "image_index" in names else None
+        table = pq.read_table(path, columns=cols, filters=where).to_pydict()
         index = table.get("image_index", list(range(len(table["identity"]))))
         for r, (identity, j) in enumerate(zip(table["identity"], index, strict=True)):
             if j in rows.get(identity, ()):
