@@ -70,8 +70,10 @@ def _owner(command: str) -> dict:
 
 
 def _parse(raw: bytes | None) -> dict | None:
+    if raw is None:
+        return None
     try:
-        holder = json.loads(raw) if raw is not None else None
+        holder = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}  # unreadable: someone is mid-write, or it is damaged; treat as held by an unknown writer
     return holder if isinstance(holder, dict) else {}
