@@ -77,3 +77,40 @@ def test_flipped_byte_and_orphan_are_repaired_by_the_advised_command(smoke_run, 
     assert (out / SHARD).read_bytes() == original
     assert (out / "orphans" / SHARD).read_bytes() == bytes(corrupt)  # set aside, not deleted
     assert (out / "orphans" / ORPHAN).exists() and not (out / ORPHAN).exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_set_aside_moves_corrupt_units_and_orphans_without_deleting(where, tmp_path, request):
+    from runfolder import make_run
+    from s3server import bucket_uri
+
+    from facefoundry.dataset.manifest import finished_manifests, plan_units
+    from facefoundry.dataset.storage import open_store
+    from facefoundry.repair import set_aside_corrupt, set_aside_orphans
+    from facefoundry.runinfo import read_run
+
+    local = make_run(tmp_path / "run")
+    store = open_store(local)
+    if where == "s3":
+        store = open_store(bucket_uri(request.getfixturevalue("s3_endpoint"), "repair", "run"))
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            store.put_bytes(path.relative_to(local).as_posix(), path.read_bytes())
+    cfg = read_run(store)
+    units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
+    shard = f"data/{units[1].shard_name}"
+    data = bytearray(store.read_bytes(shard))
+    data[-20] ^= 1
+    store.put_bytes(shard, bytes(data))
+    store.put_bytes(ORPHAN, b"stray")
+    assert len(finished_manifests(store, cfg.config_hash())) == 2  # the size rule is blind to it
+
+    assert set_aside_orphans(store, units) == [f"{ORPHAN}: no planned unit owns it; moved to orphans/{ORPHAN}"]
+    lines = set_aside_corrupt(store, units, cfg.config_hash())
+    assert lines == [f"{shard}: sha256 differs from its manifest; moved to orphans/{shard} (manifest to "
+                     f"orphans/manifests/{units[1].name}.json), unit {units[1].name} is redone"]
+    assert [m["unit"] for m in finished_manifests(store, cfg.config_hash())] == [units[0].name]
+    assert store.read_bytes(f"orphans/{shard}") == bytes(data) and store.read_bytes(f"orphans/{ORPHAN}") == b"stray"
+    assert store.read_bytes(shard) is None and set_aside_corrupt(store, units, cfg.config_hash()) == []
+    store.put_bytes(ORPHAN, b"again")  # a second orphan of the same name never overwrites the first
+    set_aside_orphans(store, units)
+    assert store.read_bytes(f"orphans/{ORPHAN}.1") == b"again"
