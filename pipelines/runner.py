@@ -166,6 +166,9 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
 
         progress = Progress(len(units), (cfg.identities.count / len(units)) * cfg.images.per_identity, log,
                             done_units=skipped)
+        log.write(f"starting the pipeline for {len(pending)} units: Ray, its workers and the models load before "
+                  "the first unit lands (10-20 s on a laptop)\n")
+        log.flush()
         with ray_session(cfg.ray):
             for manifest in stream_units(cfg, store.uri if isinstance(store, RemoteStore) else str(store), pending,
                                          paths, file_metadata(cfg)):
