@@ -76,13 +76,13 @@ def test_cli_refuses_before_writing_anything(tmp_path):
 
 def test_progress_reports_candidates_accepted_and_eta():
     stream = io.StringIO()
-    progress = SamplingProgress(300, 0.5, 16, stream, after_s=0.0, every_s=0.0)
-    vectors, drawn = rejection_sample(gaussian_proposal(16), 300, 16, 0.5, 10**6, np.random.default_rng(1),
+    progress = SamplingProgress(160, 0.5, 16, stream, after_s=0.0, every_s=0.0)
+    vectors, drawn = rejection_sample(gaussian_proposal(16), 160, 16, 0.5, 10**6, np.random.default_rng(1),
                                       progress)
     lines = stream.getvalue().strip().splitlines()
     assert len(lines) == math.ceil(drawn / 1024) >= 2  # one per screened batch
-    assert lines[-1].startswith(f"identities: {drawn:,} candidates tried, 300/300 accepted (100.0%), ETA 0:00:00")
-    assert "ETA 0:" in lines[0] and "/300 accepted" in lines[0]
+    assert lines[-1].startswith(f"identities: {drawn:,} candidates tried, 160/160 accepted (100.0%), ETA 0:00:00")
+    assert "ETA 0:" in lines[0] and "/160 accepted" in lines[0]
     # small sampling stays silent: nothing is printed in the first seconds
     quiet = io.StringIO()
     sample_identities(IdentitiesConfig(count=8, max_cosine=0.3), run_seed=0, progress=quiet)
