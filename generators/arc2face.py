@@ -113,9 +113,11 @@ class Arc2FaceGenerator:
 
         files = [ModelFiles(str(model or cfg.model), groups("model"), "arc2face", cfg.revision, "generator.model"),
                  ModelFiles(str(base_model or cfg.base_model), groups("base"), "sd15", None, "generator.base_model")]
-        if cfg.sampler == "lcm":
-            files.append(ModelFiles(str(extra or cfg.lcm_lora), ((cfg.lcm_lora_weight_name,),), "lcm-lora",
-                                    cfg.lcm_lora_revision, "generator.lcm_lora"))
+        if cfg.sampler == "lcm":  # a folder or Hub repo holding lcm_lora_weight_name, or the file itself
+            lora = Path(str(extra or cfg.lcm_lora)).expanduser()
+            source, name = (str(lora.parent), lora.name) if lora.is_file() else (str(extra or cfg.lcm_lora),
+                                                                                cfg.lcm_lora_weight_name)
+            files.append(ModelFiles(source, ((name,),), "lcm-lora", cfg.lcm_lora_revision, "generator.lcm_lora"))
         return files
 
     @classmethod

@@ -1,5 +1,8 @@
 """Ray Data wiring: units stream through generator actors -> filter actors -> writer actors.
 
+The one backend adapter: :func:`map_stage` builds each Ray stage from the stage's own declaration
+(``resources``, ``batch_size``, ``workers``; see ``pipelines.stage``) and :class:`StageActor` runs any stage.
+
 Every row of the Ray dataset is one whole work unit; its image rows travel as one Arrow IPC
 payload, so identity-level decisions and the shard write see the complete unit and Ray never
 splits a unit across blocks.
@@ -17,15 +20,8 @@ import pyarrow as pa
 
 from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import Unit
-from facefoundry.pipelines.stages import (
-    FilterStage,
-    GenerateStage,
-    ModelPaths,
-    Stage,
-    UnitResult,
-    WriteStage,
-    generator_threads,
-)
+from facefoundry.pipelines.stage import Stage, UnitResult
+from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, WriteStage, generator_threads, pipeline
 
 __all__ = ["StageActor", "generator_threads", "map_stage", "pipeline", "run_stage", "stream_units"]
 
@@ -127,11 +123,6 @@ class WriteActor(StageActor):
 
 ACTORS: dict[type[Stage], type[StageActor]] = {GenerateStage: GenerateActor, FilterStage: FilterActor,
                                                WriteStage: WriteActor}
-
-
-def pipeline(cfg: RunConfig, out: str, paths: ModelPaths, file_metadata: dict) -> list[Stage]:
-    """The stages a unit goes through, in order."""
-    return [GenerateStage(cfg, out, paths), FilterStage(cfg, out), WriteStage(cfg, out, file_metadata)]
 
 
 def map_stage(ds: Any, stage: Stage) -> Any:

@@ -8,8 +8,10 @@ the setting or command that fixes it.
 - :func:`check_resources` (pure, on resource dicts) and :func:`check_cluster` (the current Ray): one actor of
   every stage must fit on the nodes at once. On a cluster with an autoscaler whose node types could add what
   is missing, the run waits instead (and says for what).
-- :func:`missing_model_files` / :func:`check_model_files`: local folders must hold the files; Hub files must
-  be in the HF cache when ``HF_HUB_OFFLINE=1`` forbids downloading, and the Hub must answer when it does not.
+- :func:`check_model_files`: the files the stages will load (``pipelines.modelcheck`` finds what is missing:
+  local folders on disk, Hub files in the HF cache or, online, served by the Hub).
+- :func:`check_before_start` runs both in the driver before Ray starts (for the embedded Ray, whose
+  resources are known beforehand); :func:`check_cluster` runs again on the live Ray before the stages start.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from facefoundry.pipelines.modelcheck import describe_missing, missing_model_files
 from facefoundry.resources import ModelFiles, Resources
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,28 @@ def _cluster_view() -> tuple[list[dict[str, float]], list[dict[str, float]] | No
     return nodes, node_types
 
 
+def embedded_node(ray_cfg: Any) -> dict[str, float]:
+    """What the embedded Ray will offer, known before it starts: ``ray.num_cpus`` (else every CPU),
+    ``ray.num_gpus`` (else the GPUs Ray detects, within ``CUDA_VISIBLE_DEVICES``) and the available memory."""
+    import os
+
+    import psutil
+
+    gpus = ray_cfg.num_gpus
+    if gpus is None:
+        try:  # Ray's own detection, without starting Ray
+            from ray._private.accelerators import get_accelerator_manager_for_resource
+
+            manager = get_accelerator_manager_for_resource("GPU")
+            gpus = manager.get_current_node_num_accelerators()
+            visible = manager.get_current_process_visible_accelerator_ids()
+            gpus = gpus if visible is None else min(gpus, len(visible))
+        except Exception:  # noqa: BLE001 - a private API: without it, the check after ray.init still runs
+            return {}
+    return {"CPU": float(ray_cfg.num_cpus or os.cpu_count() or 1), "GPU": float(gpus),
+            "memory": float(psutil.virtual_memory().available)}
+
+
 def check_cluster(stages: Iterable[Any], embedded: bool = True) -> None:
     """Compare the stages' declared ``resources`` with the current Ray (nothing to do when Ray is not up).
 
@@ -148,119 +173,6 @@ def check_cluster(stages: Iterable[Any], embedded: bool = True) -> None:
         raise PreflightError(verdict.problem)
 
 
-# ------------------------------------------------------------------------------------------- model files
-@dataclass(frozen=True)
-class Missing:
-    """Files of one :class:`ModelFiles` that are not there (one name per unmet group), and why."""
-
-    need: ModelFiles
-    files: list[str]
-    where: str  # "hub" (offline, not cached), "unreachable"/"refused" (not cached, no download) or "local"
-    detail: str = ""
-
-
-def _looks_local(source: str) -> bool:
-    from pathlib import Path
-
-    return (Path(source).expanduser().exists() or source.startswith(("/", ".", "~"))
-            or source.count("/") != 1)
-
-
-def _cached(repo: str, filename: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo, filename, revision=revision), str)
-
-
-def _probe(repo: str, filename: str, revision: str | None) -> tuple[str, str] | None:
-    """None when the Hub serves ``filename`` of ``repo``; else ``("unreachable" | "refused", why)``."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), timeout=10)
-    except Exception as exc:  # noqa: BLE001 - any failure means the actor would fail the same way
-        first = (str(exc).strip().splitlines() or [""])[0][:120]
-        return ("refused" if isinstance(exc, HfHubHTTPError) else "unreachable"), f"{type(exc).__name__}: {first}"
-    return None
-
-
-def missing_model_files(needs: Iterable[ModelFiles], offline: bool) -> list[Missing]:
-    """What of ``needs`` is not there. Local folders: files checked on disk. Hub repos: each group must have
-    a file in the HF cache; online, an uncached file is fine when the Hub serves it (one request per repo)."""
-    from pathlib import Path
-
-    found: list[Missing] = []
-    down: tuple[str, str] | None = None  # the Hub did not answer once: no further requests
-    for need in needs:
-        folder = Path(need.source).expanduser()
-        if not need.hub or _looks_local(need.source):
-            missing = [g[0] for g in need.groups if not any((folder / f).is_file() for f in g)]
-            if missing or not folder.is_dir():
-                found.append(Missing(need, missing, "local", "" if folder.is_dir() else "does not exist"))
-            continue
-        missing = [_shown(need, g) for g in need.groups if not any(_cached(need.source, f, need.revision) for f in g)]
-        if not missing:
-            continue
-        if offline:
-            found.append(Missing(need, missing, "hub", "HF_HUB_OFFLINE=1"))
-        elif (why := down or _probe(need.source, missing[0], need.revision)) is not None:
-            down = why if why[0] == "unreachable" else None
-            found.append(Missing(need, missing, *why))
-    return found
-
-
-def _registry_repo(need: ModelFiles) -> str | None:
-    """The Hub repo of ``need.name``'s registry entry (None when unnamed, unknown or not on the Hub)."""
-    from facefoundry.models import REGISTRY
-
-    spec = REGISTRY.get(need.name or "")
-    return spec.repo_id if spec else None
-
-
-def _shown(need: ModelFiles, group: tuple[str, ...]) -> str:
-    """The file of ``group`` to name: the one the registry entry lists (what `models fetch` gets), else the first."""
-    from facefoundry.models import REGISTRY
-
-    spec = REGISTRY.get(need.name or "")
-    return next((f for f in group if spec and f in spec.files), group[0])
-
-
-def _files(m: Missing) -> str:
-    return ", ".join(m.files) if len(m.files) <= 6 else ", ".join(m.files[:6]) + f" (+{len(m.files) - 6} more)"
-
-
-def describe_missing(found: Sequence[Missing], cache: str) -> str:
-    """One line: every model with its missing files, and the ``facefoundry models fetch`` command for all."""
-    local = [m for m in found if m.where == "local"]
-    hub = [m for m in found if m.where != "local"]
-    parts = []
-    if hub:
-        listed = "; ".join(f"{m.need.name or m.need.role} ({m.need.source}: {_files(m)})" for m in hub)
-        unreachable = next((m.detail for m in hub if m.where == "unreachable"), None)
-        refused = next((m.detail for m in hub if m.where == "refused"), None)
-        if unreachable:
-            why = f"the Hub could not be reached ({unreachable}) and the HF cache {cache} lacks"
-            where = "where the Hub is reachable"
-        elif refused:
-            why = f"the Hub refused a download ({refused}) and the HF cache {cache} lacks"
-            where = "after checking the repo id and revision (or HF_TOKEN, for a gated repo)"
-        else:
-            why = f"HF_HUB_OFFLINE=1 and the HF cache {cache} lacks"
-            where = "on a machine with network access and share its HF_HOME, or unset HF_HUB_OFFLINE"
-        fetch = list(dict.fromkeys(m.need.name for m in hub if _registry_repo(m.need) == m.need.source))
-        other = [m for m in hub if _registry_repo(m.need) != m.need.source]
-        commands = ([f"`facefoundry models fetch {' '.join(fetch)}`"] if fetch else []) + [
-            f"`hf download {m.need.source} {' '.join(m.files)}`" for m in other]
-        how = f"run {' and '.join(commands)} {where}"
-        parts.append(f"model files missing: {why} {listed}; {how}")
-    for m in local:
-        lacks = f"lacks {_files(m)}" if m.detail == "" else m.detail
-        fix = f" (the files of `facefoundry models fetch {m.need.name}`)" if m.need.name else ""
-        parts.append(f"{m.need.role} folder {m.need.source} {lacks}{fix}; fix the path or put the files there")
-    return " | ".join(parts)
-
-
 def check_model_files(needs: Iterable[ModelFiles]) -> None:
     """Raise :class:`PreflightError` (one line) when a model file ``needs`` lists is not there and cannot be
     downloaded; nothing is downloaded here (the actors do, as the loaders always have)."""
@@ -271,17 +183,24 @@ def check_model_files(needs: Iterable[ModelFiles]) -> None:
         raise PreflightError(describe_missing(found, str(hub_cache())))
 
 
-def check_models(cfg: Any, paths: Any) -> None:
-    """The driver's model check before Ray starts (the one call ``pipelines.runner`` makes): the files the
-    configured generator (and ``id_filter``) will load from ``paths`` (:class:`~facefoundry.pipelines.stages.
-    ModelPaths`). Skipped on a cluster (``ray.address``): its nodes have their own caches."""
+def check_before_start(cfg: Any, paths: Any) -> None:
+    """Everything the driver can check before Ray starts (the one call ``pipelines.runner`` makes), raising
+    :class:`PreflightError` in one line:
+
+    - the model files the stages declare (``Stage.model_files``: the generator's from ``paths``, a
+      :class:`~facefoundry.pipelines.stages.ModelPaths`, and the ``id_filter``'s), against local folders and
+      the HF cache;
+    - for the embedded Ray, the stages' resources against what it will offer (:func:`embedded_node`).
+
+    On a cluster (``ray.address``) both are left to later: its nodes have their own model caches, and
+    :func:`check_cluster` compares resources once connected."""
     if cfg.ray.address:
         return
-    from facefoundry.pipelines.stages import generator_model_files
+    from facefoundry.pipelines.stages import pipeline
 
-    needs = list(generator_model_files(cfg, paths))
-    if cfg.id_filter is not None:
-        from facefoundry.filters.identity_filter import IdentityFilter
-
-        needs += IdentityFilter.model_files(cfg.id_filter)
-    check_model_files(needs)
+    stages = pipeline(cfg, "", paths, {})
+    check_model_files(f for stage in stages for f in stage.model_files())
+    node = embedded_node(cfg.ray)
+    verdict = check_resources([(s.name, s.resources) for s in stages], [node]) if node else Verdict()
+    if verdict.problem:
+        raise PreflightError(verdict.problem)

@@ -163,6 +163,9 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
     if pending:
         paths = resolve_model_paths(cfg, local)
         from facefoundry.pipelines.executor import stream_units
+        from facefoundry.pipelines.preflight import check_before_start
+
+        check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before Ray starts
 
         progress = Progress(len(units), (cfg.identities.count / len(units)) * cfg.images.per_identity, log,
                             done_units=skipped)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,7 @@ from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.dataset.storage import open_store
 from facefoundry.identities.variation import perturb, sigma_schedule
+from facefoundry.pipelines.stage import Stage, UnitResult
 from facefoundry.resources import ModelFiles, Resources
 from facefoundry.seeds import image_seeds
 
@@ -88,21 +89,6 @@ def generator_threads(cfg: RunConfig, node_cpus: int | None) -> int:
     return max(1, (node_cpus or 1) // cfg.ray.generator_actors)
 
 
-@dataclass
-class UnitResult:
-    """A unit's rows on their way to the writer, with what the filter removed."""
-
-    unit: Unit
-    table: pa.Table
-    generated: int
-    drops: dict[str, int] = field(default_factory=dict)
-    error: str | None = None  # set when a stage failed this unit after its retries: nothing is written
-
-    @classmethod
-    def failed(cls, unit: Unit, error: str) -> UnitResult:
-        return cls(unit, pa.table({}), 0, {}, error)
-
-
 def encode_image(array: np.ndarray, cfg: ImagesConfig) -> bytes:
     buf = io.BytesIO()
     image = Image.fromarray(array)
@@ -111,40 +97,6 @@ def encode_image(array: np.ndarray, cfg: ImagesConfig) -> bytes:
     else:
         image.save(buf, format="JPEG", quality=cfg.jpeg_quality)
     return buf.getvalue()
-
-
-class Stage:
-    """What every stage declares and does; ``pipelines.executor`` wraps any stage the same way.
-
-    ``__call__`` takes a :class:`Unit` (first stage) or a :class:`UnitResult` and returns a
-    :class:`UnitResult` (or, for the last stage, a manifest dict); :meth:`failed` is what it returns for a
-    unit that failed here or earlier."""
-
-    name: ClassVar[str] = "stage"
-    batch_size: ClassVar[int] = 1  # units per call: a unit is never split, and one unit is already many images
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-
-    @property
-    def resources(self) -> Resources:
-        """What one worker of this stage asks the scheduler for."""
-        return Resources()
-
-    @property
-    def workers(self) -> int:
-        """The most workers (actors) of this stage; the pool starts with one."""
-        return 1
-
-    def setup_worker(self, node_cpus: int | None) -> None:
-        """Process-wide settings of a worker, before :meth:`setup` (thread counts)."""
-
-    def setup(self) -> None:
-        """Load models once per worker (idempotent)."""
-
-    def failed(self, unit: Unit, error: str) -> Any:
-        """The result a unit that failed (here or in an earlier stage) travels on as."""
-        return UnitResult.failed(unit, error)
 
 
 class GenerateStage(Stage):
@@ -166,6 +118,9 @@ class GenerateStage(Stage):
     @property
     def workers(self) -> int:
         return self.cfg.ray.generator_actors
+
+    def model_files(self) -> list[ModelFiles]:
+        return generator_model_files(self.cfg, self.paths)
 
     def setup_worker(self, node_cpus: int | None) -> None:
         import torch
@@ -244,6 +199,14 @@ class FilterStage(Stage):
     @property
     def workers(self) -> int:
         return self.cfg.ray.filter_actors
+
+    def model_files(self) -> list[ModelFiles]:
+        """The ``id_filter``'s detector and encoder (the dlib filter's models ship with its package)."""
+        if self.cfg.id_filter is None:
+            return []
+        from facefoundry.filters.identity_filter import IdentityFilter
+
+        return IdentityFilter.model_files(self.cfg.id_filter)
 
     def setup(self) -> None:
         if self.filters is not None:
@@ -324,3 +287,8 @@ class WriteStage(Stage):
             row_group_size=self.cfg.output.row_group_size,
             compression=self.cfg.output.compression,
         )
+
+
+def pipeline(cfg: RunConfig, out: str, paths: ModelPaths, file_metadata: dict) -> list[Stage]:
+    """The stages a unit goes through, in order."""
+    return [GenerateStage(cfg, out, paths), FilterStage(cfg, out), WriteStage(cfg, out, file_metadata)]

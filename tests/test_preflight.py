@@ -14,8 +14,9 @@ from facefoundry.cli import app
 from facefoundry.config import load_config
 from facefoundry.pipelines.preflight import (
     PreflightError,
+    check_before_start,
+    check_cluster,
     check_model_files,
-    check_models,
     check_resources,
     missing_model_files,
 )
@@ -69,8 +70,12 @@ def test_an_autoscaler_that_can_add_the_gpu_means_waiting_not_failing():
     assert not verdict.waiting and "or its autoscaler's node types" in verdict.problem
 
 
-def test_gpu_config_on_a_cpu_only_embedded_ray_fails_within_a_minute(tmp_path):
-    """Real: the smoke preset asking for a GPU per generator actor, on this machine's GPU-less embedded Ray."""
+def test_gpu_config_on_a_cpu_only_machine_fails_before_ray_starts(tmp_path, monkeypatch):
+    """Real config, real machine (no GPU): the smoke preset asking for a GPU per generator actor fails in one
+    line, well within a minute, without starting Ray (the embedded Ray's resources are known beforehand)."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray must not start"))
     started = time.monotonic()
     result = CliRunner().invoke(app, ["run", str(REPO / "configs" / "smoke.yaml"), "--out", str(tmp_path / "r"),
                                       "--set", "identities.count=2", "--set", "ray.generator_gpus=1"])
@@ -78,8 +83,24 @@ def test_gpu_config_on_a_cpu_only_embedded_ray_fails_within_a_minute(tmp_path):
     assert result.exit_code == 1, result.output
     error = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "the generate stage asks for 1 GPU per actor" in error[0], result.output
-    assert "--set ray.generator_gpus=0" in error[0]
+    assert "--set ray.generator_gpus=0" in error[0] and "Traceback" not in result.output
     assert seconds < 60, seconds
+
+
+def test_a_real_cpu_only_ray_fails_the_gpu_stage(tmp_path):
+    """The check against a running Ray (what a cluster run gets once connected): ``ray.nodes()`` of a real
+    embedded Ray with 2 CPUs and no GPU."""
+    from facefoundry.config import RayConfig
+    from facefoundry.pipelines.local_ray import ray_session
+    from facefoundry.pipelines.stages import FilterStage, GenerateStage, WriteStage
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["ray.generator_gpus=1"])
+    stages = [GenerateStage(cfg, "", ModelPaths("m")), FilterStage(cfg, ""), WriteStage(cfg, "", {})]
+    with ray_session(RayConfig(num_cpus=2, num_gpus=0)):
+        with pytest.raises(PreflightError, match=r"the generate stage asks for 1 GPU per actor .* 1 node: 2 CPUs, "
+                                                 r"0 GPUs\); to run on the CPU: --set ray.generator_gpus=0"):
+            check_cluster(stages)
+        check_cluster(stages[1:])  # the CPU stages fit
 
 
 # ------------------------------------------------------------------------------------------- model files
@@ -154,7 +175,7 @@ def test_real_arc2face_config_offline_fails_in_the_driver_without_ray(tmp_path, 
 
 def test_cluster_runs_skip_the_driver_cache_check(empty_cache):
     cfg = load_config(REPO / "configs" / "arc2face.yaml", ["ray.address=ray://head:10001"])
-    check_models(cfg, ModelPaths(cfg.generator.model, cfg.generator.base_model))  # nodes have their own caches
+    check_before_start(cfg, ModelPaths(cfg.generator.model, cfg.generator.base_model))  # nodes: their own caches
 
 
 def test_online_but_unreachable_hub_says_so(tmp_path):

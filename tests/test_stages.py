@@ -1,4 +1,4 @@
-"""The generate stage without Ray, for both generators: seeds, perturbation and recorded masks."""
+"""The generate stage without Ray, for both generators: seeds, perturbation, recorded masks, generator columns."""
 
 import io
 
@@ -61,3 +61,19 @@ def test_vec2face_records_masks_and_perturbation(tmp_path):
     again = gen.generate(vector, np.array([row["seed"]]), [{"token_mask": row["token_mask"]}])[0]
     stored = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
     assert np.abs(again.astype(int) - stored.astype(int)).max() <= 1
+
+
+def test_generator_columns_come_from_its_declared_fields(tmp_path):
+    """The stage appends whatever the generator declares, typed as declared: Vec2Face's mask and AttrOP's
+    outcome after perturbation's columns; Arc2Face declares none."""
+    attrop = {**VEC2FACE["generator"], "attrop": {"enabled": True, "max_iterations": 1}}
+    stage, _ = stage_for(tmp_path, {**VEC2FACE, "generator": attrop})
+    table = stage(Unit(0, 1)).table
+    declared = stage.generator.extra_fields()
+    assert [f.name for f in declared] == ["mask_ratio", "token_mask", "attrop_iterations", "attrop_converged",
+                                          "attrop_id_similarity", "attrop_quality", "attrop_yaw"]
+    assert list(table.schema)[6:] == declared and table.column_names[4:6] == ["perturbation_sigma", "vector_cosine"]
+    assert set(table.column("attrop_iterations").to_pylist()) <= {0, 1}
+    arc_stage, _ = stage_for(tmp_path / "arc", ARC2FACE)
+    assert arc_stage(Unit(0, 1)).table.column_names == ["image", "identity", "image_index", "seed"]
+    assert arc_stage.generator.extra_fields() == []

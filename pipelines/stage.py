@@ -1,0 +1,72 @@
+"""The contract every pipeline stage follows, and the result a unit carries from stage to stage.
+
+A stage declares what one of its workers needs (:attr:`Stage.resources`: CPUs, GPUs, memory), the model
+files it will load (:meth:`Stage.model_files`), how many units it takes per call (:attr:`Stage.batch_size`)
+and the most workers it may have (:attr:`Stage.workers`);
+``pipelines.executor.map_stage`` turns exactly that into the Ray stage, and ``pipelines.preflight`` checks it
+against the cluster before any actor starts. The concrete stages are in ``pipelines.stages``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from facefoundry.config import RunConfig
+from facefoundry.dataset.manifest import Unit
+from facefoundry.resources import ModelFiles, Resources
+
+
+@dataclass
+class UnitResult:
+    """A unit's rows on their way to the writer, with what the filter removed."""
+
+    unit: Unit
+    table: pa.Table
+    generated: int
+    drops: dict[str, int] = field(default_factory=dict)
+    error: str | None = None  # set when a stage failed this unit after its retries: nothing is written
+
+    @classmethod
+    def failed(cls, unit: Unit, error: str) -> UnitResult:
+        return cls(unit, pa.table({}), 0, {}, error)
+
+
+class Stage:
+    """What every stage declares and does; ``pipelines.executor`` wraps any stage the same way.
+
+    ``__call__`` takes a :class:`Unit` (first stage) or a :class:`UnitResult` and returns a
+    :class:`UnitResult` (or, for the last stage, a manifest dict); :meth:`failed` is what it returns for a
+    unit that failed here or earlier."""
+
+    name: ClassVar[str] = "stage"
+    batch_size: ClassVar[int] = 1  # units per call: a unit is never split, and one unit is already many images
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    @property
+    def resources(self) -> Resources:
+        """What one worker of this stage asks the scheduler for."""
+        return Resources()
+
+    @property
+    def workers(self) -> int:
+        """The most workers (actors) of this stage; the pool starts with one."""
+        return 1
+
+    def model_files(self) -> list[ModelFiles]:
+        """The model files :meth:`setup` will load (checked in the driver before any worker starts)."""
+        return []
+
+    def setup_worker(self, node_cpus: int | None) -> None:
+        """Process-wide settings of a worker, before :meth:`setup` (thread counts)."""
+
+    def setup(self) -> None:
+        """Load models once per worker (idempotent)."""
+
+    def failed(self, unit: Unit, error: str) -> Any:
+        """The result a unit that failed (here or in an earlier stage) travels on as."""
+        return UnitResult.failed(unit, error)
