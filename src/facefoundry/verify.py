@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, plan_units, read_manifest
 from facefoundry.dataset.schema import BASE_FIELDS
-from facefoundry.dataset.storage import RunStore, open_store
+from facefoundry.dataset.storage import RunStore, arrow_reader, open_store
 from facefoundry.identities.store import IDENTITIES_FILE, read_metadata
 from facefoundry.runinfo import RunFolderError, read_run
 
@@ -28,8 +28,8 @@ def check_identities(store: RunStore, config_hash: str, count: int) -> list[str]
     if raw is None:
         return [f"{IDENTITIES_FILE}: missing"]
     try:
-        meta = read_metadata(pa.BufferReader(raw), IDENTITIES_FILE)
-        table = pq.read_table(pa.BufferReader(raw), columns=["identity", "vector"])
+        meta = read_metadata(arrow_reader(raw), IDENTITIES_FILE)
+        table = pq.read_table(arrow_reader(raw), columns=["identity", "vector"])
     except (OSError, pa.ArrowException, RuntimeError, json.JSONDecodeError) as exc:
         return [f"{IDENTITIES_FILE}: unreadable: {exc}"]
     problems = []
@@ -52,7 +52,7 @@ def _check_shard(manifest: dict, store: RunStore, name: str, lo: int, hi: int) -
     if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
         return [f"{name}: sha256 differs from its manifest (corrupt or modified)"], None
     try:
-        parquet = pq.ParquetFile(pa.BufferReader(data))
+        parquet = pq.ParquetFile(arrow_reader(data))
         identities = parquet.read(columns=["identity"]).column("identity").to_numpy()
     except (OSError, pa.ArrowException) as exc:
         return [f"{name}: unreadable Parquet: {exc}"], None

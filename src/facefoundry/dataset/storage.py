@@ -22,11 +22,24 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 
 class StorageError(RuntimeError):
     """The output location cannot be opened or used."""
+
+
+def arrow_reader(data: bytes) -> pa.BufferReader:
+    """A reader over a copy of ``data`` in Arrow-owned memory, for Parquet files read into bytes.
+
+    Not ``pa.BufferReader(data)``: that keeps the Python object alive inside Arrow, and when one of Arrow's
+    pool threads drops the last reference while the interpreter exits, the thread cannot take the GIL and
+    the process aborts ("terminate called without an active exception") after the command has succeeded."""
+    buffer = pa.allocate_buffer(len(data))
+    with pa.FixedSizeBufferWriter(buffer) as writer:
+        writer.write(data)
+    return pa.BufferReader(buffer)
 
 
 def is_remote(out: str | Path) -> bool:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facefoundry.config import RunConfig
-from facefoundry.dataset.storage import RunStore, open_store
+from facefoundry.dataset.storage import RunStore, arrow_reader, open_store
 from facefoundry.identities.leakage import LeakageResult
 from facefoundry.identities.sampling import SamplingError, sample_identities
 from facefoundry.identities.separation import nearest_neighbours, separation_summary
@@ -50,7 +50,7 @@ def write_identities(out: str | Path | RunStore, cfg: RunConfig, progress: TextI
     store = open_store(out)
     raw = store.read_bytes(IDENTITIES_FILE)
     if raw is not None:
-        meta = read_metadata(pa.BufferReader(raw), store.name(IDENTITIES_FILE))
+        meta = read_metadata(arrow_reader(raw), store.name(IDENTITIES_FILE))
         if meta.get("config_hash") == cfg.config_hash():
             return meta
         raise RuntimeError(f"{store.name(IDENTITIES_FILE)} belongs to another config "
@@ -103,7 +103,7 @@ def read_run_vectors(out: str | Path | RunStore) -> np.ndarray:
     raw = store.read_bytes(IDENTITIES_FILE)
     if raw is None:
         raise FileNotFoundError(f"{store.name(IDENTITIES_FILE)} is missing: the run's identities were not written")
-    return read_vectors(pa.BufferReader(raw))
+    return read_vectors(arrow_reader(raw))
 
 
 def read_vectors(path: Path | pa.NativeFile, start: int = 0, stop: int | None = None) -> np.ndarray:
