@@ -117,8 +117,9 @@ class EvaluateConfig(StrictModel):
         return int(self.backbone.removeprefix("iresnet"))
 
     def config_hash(self) -> str:
-        """Hash of what decides the trained weights (not the worker count or the CPUs each worker reserves)."""
-        content = self.model_dump(mode="json", exclude={"cpus_per_worker"})
+        """Hash of the recipe; the worker count and CPUs per worker are left out, so a killed training may resume on
+        another number of workers (the global batch stays the same)."""
+        content = self.model_dump(mode="json", exclude={"workers", "cpus_per_worker"})
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
