@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from facefoundry.config import ConfigError, RunConfig, load_config
-from facefoundry.layout import REPORT_DIR
+from facefoundry.layout import EVAL_DIR, REPORT_DIR
 
 app = typer.Typer(
     help="Manufacture synthetic face-recognition datasets.",
@@ -261,6 +261,78 @@ def report(
         f"({images['acceptance_pct']}%), {summary['units']['done']}/{summary['units']['planned']} units "
         f"-> {out or run_dir / REPORT_DIR}"
     )
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).", callback=_local_run)],
+    intrinsic: Annotated[bool, typer.Option("--intrinsic", metavar="", help=(
+        "Judge metrics without training: genuine/impostor scores, EER, TAR@FAR, identity uniqueness, "
+        "intra-class spread (RUN/eval/intrinsic.json)."))] = False,
+    train: Annotated[Path | None, typer.Option("--train", help=(
+        "Training recipe (YAML with an evaluate: section, e.g. configs/evaluate.yaml): train an FR model on "
+        "the run with Ray Train, resuming a killed training."))] = None,
+    benchmarks: Annotated[Path | None, typer.Option("--benchmarks", help=(
+        "Folder of InsightFace verification .bin files (lfw.bin, cfp_fp.bin, ...): verify the trained model "
+        "on each (10-fold protocol) into RUN/eval/<name>.json."))] = None,
+    set_: SetOpt = None,
+    judge: Annotated[str, typer.Option("--judge", help=(
+        "Intrinsic judge: dlib, or an ArcFace .onnx/.pth that is not the generator's conditioning encoder."))]
+    = "dlib",
+    max_identities: Annotated[int | None, typer.Option("--max-identities", help=(
+        "Identities judged, a seeded sample (default: the evaluator's cap, docs/evaluation.md; 0 = all)."))] = None,
+    max_images: Annotated[int | None, typer.Option("--max-images", help=(
+        "Images judged per identity (default: the evaluator's cap; 0 = all)."))] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Processes judging shards in parallel.")] = 1,
+    address: Annotated[str | None, typer.Option("--address", "-a", help=(
+        "Ray cluster address for training (ray://... or HEAD:6379); default: an embedded Ray."))] = None,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Print full tracebacks.")] = False,
+) -> None:
+    """Measure a run's worth: judge metrics (--intrinsic) and/or train then verify (--train, --benchmarks)."""
+    if benchmarks is not None and train is None:
+        _fail("--benchmarks verifies a trained model: give --train CONFIG too (a finished training is reused)", 2)
+    if not (intrinsic or train):
+        _fail("nothing to evaluate: give --intrinsic and/or --train CONFIG (with --benchmarks DIR to verify)", 2)
+    if benchmarks is not None and not benchmarks.is_dir():
+        _fail(f"--benchmarks {benchmarks}: not a folder (it should hold the .bin verification files)", 2)
+    from facefoundry.runinfo import RunFolderError, read_run
+
+    try:
+        read_run(run_dir)
+    except RunFolderError as exc:
+        _fail(str(exc), 2)
+    recipe = None
+    if train is not None:
+        from facefoundry.evaluate.config import load_evaluate_config
+
+        try:
+            recipe = load_evaluate_config(train, set_ or [])
+        except ConfigError as exc:
+            _fail(str(exc), code=2)
+    try:
+        if intrinsic:
+            from facefoundry.evaluate.intrinsic import intrinsic_table_markdown
+            from facefoundry.evaluate.intrinsic_run import INTRINSIC_FILE, evaluate_intrinsic
+
+            caps = {key: value or None for key, value in
+                    (("max_identities", max_identities), ("max_images_per_identity", max_images))
+                    if value is not None}  # unset: the evaluator's defaults; 0: no cap
+            result = evaluate_intrinsic(run_dir, judge, workers=workers, plots_dir=run_dir / REPORT_DIR, **caps)
+            typer.echo(intrinsic_table_markdown(result))
+            typer.echo(f"-> {run_dir / EVAL_DIR / INTRINSIC_FILE}")
+        if recipe is not None:
+            from facefoundry.evaluate.train_verify import results_table_markdown, train_and_verify
+
+            result = train_and_verify(run_dir, recipe, benchmarks, address=address, progress=typer.echo)
+            table = results_table_markdown([result])
+            typer.echo(table or f"trained {recipe.name}: {result['training']['backbone']} (no benchmarks given)")
+            typer.echo(f"-> {result['file']}")
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume from the last checkpoint", code=130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(_one_line(exc))
 
 
 @app.command()

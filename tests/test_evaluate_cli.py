@@ -1,0 +1,79 @@
+"""`facefoundry evaluate`: train on a run, verify on a folder of .bin files (one of them corrupt), resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trainsets import held_out_pairs, write_trainset
+
+from facefoundry.config import validate_config
+from facefoundry.evaluate.benchmarks import encode_image, write_bin
+from facefoundry.evaluate.train_verify import read_results, results_table_markdown
+from facefoundry.identities.store import write_identities
+from facefoundry.runinfo import prepare_run_folder
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "evaluate-tiny.yaml"
+CLI = [sys.executable, "-c", "from facefoundry.cli import main; main()"]
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([*CLI, "evaluate", *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_and_benchmarks(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = validate_config({"run": {"name": "evalcli"}, "identities": {"count": 8}, "images": {"per_identity": 12},
+                           "output": {"identities_per_unit": 4}})
+    prepare_run_folder(run, cfg)
+    write_identities(run, cfg)
+    write_trainset(run, identities=8, per_identity=12, per_unit=4)
+    bench = tmp_path_factory.mktemp("bench")
+    images, issame = held_out_pairs(100)
+    write_bin(bench / "lfw.bin", [encode_image(im) for im in images], issame)
+    (bench / "cfp_fp.bin").write_bytes(b"not a pickle at all")
+    return run, bench
+
+
+@pytest.mark.slow
+def test_train_then_verify_writes_results_and_reruns_from_them(run_and_benchmarks):
+    run, bench = run_and_benchmarks
+    first = evaluate(run, "--train", TINY, "--benchmarks", bench)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads((run / "eval" / "tiny.json").read_text())
+    lfw = result["benchmarks"]["sets"]["lfw"]
+    assert lfw["accuracy"] >= 0.8 and len(lfw["fold_accuracies"]) == 10, lfw["summary"]
+    assert "cfp_fp" in result["benchmarks"]["errors"] and "not a readable benchmark pickle" in result["benchmarks"]["errors"]["cfp_fp"]
+    assert result["benchmarks"]["standard_average"] is None  # only 1 of the 5 standard sets ran
+    assert "cfp_fp skipped" in first.stdout and "| LFW | CFP-FP |" in first.stdout
+
+    again = evaluate(run, "--train", TINY, "--benchmarks", bench)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
+    rerun = json.loads((run / "eval" / "tiny.json").read_text())
+    assert rerun["benchmarks"]["sets"]["lfw"]["accuracy"] == lfw["accuracy"]
+    [stored] = read_results(run)
+    table = results_table_markdown([stored])
+    assert table.splitlines()[0] == "| model | LFW | CFP-FP | CPLFW | AgeDB-30 | CALFW | avg (5 sets) |"
+    assert f"| {100 * lfw['accuracy']:.2f} | – |" in table
+
+
+def test_bad_invocations_fail_in_one_line(run_and_benchmarks, tmp_path):
+    run, bench = run_and_benchmarks
+    cases = [
+        ((run,), "nothing to evaluate"),
+        ((run, "--benchmarks", bench), "give --train CONFIG too"),
+        ((run, "--train", TINY, "--benchmarks", tmp_path / "nope"), "not a folder"),
+        ((tmp_path, "--intrinsic"), "run.json"),
+        ((run, "--train", TINY, "--set", "evaluate.epochs=0"), "epochs"),
+    ]
+    for args, message in cases:
+        proc = evaluate(*args)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
