@@ -27,8 +27,8 @@ from facefoundry.evaluate.verification import evaluate_benchmarks
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "evaluate-tiny.yaml"
-IDENTITIES, PER_IDENTITY, REJECTED = 8, 12, 7  # identity 7 has only rejected rows: 7 classes
-MIN_HELD_OUT_ACCURACY = 0.8  # measured 0.93-0.96 over seeds 0-2; chance is 0.5
+IDENTITIES, PER_IDENTITY, REJECTED = 16, 8, 15  # identity 15 has only rejected rows: 15 classes
+MIN_HELD_OUT_ACCURACY = 0.8  # 10-fold accuracy measured 0.91, 0.84, 1.00 for seeds 0, 1, 2; chance is 0.5
 
 
 def test_presets_and_unknown_keys(tmp_path):
@@ -133,7 +133,7 @@ def trained(trainset, ray_up, tmp_path_factory):
 def test_training_learns_and_verifies_held_out_identities(trained):
     result, accuracy = trained
     losses = [e["loss"] for e in result.summary["history"]]
-    assert len(losses) == 4 and losses[-1] < 0.3 * losses[0], losses
+    assert len(losses) == 4 and losses[-1] < 0.5 * losses[0], losses  # measured 9.46 -> 2.54
     assert json.loads((result.folder / "classes.json").read_text()) == list(range(REJECTED))
     assert accuracy >= MIN_HELD_OUT_ACCURACY, accuracy
     assert (result.folder / "progress.log").read_text().count("images/s") == 4
@@ -180,9 +180,10 @@ def test_two_gloo_workers_match_one(trainset, trained, ray_up, tmp_path):
     result = train_on_run(run, load_evaluate_config(TINY, ["evaluate.workers=2", "evaluate.name=two"]), progress=None)
     one, two = trained[0].summary["history"], result.summary["history"]
     assert [e["images"] for e in two] == [e["images"] for e in one]  # both workers' images are counted
-    assert two[-1]["loss"] < 0.3 * two[0]["loss"]
+    assert two[-1]["loss"] < 0.5 * two[0]["loss"]
     # Tolerance: each worker normalises its BatchNorm over half the batch and sees another order, so the final
-    # loss is within a factor of 2 of one worker's (measured 1.43 vs 0.85) and held-out accuracy within 0.1.
+    # loss is within a factor of 2 of one worker's (measured 3.53 vs 2.54) and held-out accuracy within 0.15
+    # (measured 1.00 vs 0.91; across seeds one worker alone spans 0.84-1.00).
     assert 0.5 < two[-1]["loss"] / one[-1]["loss"] < 2.0, (one[-1], two[-1])
     accuracy = held_out_accuracy(result.backbone, tmp_path / "bench")
-    assert accuracy >= MIN_HELD_OUT_ACCURACY and abs(accuracy - trained[1]) <= 0.1, (accuracy, trained[1])
+    assert accuracy >= MIN_HELD_OUT_ACCURACY and abs(accuracy - trained[1]) <= 0.15, (accuracy, trained[1])
