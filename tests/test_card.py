@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cardrun
+import numpy as np
 import pytest
 import yaml
 from cardrun import SECTIONS, make_run, sections
@@ -221,3 +223,36 @@ def test_rewriting_the_card_keeps_the_users_licence_name_and_sections(run):
     card_mod.write_card(run, "cc-by-nc-4.0")  # an explicit licence wins, the user's text stays
     again = path.read_text()
     assert "license: cc-by-nc-4.0" in again and "Thanks to our GPU donors." in again
+
+
+def test_evaluation_section_shows_measured_results_and_the_anchors(run):
+    from facefoundry.evaluate.anchors import ANCHORS
+    from facefoundry.evaluate.intrinsic import intrinsic_metrics
+    from facefoundry.evaluate.train_verify import RESULT_KIND
+    from facefoundry.evaluate.verification import verify_embeddings
+
+    assert "Not evaluated yet" in sections(card_mod.build_card(run).text)["Evaluation"]
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16))
+    labels = np.repeat(np.arange(4), 5)
+    emb = centres[labels] + 0.1 * rng.standard_normal((20, 16))
+    metrics = intrinsic_metrics(emb, labels, "cosine", 0.3)
+    (run / "eval").mkdir()
+    (run / "eval" / "intrinsic.json").write_text(json.dumps({"judge": {"name": "dlib"}, "metrics": metrics}))
+    pairs = np.repeat(centres[[0, 0, 1, 2]], 2, axis=0) + 0.01 * rng.standard_normal((8, 16))
+    lfw = verify_embeddings(np.tile(pairs, (5, 1)), np.tile([True, True, True, True], 5))
+    result = {"kind": RESULT_KIND, "name": "r50", "recipe": {"backbone": "iresnet50", "head": {"kind": "arcface"}},
+              "training": {"epochs": 26}, "benchmarks": {"sets": {"lfw": lfw}, "standard_average": None}}
+    (run / "eval" / "r50.json").write_text(json.dumps(result))
+    found = sections(card_mod.build_card(run).text)
+    assert "| EER |" in found["Independent judge (no training)"]
+    rows = found["Train then verify"]
+    assert "| model | LFW | CFP-FP | CPLFW | AgeDB-30 | CALFW | avg (5 sets) |" in rows
+    assert f"| r50 (iresnet50 + arcface, 26 ep) | {100 * lfw['accuracy']:.2f} | – | – | – | – | – |" in rows
+    for anchor in ANCHORS:
+        assert f"| {anchor.system} | {anchor.average:.2f} |" in rows
+    from facefoundry.report import _train_verify
+
+    in_report = _train_verify(run)
+    assert in_report["results"]["r50"] == {"lfw": lfw["accuracy"], "standard_average": None}
+    assert in_report["table"] in rows  # the report and the card show the same table

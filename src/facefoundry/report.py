@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facefoundry.evaluate.intrinsic_run import report_intrinsic
+from facefoundry.evaluate.train_verify import read_results, results_table_markdown
 from facefoundry.layout import IDENTITIES_FILE, PLOTS, REPORT_DIR, SUMMARY_FILE
 from facefoundry.report_plots import (
     SIMILARITY_COLUMNS,
@@ -81,10 +82,19 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
     summary["pose"] = plot_pose(out_dir / "pose.png", sample, title)
     summary["grid"] = plot_grid(out_dir / "grid.png", run_dir, manifests, run_id)
     summary["intrinsic"] = report_intrinsic(run_dir, out_dir)  # independent-judge metrics, eval/intrinsic.json
+    summary["train_verify"] = _train_verify(run_dir)
     summary["plots"] = list(PLOTS)
     summary = _clean(summary)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
+
+
+def _train_verify(run_dir: Path) -> dict:
+    """Train-then-verify accuracies per recipe (``eval/<name>.json``) and their table in the papers' order."""
+    results = read_results(run_dir)
+    per_recipe = {r["name"]: {name: s["accuracy"] for name, s in (r.get("benchmarks") or {}).get("sets", {}).items()}
+                  | {"standard_average": (r.get("benchmarks") or {}).get("standard_average")} for r in results}
+    return {"results": per_recipe, "table": results_table_markdown(results)}
 
 
 # ---------------------------------------------------------------- reading
