@@ -26,3 +26,22 @@ def config_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 def test_every_config_key_is_documented_and_no_stale_keys():
     documented = set(re.findall(r"^\| `([a-z_]+(?:\.[a-z_]+)*)` \|", DOC.read_text(), flags=re.M))
     assert documented == config_keys(RunConfig)
+
+
+EVAL_DOC = DOC.parent / "evaluation.md"
+
+
+def test_evaluation_doc_anchors_are_the_code_anchors():
+    from facefoundry.evaluate.anchors import anchors_table_markdown
+
+    text = EVAL_DOC.read_text()
+    block = text.split("<!-- anchors:", 1)[1].split("-->", 1)[1].split("<!-- /anchors -->", 1)[0]
+    assert block.strip() == anchors_table_markdown()
+
+
+def test_evaluation_doc_names_every_recipe_key():
+    from facefoundry.evaluate.config import EvaluateConfig
+
+    text = EVAL_DOC.read_text()
+    missing = [key for key in sorted(config_keys(EvaluateConfig)) if f"`{key}`" not in text]
+    assert not missing, f"docs/evaluation.md does not name {missing}"
