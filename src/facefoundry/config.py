@@ -447,14 +447,18 @@ def validate_config(data: Any, source: str = "config", overrides: list[str] | No
         raise ConfigError(_format_error(err, source, keys)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML preset, apply ``--set`` overrides and validate."""
+def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = "config file") -> Any:
+    """A YAML file's content with ``--set`` overrides applied; one-line errors for a missing or bad file."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    data = apply_overrides(data if data is not None else {}, overrides or [])
-    return validate_config(data, str(path), overrides)
+    return apply_overrides(data if data is not None else {}, overrides or [])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML preset, apply ``--set`` overrides and validate."""
+    return validate_config(read_yaml(path, overrides), str(path), overrides)

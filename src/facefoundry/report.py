@@ -26,7 +26,6 @@ and face shape), ``roll`` = angle of the eye line in degrees (a real in-plane an
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 
 from facefoundry.evaluate.intrinsic_run import report_intrinsic
 from facefoundry.evaluate.train_verify import read_results, results_table_markdown
+from facefoundry.jsonsafe import json_safe
 from facefoundry.layout import IDENTITIES_FILE, PLOTS, REPORT_DIR, SUMMARY_FILE
 from facefoundry.report_plots import (
     SIMILARITY_COLUMNS,
@@ -84,7 +84,7 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
     summary["intrinsic"] = report_intrinsic(run_dir, out_dir)  # independent-judge metrics, eval/intrinsic.json
     summary["train_verify"] = _train_verify(run_dir)
     summary["plots"] = list(PLOTS)
-    summary = _clean(summary)
+    summary = json_safe(summary)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
@@ -215,15 +215,3 @@ def _summary(facts: RunFacts, sample: dict) -> dict:
         "sample": sample["info"],
     }
 
-
-def _clean(value: object) -> object:
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from facefoundry.config import ConfigError, StrictModel, apply_overrides
+from facefoundry.config import ConfigError, StrictModel, read_yaml
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -154,13 +153,7 @@ def validate_evaluate(data: object, source: str = "config") -> EvaluateConfig:
 def load_evaluate_config(path: str | Path, overrides: list[str] | None = None) -> EvaluateConfig:
     """Read the ``evaluate:`` section of a YAML file; ``overrides`` are ``evaluate.key=value`` strings."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"training config not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    data = apply_overrides(data if data is not None else {}, overrides or [])
+    data = read_yaml(path, overrides, what="training config")
     if not isinstance(data, dict) or "evaluate" not in data:
         raise ConfigError(f"{path}: no 'evaluate:' section (the training recipe lives under evaluate:)")
     others = sorted(set(data) - {"evaluate"})

@@ -10,7 +10,6 @@ and :func:`augment`, whose random choices derive from (seed, epoch, identity, im
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
+from facefoundry.evaluate.benchmarks import decode_image  # one decoder for shards and benchmark files
 from facefoundry.evaluate.config import AugmentConfig
 from facefoundry.layout import DATA_PATTERN
 
@@ -57,15 +56,6 @@ def scan_identities(paths: list[str], kept_only: bool = True) -> tuple[np.ndarra
         rows += int(mask.sum())
     classes = np.unique(np.concatenate(identities)) if identities else np.zeros(0, np.int64)
     return classes.astype(np.int64), rows
-
-
-def decode_image(data: bytes, size: int = 112) -> np.ndarray:
-    """PNG/JPEG bytes -> ``uint8`` RGB ``(size, size, 3)`` (bilinear resize when the stored size differs)."""
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
 
 
 def decode_batch(batch: pa.Table, classes: np.ndarray, kept_only: bool = True, size: int = 112) -> dict:

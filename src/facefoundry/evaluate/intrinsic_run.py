@@ -14,7 +14,6 @@ one CPU core, whatever the size of the run. The result, with what was sampled an
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from facefoundry.evaluate.judge import (
     judge_files,
 )
 from facefoundry.filters.face_filter import decode_image
+from facefoundry.jsonsafe import json_safe
 from facefoundry.layout import EVAL_DIR, IDENTITIES_FILE
 from facefoundry.report_plots import pose_proxies  # the report's landmark pose proxies, on the judge's points
 from facefoundry.runinfo import read_record
@@ -201,7 +201,7 @@ def _evaluate(run_dir: Path, record: dict, manifests: list[dict], judge: FaceJud
               "facefoundry_version": __version__, "judge": info, "sample": sample, "key": key}
     if not ok.any():
         result["metrics"] = {"images": 0, "identities": 0, "note": "the judge found no face in the sampled images"}
-        return _clean(result)
+        return json_safe(result)
     columns = {f"judge_{k}": v[ok] for k, v in pose_proxies(np.concatenate(marks)).items()}
     columns["judge_face_score"] = np.concatenate(scores)[ok]
     columns |= {c: np.asarray(v)[ok] for c, v in extra.items() if np.isfinite(np.asarray(v, np.float64)).any()}
@@ -215,7 +215,7 @@ def _evaluate(run_dir: Path, record: dict, manifests: list[dict], judge: FaceJud
         metrics["separation"]["note"] = ("sampled_nn_cosine and judge_nn_cosine: nearest other identity among the "
                                          "judged identities; *_all_identities: among all identities of the run")
     result["metrics"] = metrics
-    return _clean(result)
+    return json_safe(result)
 
 
 _WORKER_JUDGE: FaceJudge | None = None
@@ -249,16 +249,6 @@ def _judge_shards(run_dir: Path, selection: dict, judge: FaceJudge, workers: int
                              initargs=(judge.model, judge.threshold, judge.device, judge.batch_size)) as pool:
         yield from pool.map(_judge_one_shard, [run_dir] * len(shards), shards, [selection[s] for s in shards])
 
-
-def _clean(value: object) -> object:
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def report_intrinsic(run_dir: Path, out_dir: Path) -> dict:
