@@ -1,5 +1,6 @@
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,22 @@ def smoke_config_path() -> Path:
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """A loopback S3 server (moto) shared by the session's tests; see tests/s3server.py."""
+    """A loopback S3 server (moto) shared by the session's tests; see tests/s3server.py.
+
+    Teardown closes this process's S3 clients before the server stops and waits for the server's request threads
+    to end. Otherwise pyarrow's own atexit hook (``finalize_s3``) closes the clients' keep-alive connections at
+    interpreter exit, waking a dozen daemon request threads that then run Python code while the interpreter is
+    being torn down (seen at session end: 11 ``process_request_thread`` threads plus ``AwsEventLoop1`` alive).
+    """
     from s3server import CREDENTIALS, s3_server
 
     for key, value in CREDENTIALS.items():
         os.environ.setdefault(key, value)  # before any Ray starts: workers inherit them
     with s3_server() as endpoint:
         yield endpoint
+        import pyarrow.fs
+
+        pyarrow.fs.finalize_s3()  # the session is over: no test uses S3 after this; idempotent at exit
+    for thread in threading.enumerate():
+        if "process_request_thread" in thread.name:
+            thread.join(timeout=10)
