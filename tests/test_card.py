@@ -244,7 +244,9 @@ def test_evaluation_section_shows_measured_results_and_the_anchors(run):
     result = {"kind": RESULT_KIND, "name": "r50", "recipe": {"backbone": "iresnet50", "head": {"kind": "arcface"}},
               "training": {"epochs": 26}, "benchmarks": {"sets": {"lfw": lfw}, "standard_average": None}}
     (run / "eval" / "r50.json").write_text(json.dumps(result))
-    found = sections(card_mod.build_card(run).text)
+    text = str(card_mod.build_card(run))
+    assert card_mod.card_problems(text) == []
+    found = sections(text)
     assert "| EER |" in found["Independent judge (no training)"]
     rows = found["Train then verify"]
     assert "| model | LFW | CFP-FP | CPLFW | AgeDB-30 | CALFW | avg (5 sets) |" in rows

@@ -14,7 +14,8 @@ from facefoundry.layout import EVAL_DIR
 
 def evaluation(ctx: CardContext) -> list[str]:
     run_dir = ctx.facts.run_dir
-    lines = ["## Evaluation\n"]
+    lines = ["## Evaluation\n", "What this dataset is worth as training data, as measured by `facefoundry evaluate` "
+             "(`docs/evaluation.md` in facefoundry explains each figure).\n"]
     intrinsic_path = run_dir / EVAL_DIR / INTRINSIC_FILE
     if intrinsic_path.is_file():
         result = json.loads(intrinsic_path.read_text())
@@ -31,7 +32,7 @@ def evaluation(ctx: CardContext) -> list[str]:
                   "Published results of other training sets, for comparison (different recipes move these figures by "
                   "about 2 points):\n",
                   anchors_table_markdown() + "\n"]
-    if len(lines) == 1:
+    if len(lines) == 2:
         lines.append("Not evaluated yet: `facefoundry evaluate RUN --intrinsic` measures the set with an independent "
                      "judge, `--train configs/evaluate.yaml --benchmarks DIR` trains and verifies a model on it.\n")
     return lines
