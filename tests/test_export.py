@@ -222,7 +222,7 @@ def test_nothing_to_export(tmp_path):
                       "image_index": pa.array([0], pa.int32()), "filter_reason": pa.array(["no_face"])})
     write_unit(tmp_path / "run", plan_units(1, 8)[0], table, generated=1, drops={}, config_hash=cfg.config_hash(),
                file_metadata={})
-    with pytest.raises(ExportError, match="no images to export"):
+    with pytest.raises(ExportError, match="no images to export.*add --include-rejected"):
         export_run(tmp_path / "run", tmp_path / "out", "rec")
     assert not (tmp_path / "out").exists()
 

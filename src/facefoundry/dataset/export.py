@@ -255,7 +255,9 @@ def export_run(
             converted += was_converted
             identities.add(identity)
         if not images:
-            raise ExportError(f"{run_dir} has no images to export (skipped: {counts})")
+            hint = "; rejected rows are left out: add --include-rejected to export them too" \
+                if counts and not include_rejected else ""
+            raise ExportError(f"{run_dir} has no images to export (skipped: {counts}){hint}")
         sink.commit()
         summary = {
             "format": fmt,
