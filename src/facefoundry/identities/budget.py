@@ -30,15 +30,40 @@ class InfeasibleSamplingError(RuntimeError):
     """The requested identities cannot be sampled within the candidate budget."""
 
 
+def _regularized_beta(x: float, a: float, b: float) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)`` (continued fraction, modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below the mean: reflect
+        return 1.0 - _regularized_beta(1.0 - x, b, a)
+    log_front = a * math.log(x) + b * math.log1p(-x) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 10_000):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
 def exceed_probability(t: float, dim: int) -> float:
     """``P(cos > t)`` between a uniformly random unit vector and a fixed one in ``dim`` dimensions."""
-    from scipy.special import betainc
-
     if t >= 1.0:
         return 0.0
     if t <= -1.0:
         return 1.0
-    tail = 0.5 * float(betainc((dim - 1) / 2.0, 0.5, 1.0 - t * t))  # P(cos > |t|)
+    tail = 0.5 * _regularized_beta(1.0 - t * t, (dim - 1) / 2.0, 0.5)  # P(cos > |t|)
     return tail if t >= 0 else 1.0 - tail
 
 
