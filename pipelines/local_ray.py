@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 
 from facefoundry.config import RayConfig
+from facefoundry.termination import keep_sigterm_handler
 
 # An embedded Ray must listen on loopback only and must not need an auth token. Its workers start at
 # the priority of Ray's own processes rather than Ray's default nice 15, so the generator is not
@@ -30,20 +31,21 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         yield
         return
     temp_dir = None
-    if cfg.address:
-        ray.init(address=cfg.address, log_to_driver=False, logging_level="ERROR")
-    else:
-        # Unix socket paths are limited to ~107 bytes: keep the temp dir short.
-        temp_dir = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")
-        ray.init(
-            num_cpus=cfg.num_cpus or os.cpu_count(),
-            num_gpus=cfg.num_gpus,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            _temp_dir=temp_dir,
-            log_to_driver=False,
-            logging_level="ERROR",
-        )
+    with keep_sigterm_handler():  # Ray's native SIGTERM handler would print a C++ stack
+        if cfg.address:
+            ray.init(address=cfg.address, log_to_driver=False, logging_level="ERROR")
+        else:
+            # Unix socket paths are limited to ~107 bytes: keep the temp dir short.
+            temp_dir = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")
+            ray.init(
+                num_cpus=cfg.num_cpus or os.cpu_count(),
+                num_gpus=cfg.num_gpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=temp_dir,
+                log_to_driver=False,
+                logging_level="ERROR",
+            )
     try:
         yield
     finally:

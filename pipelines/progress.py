@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from facefoundry.dataset.manifest import accepted_images
+
 
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -24,13 +26,13 @@ class Progress:
         self.images_per_unit = images_per_unit
         self.stream = stream or sys.stderr
         self.units = done_units
-        self.generated = self.kept = 0
+        self.generated = self.accepted = 0
         self.started = time.monotonic()
 
     def update(self, manifest: dict) -> None:
         self.units += 1
         self.generated += manifest["generated"]
-        self.kept += manifest["rows"]
+        self.accepted += accepted_images(manifest)
         self.stream.write(("\r" if self.stream.isatty() else "") + self.line())
         if not self.stream.isatty() or self.units == self.total_units:
             self.stream.write("\n")
@@ -41,8 +43,8 @@ class Progress:
         rate = self.generated / elapsed if elapsed > 0 else 0.0
         left = (self.total_units - self.units) * self.images_per_unit
         eta = _clock(left / rate) if rate > 0 else "?"
-        accepted = 100.0 * self.kept / self.generated if self.generated else 0.0
+        accepted = 100.0 * self.accepted / self.generated if self.generated else 0.0
         return (
             f"units {self.units}/{self.total_units} | images {self.generated} "
-            f"(kept {accepted:.1f}%) | {rate:.2f} img/s | ETA {eta}"
+            f"(accepted {accepted:.1f}%) | {rate:.2f} img/s | ETA {eta}"
         )

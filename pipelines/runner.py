@@ -12,7 +12,14 @@ from typing import TextIO
 
 from facefoundry import __version__
 from facefoundry.config import RunConfig
-from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit, finished_manifests, plan_units
+from facefoundry.dataset.manifest import (
+    DATA_DIR,
+    MANIFEST_DIR,
+    Unit,
+    accepted_images,
+    finished_manifests,
+    plan_units,
+)
 from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_store
 from facefoundry.identities.store import write_identities
 from facefoundry.layout import MODELS_DIR
@@ -32,7 +39,8 @@ class RunSummary:
     units_skipped: int
     units_written: int
     images_generated: int
-    rows_written: int
+    images_accepted: int  # passed every filter (dataset.manifest.accepted_images)
+    rows_written: int  # stored rows: the accepted ones, plus the rejected ones in annotate mode
     seconds: float
     failed: list[tuple[str, str]] = field(default_factory=list)  # (unit, reason): rerun to redo them
 
@@ -41,7 +49,8 @@ class RunSummary:
         return (
             f"{'incomplete' if self.failed else 'done'}: {self.run_id}: {self.units_written} units written, "
             f"{self.units_skipped} skipped, {len(self.failed)} failed, "
-            f"{self.rows_written}/{self.images_generated} images kept, {self.seconds:.1f}s"
+            f"{self.images_accepted}/{self.images_generated} images accepted, {self.rows_written} rows written, "
+            f"{self.seconds:.1f}s"
         )
 
 
@@ -158,7 +167,7 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
         + (f", {skipped} already done (resuming)" if resuming else "")
         + "\n"
     )
-    generated = rows = 0
+    generated = accepted = rows = 0
     failed: list[tuple[str, str]] = []
     if pending:
         paths = resolve_model_paths(cfg, local)
@@ -183,8 +192,9 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
                     continue
                 progress.update(manifest)
                 generated += manifest["generated"]
+                accepted += accepted_images(manifest)
                 rows += manifest["rows"]
     else:
         log.write("nothing to do: every unit is already written\n")
-    return RunSummary(run_id(cfg), len(units), skipped, len(pending) - len(failed), generated, rows,
+    return RunSummary(run_id(cfg), len(units), skipped, len(pending) - len(failed), generated, accepted, rows,
                       time.monotonic() - started, failed)

@@ -24,8 +24,8 @@ ORPHAN = "data/train-9999999-extra.parquet"
 def test_resumed_progress_counts_the_units_already_done():
     stream = io.StringIO()
     progress = Progress(12, 8.0, stream, done_units=7)
-    progress.update({"generated": 8, "rows": 6})
-    assert stream.getvalue().startswith("units 8/12 | images 8 (kept 75.0%)")
+    progress.update({"generated": 8, "rows": 8, "drops": {"no_face": 2}})  # annotate mode: rejected rows stored
+    assert stream.getvalue().startswith("units 8/12 | images 8 (accepted 75.0%)")
 
 
 def test_verify_on_a_folder_that_is_not_a_run_says_so(tmp_path):

@@ -55,8 +55,9 @@ def test_second_writer_is_refused_naming_the_holder_and_the_lock_goes_at_exit(tm
 
 def test_sigterm_releases_the_lock(tmp_path):
     out = tmp_path / "run"
-    code = (f"import time; from facefoundry.runlock import run_lock\n"
-            f"with run_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    code = (f"import time; from facefoundry.runlock import run_lock; from facefoundry.termination import Terminated\n"
+            f"try:\n    with run_lock({str(out)!r}):\n        print('held', flush=True)\n        time.sleep(60)\n"
+            f"except Terminated:\n    raise SystemExit(143)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held" and (out / LOCK_FILE).exists()
     proc.terminate()

@@ -57,6 +57,15 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _stopped(exc: KeyboardInterrupt, advice: str) -> None:
+    """Ctrl-C (exit 130) or SIGTERM (exit 143, :class:`facefoundry.termination.Terminated`): one line."""
+    from facefoundry.termination import Terminated
+
+    if isinstance(exc, Terminated):
+        _fail(f"terminated (SIGTERM); {advice}", code=Terminated.exit_code)
+    _fail(f"interrupted; {advice}", code=130)
+
+
 def _load(config: Path, overrides: list[str] | None) -> RunConfig:
     try:
         return load_config(config, overrides or [])
@@ -97,11 +106,13 @@ def run(
         _fail("missing CONFIG (a YAML run config such as configs/smoke.yaml); only --repair reads it from --out", 2)
     cfg = _load_for_repair(config, out, set_)
     from facefoundry.pipelines.runner import run as run_pipeline
+    from facefoundry.termination import sigterm_raises
 
     try:
-        summary = run_pipeline(cfg, out, fresh=fresh, repair=repair)
-    except KeyboardInterrupt:
-        _fail("interrupted; rerun the same command to resume (finished units are kept)", code=130)
+        with sigterm_raises():
+            summary = run_pipeline(cfg, out, fresh=fresh, repair=repair)
+    except KeyboardInterrupt as exc:
+        _stopped(exc, "rerun the same command to resume (finished units are kept)")
     except Exception as exc:  # one line for users, the trace on request
         if debug:
             traceback.print_exc()
@@ -179,8 +190,8 @@ def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshO
         with run_lock(out, "sample"):
             prepare_run_folder(out, cfg, fresh=fresh)
             meta = write_identities(out, cfg, progress=sys.stderr)
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing of the sampling is kept (rerun the same command)", code=130)
+    except KeyboardInterrupt as exc:
+        _stopped(exc, "nothing of the sampling is kept (rerun the same command)")
     except Exception as exc:
         _fail(_one_line(exc))
     nn = meta["nn_cosine"]
@@ -309,26 +320,29 @@ def evaluate(
             recipe = load_evaluate_config(train, set_ or [])
         except ConfigError as exc:
             _fail(str(exc), code=2)
+    from facefoundry.termination import sigterm_raises
+
     try:
-        if intrinsic:
-            from facefoundry.evaluate.intrinsic import intrinsic_table_markdown
-            from facefoundry.evaluate.intrinsic_run import INTRINSIC_FILE, evaluate_intrinsic
+        with sigterm_raises():
+            if intrinsic:
+                from facefoundry.evaluate.intrinsic import intrinsic_table_markdown
+                from facefoundry.evaluate.intrinsic_run import INTRINSIC_FILE, evaluate_intrinsic
 
-            caps = {key: value or None for key, value in
-                    (("max_identities", max_identities), ("max_images_per_identity", max_images))
-                    if value is not None}  # unset: the evaluator's defaults; 0: no cap
-            result = evaluate_intrinsic(run_dir, judge, workers=workers, plots_dir=run_dir / REPORT_DIR, **caps)
-            typer.echo(intrinsic_table_markdown(result))
-            typer.echo(f"-> {run_dir / EVAL_DIR / INTRINSIC_FILE}")
-        if recipe is not None:
-            from facefoundry.evaluate.train_verify import results_table_markdown, train_and_verify
+                caps = {key: value or None for key, value in
+                        (("max_identities", max_identities), ("max_images_per_identity", max_images))
+                        if value is not None}  # unset: the evaluator's defaults; 0: no cap
+                result = evaluate_intrinsic(run_dir, judge, workers=workers, plots_dir=run_dir / REPORT_DIR, **caps)
+                typer.echo(intrinsic_table_markdown(result))
+                typer.echo(f"-> {run_dir / EVAL_DIR / INTRINSIC_FILE}")
+            if recipe is not None:
+                from facefoundry.evaluate.train_verify import results_table_markdown, train_and_verify
 
-            result = train_and_verify(run_dir, recipe, benchmarks, address=address, progress=typer.echo)
-            table = results_table_markdown([result])
-            typer.echo(table or f"trained {recipe.name}: {result['training']['backbone']} (no benchmarks given)")
-            typer.echo(f"-> {result['file']}")
-    except KeyboardInterrupt:
-        _fail("interrupted; rerun the same command to resume from the last checkpoint", code=130)
+                result = train_and_verify(run_dir, recipe, benchmarks, address=address, progress=typer.echo)
+                table = results_table_markdown([result])
+                typer.echo(table or f"trained {recipe.name}: {result['training']['backbone']} (no benchmarks given)")
+                typer.echo(f"-> {result['file']}")
+    except KeyboardInterrupt as exc:
+        _stopped(exc, "rerun the same command to resume from the last checkpoint")
     except Exception as exc:
         if debug:
             traceback.print_exc()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facefoundry.config import ConfigError, RunConfig, validate_config
-from facefoundry.dataset.manifest import finished_manifests, plan_units
+from facefoundry.dataset.manifest import accepted_images, finished_manifests, plan_units
 from facefoundry.identities.store import read_metadata
 from facefoundry.layout import IDENTITIES_FILE, MANIFEST_DIR, PLOTS, REPORT_DIR, RUN_FILE
 from facefoundry.runinfo import RunFolderError, read_record
@@ -85,7 +85,7 @@ class RunFacts:
 
     @property
     def accepted(self) -> int:
-        return self.generated - self.rejected
+        return sum(accepted_images(m) for m in self.manifests)
 
     def drop_counts(self) -> Counter[str]:
         """Rejected images by reason, summed over the manifests."""

@@ -1,11 +1,12 @@
 """One writer per run folder: ``<out>/run.lock`` names who holds it (user, host, pid, command, since when).
 
 ``run`` and ``sample`` take the lock before they touch the folder and release it when they end, by
-any path: normal return, an exception, Ctrl-C, or SIGTERM (turned into ``SystemExit`` while the
-lock is held). A lock left by a process that died without releasing it (SIGKILL, a power cut) is
-*stale* when it names this host and its pid no longer runs (or runs a different process, told apart
-by the process start time): the next writer takes it over and says so. A lock naming another host
-cannot be checked from here; the message says whom to ask, and ``rm <out>/run.lock`` clears it.
+any path: normal return, an exception, Ctrl-C, or SIGTERM (turned into
+:class:`facefoundry.termination.Terminated` while the lock is held). A lock left by a process that
+died without releasing it (SIGKILL, a power cut) is *stale* when it names this host and its pid no
+longer runs (or runs a different process, told apart by the process start time): the next writer
+takes it over and says so. A lock naming another host cannot be checked from here; the message says
+whom to ask, and ``rm <out>/run.lock`` clears it.
 
 - Local folder: the lock file is created with ``O_CREAT | O_EXCL``, which the filesystem decides
   atomically, so of two writers started together exactly one gets it. A stale lock is first renamed
@@ -25,9 +26,7 @@ import contextlib
 import getpass
 import json
 import os
-import signal
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from facefoundry.dataset.storage import LocalStore, RunStore, open_store
 from facefoundry.runinfo import RunFolderError
+from facefoundry.termination import sigterm_raises
 
 LOCK_FILE = "run.lock"
 REMOTE_SETTLE_S = float(os.environ.get("FACEFOUNDRY_LOCK_SETTLE_S", "1.0"))
@@ -195,23 +195,14 @@ def run_lock(out: str | Path | RunStore, command: str = "run", notify=None) -> I
     (_take_local if isinstance(store, LocalStore) else _take_remote)(store, owner, notices)
     for text in notices:
         (notify or _stderr)(f"{store}: {text}")
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def _on_sigterm(signum, frame):  # unwind through the finally below, then exit 143
-            raise SystemExit(128 + signum)
-
-        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        yield owner
+        with sigterm_raises():  # SIGTERM unwinds through the finally below
+            yield owner
     finally:
         _release(store, owner)
         if created:  # a refused new run leaves no empty folder behind
             with contextlib.suppress(OSError):
                 store.root.rmdir()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _stderr(text: str) -> None:

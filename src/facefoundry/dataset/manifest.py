@@ -34,6 +34,12 @@ def plan_units(n_identities: int, per_unit: int) -> list[Unit]:
     return [Unit(s, min(s + per_unit, n_identities)) for s in range(0, n_identities, per_unit)]
 
 
+def accepted_images(manifest: dict) -> int:
+    """Images of a unit that passed every filter: generated minus rejected (by any reason, in either
+    filter mode; in ``annotate`` mode rejected images are stored too, so rows can exceed this)."""
+    return int(manifest.get("generated", 0)) - sum(int(n) for n in (manifest.get("drops") or {}).values())
+
+
 def manifest_path(out: Path, unit: Unit) -> Path:
     return out / manifest_file(unit.name)
 
