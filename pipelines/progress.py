@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -48,3 +49,35 @@ class Progress:
             f"units {self.units}/{self.total_units} | images {self.generated} "
             f"(accepted {accepted:.1f}%) | {rate:.2f} img/s | ETA {eta}"
         )
+
+
+class StartupTicker:
+    """Until the first unit lands, a line every ``every`` seconds with the time start-up has taken, so the
+    wait for Ray's workers and the models (or for a cluster to scale up) is not silence.
+
+    Use as a context manager and call :meth:`stop` when the first unit arrives, before writing progress:
+    the ticker writes from its own thread, and ``stop`` returns only once it has written its last line."""
+
+    def __init__(self, stream: TextIO, every: float = 10.0, started: float | None = None):
+        self.stream, self.every = stream, every
+        self.started = time.monotonic() if started is None else started
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="startup-ticker", daemon=True)
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self.every):
+            self.stream.write(f"still starting after {time.monotonic() - self.started:.0f}s: waiting for the "
+                              "first unit (the stage workers load the models)\n")
+            self.stream.flush()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> StartupTicker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -24,7 +24,7 @@ from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_
 from facefoundry.identities.store import write_identities
 from facefoundry.layout import MODELS_DIR
 from facefoundry.pipelines.local_ray import ray_session
-from facefoundry.pipelines.progress import Progress
+from facefoundry.pipelines.progress import Progress, StartupTicker
 from facefoundry.pipelines.runlog import LOG_DIR, new_log_path, run_log
 from facefoundry.pipelines.stages import ModelPaths
 from facefoundry.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
@@ -181,9 +181,13 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
         log.write(f"starting the pipeline for {len(pending)} units: Ray, its workers and the models load before "
                   "the first unit lands (10-20 s on a laptop)\n")
         log.flush()
-        with ray_session(cfg.ray):
+        starting = time.monotonic()
+        with ray_session(cfg.ray), StartupTicker(log, started=starting) as ticker:
+            log.write(f"Ray ready after {time.monotonic() - starting:.1f}s; starting the stage workers\n")
+            log.flush()
             for manifest in stream_units(cfg, store.uri if isinstance(store, RemoteStore) else str(store), pending,
                                          paths, file_metadata(cfg)):
+                ticker.stop()
                 if "error" in manifest:
                     failed.append((manifest["unit"], manifest["error"]))
                     log.write(f"unit {manifest['unit']} FAILED after {cfg.ray.unit_retries} retries: "

@@ -7,18 +7,30 @@ import io
 import re
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from facefoundry.cli import app
-from facefoundry.pipelines.progress import Progress
+from facefoundry.pipelines.progress import Progress, StartupTicker
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 SMALL = ["--set", "identities.count=4", "--set", "images.per_identity=2"]
 SHARD = "data/train-0000002-0000004.parquet"
 ORPHAN = "data/train-9999999-extra.parquet"
+
+
+def test_startup_ticker_speaks_until_stopped_and_never_after():
+    stream = io.StringIO()
+    with StartupTicker(stream, every=0.05) as ticker:
+        time.sleep(0.3)
+        ticker.stop()
+        lines = stream.getvalue().splitlines()
+        time.sleep(0.15)
+    assert len(lines) >= 2 and all(line.startswith("still starting after ") for line in lines)
+    assert stream.getvalue().splitlines() == lines, "a line written after stop()"
 
 
 def test_resumed_progress_counts_the_units_already_done():
