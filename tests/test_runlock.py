@@ -124,8 +124,12 @@ def test_sample_has_the_fresh_it_suggests(tmp_path):
     assert CliRunner().invoke(app, ["sample", str(SMOKE), "--out", out]).exit_code == 0
     refused = CliRunner().invoke(app, ["sample", str(SMOKE), "--out", out, "--set", "run.seed=1"])
     assert refused.exit_code == 1 and "or --fresh to discard it" in refused.output
+    for stale in ("eval/intrinsic.json", "orphans/data/train-9999999-extra.parquet"):  # the old run's, too
+        (tmp_path / "run" / stale).parent.mkdir(parents=True)
+        (tmp_path / "run" / stale).write_text("{}")
     fresh = CliRunner().invoke(app, ["sample", str(SMOKE), "--out", out, "--set", "run.seed=1", "--fresh"])
     assert fresh.exit_code == 0, fresh.output
+    assert not (tmp_path / "run" / "eval").exists() and not (tmp_path / "run" / "orphans").exists()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["run"]["seed"] == 1
     help_text = CliRunner().invoke(app, ["run", "--help"], terminal_width=200).output
     fresh_line = next(line for line in help_text.splitlines() if "--fresh" in line)

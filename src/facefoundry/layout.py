@@ -11,6 +11,7 @@
       eval/                     EVAL_DIR: evaluation results
       models/                   MODELS_DIR: tiny random weights built for test runs (never published)
       logs/                     LOG_DIR: one log per invocation (never published)
+      orphans/                  ORPHANS_DIR: files no unit owns and corrupt shards, set aside by a rerun
       README.md                 CARD_FILE: the dataset card
 
 This module imports nothing from facefoundry, so any module may import it.
@@ -27,6 +28,7 @@ EVAL_DIR = "eval"
 MODELS_DIR = "models"
 LOG_DIR = "logs"
 CARD_FILE = "README.md"
+ORPHANS_DIR = "orphans"
 
 SHARD_PREFIX = "train-"
 SHARD_SUFFIX = ".parquet"
@@ -36,7 +38,8 @@ SUMMARY_FILE = "summary.json"
 PLOTS = ("separation.png", "consistency.png", "funnel.png", "quality.png", "pose.png", "grid.png")
 
 # Everything a run writes into its folder; ``--fresh`` removes exactly these and nothing else.
-RUN_ENTRIES = (RUN_FILE, IDENTITIES_FILE, DATA_DIR, MANIFEST_DIR, MODELS_DIR, REPORT_DIR, CARD_FILE, LOG_DIR)
+RUN_ENTRIES = (RUN_FILE, IDENTITIES_FILE, DATA_DIR, MANIFEST_DIR, MODELS_DIR, REPORT_DIR, EVAL_DIR, CARD_FILE, LOG_DIR,
+               ORPHANS_DIR)
 
 
 def shard_file(unit_name: str) -> str:

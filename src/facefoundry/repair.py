@@ -21,8 +21,7 @@ from collections.abc import Iterable
 
 from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit, read_manifest
 from facefoundry.dataset.storage import RunStore
-
-ORPHANS_DIR = "orphans"
+from facefoundry.layout import ORPHANS_DIR
 
 
 def repair_command(run_dir: str) -> str:
