@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+from PIL import Image
+
 
 def group_photo_path() -> Path | None:
     spec = importlib.util.find_spec("insightface")  # locates the package without importing it
@@ -17,3 +20,11 @@ def group_photo_path() -> Path | None:
 
 
 GROUP_PHOTO = group_photo_path()
+needs_photo = pytest.mark.skipif(
+    GROUP_PHOTO is None, reason="insightface is not installed (its t1.jpg is the real-face test photo)"
+)
+
+
+def open_group_photo() -> Image.Image:
+    """The group photo as an RGB PIL image."""
+    return Image.open(GROUP_PHOTO).convert("RGB")

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from facecrops import IMAGE_TYPE, PERSON_A, PERSON_B, PERSON_C, crop, encode, noise, unit, views
 from PIL import Image
-from realfaces import GROUP_PHOTO
+from realfaces import needs_photo, open_group_photo
 
 from facefoundry.config import DlibFilterConfig
 from facefoundry.filters import dlib_models
@@ -22,10 +22,6 @@ from facefoundry.filters.face_filter import (
     FaceFilter,
 )
 
-needs_photo = pytest.mark.skipif(
-    GROUP_PHOTO is None, reason="insightface is not installed (its t1.jpg is the real-face test photo)"
-)
-
 
 @pytest.fixture(scope="module")
 def model() -> DlibFaceModel:
@@ -34,7 +30,7 @@ def model() -> DlibFaceModel:
 
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
-    return Image.open(GROUP_PHOTO).convert("RGB")
+    return open_group_photo()
 
 
 def make_filter(model: DlibFaceModel, **kw) -> FaceFilter:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from facecrops import PERSON_A, PERSON_B, PERSON_C, crop, encode, more_views, unit, views
 from PIL import Image, ImageFilter
-from realfaces import GROUP_PHOTO
+from realfaces import needs_photo, open_group_photo
 
 from facefoundry.config import DlibFilterConfig
 from facefoundry.filters import face_filter
@@ -27,9 +27,7 @@ from facefoundry.filters.face_filter import (
 )
 from facefoundry.filters.image_decode import decode_image, decode_with_reason
 
-pytestmark = pytest.mark.skipif(
-    GROUP_PHOTO is None, reason="insightface is not installed (its t1.jpg is the real-face test photo)"
-)
+pytestmark = needs_photo
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def model() -> DlibFaceModel:
 
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
-    return Image.open(GROUP_PHOTO).convert("RGB")
+    return open_group_photo()
 
 
 @pytest.fixture(scope="module")
