@@ -159,10 +159,6 @@ class DlibFaceModel:
             out[start : start + len(part)] = np.array([np.asarray(v) for v in vectors])
         return out
 
-    def describe(self, image: np.ndarray, det: Detection) -> np.ndarray:
-        """128-d descriptor of one detected face (convenience; prefer batched :meth:`descriptors`)."""
-        return self.descriptors([self.chip(image, self.shape(image, det))])[0]
-
     def info(self) -> dict[str, str]:
         """Model ids for file metadata and manifests."""
         return {

@@ -128,11 +128,6 @@ class FaceFilter:
         if self.model is None:
             self.model = DlibFaceModel(self.cfg.detector)
 
-    def info(self) -> dict:
-        """Model ids and thresholds, for file metadata and manifests."""
-        self.setup()
-        return {**self.model.info(), **self.cfg.model_dump(mode="json"), "landmark_order": LANDMARK_ORDER}
-
     def process(self, table: pa.Table) -> FilterResult:
         """Score every row of ``table``; in ``drop`` mode remove the rejected ones."""
         missing = {"identity", "image"} - set(table.column_names)

@@ -36,7 +36,7 @@ import pyarrow as pa
 from facefoundry.config import IdentityFilterConfig
 from facefoundry.resources import ModelFiles, Resources
 
-from .alignment import KEYPOINT_ORDER, AlignmentError, align
+from .alignment import AlignmentError, align
 from .arcface import ArcFaceEmbedder, l2_normalize
 from .face_filter import UNDECODABLE, FilterResult, decode_image
 from .quality import laplacian_variance, near_duplicates, pose_from_landmarks
@@ -149,15 +149,6 @@ class IdentityFilter:
         if self.embedder is None:
             dim = self.vectors.shape[1]
             self.embedder = make_encoder(self.cfg, providers, dim)
-
-    def info(self) -> dict:
-        """Model ids, thresholds and methods, for file metadata and manifests."""
-        self.setup()
-        return {
-            **self.detector.info(), **self.embedder.info(), **self.cfg.model_dump(mode="json"),
-            "landmark_order": list(KEYPOINT_ORDER), "identities": int(len(self.vectors)),
-            "pose": "approximate, from 5 landmarks (facefoundry.filters.quality)",
-        }  # fmt: skip
 
     def process(self, table: pa.Table) -> FilterResult:
         """Score every row of ``table``; in ``drop`` mode remove the rejected ones."""

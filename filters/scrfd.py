@@ -232,16 +232,6 @@ class ScrfdDetector:
         self.output_names = [o.name for o in outputs]
         self.batched = len(outputs[0].shape) == 3 and not (isinstance(shape[0], int) and shape[0] == 1)
 
-    def info(self) -> dict:
-        """Model id and settings, for file metadata and manifests."""
-        return {
-            "detector": self.model_path.name,
-            "detector_input_size": list(self.input_size),
-            "det_thresh": self.det_thresh,
-            "nms_thresh": self.nms_thresh,
-            "providers": self.session.get_providers(),
-        }
-
     def _blob(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
         canvases, scales = [], []
         for image in images:

@@ -146,7 +146,7 @@ def test_setup_is_lazy_and_idempotent_and_input_is_checked():
     first = filt.model
     filt.setup()
     assert filt.model is first
-    assert filt.info()["judge"] == dlib_models.RECOGNITION_FILE
+    assert filt.model.info()["judge"] == dlib_models.RECOGNITION_FILE
     with pytest.raises(KeyError, match="identity"):
         filt.process(pa.table({"image": pa.array([], IMAGE_TYPE)}))
 
