@@ -51,10 +51,16 @@ def test_sigterm_mid_run_ends_in_one_line_and_the_log_says_so(tmp_path):
     assert not (out / "run.lock").exists()
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of ARGS, shared by the kill tests (it does not depend on where they write)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert CliRunner().invoke(app, ["run", str(CONFIG), "--out", str(out), *ARGS]).exit_code == 0
+    return out
+
+
 @pytest.mark.parametrize("where", ["folder", "s3"])
-def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, request, where):
-    reference = tmp_path / "reference"
-    assert CliRunner().invoke(app, ["run", str(CONFIG), "--out", str(reference), *ARGS]).exit_code == 0
+def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, request, where, reference):
 
     if where == "s3":  # a loopback S3 server living in this process: the killed run is a subprocess
         out = bucket_uri(request.getfixturevalue("s3_endpoint"), "killed", "run")
