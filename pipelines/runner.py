@@ -16,7 +16,6 @@ from facefoundry.dataset.manifest import (
     DATA_DIR,
     MANIFEST_DIR,
     Unit,
-    accepted_images,
     finished_manifests,
     plan_units,
 )
@@ -167,7 +166,8 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
         + (f", {skipped} already done (resuming)" if resuming else "")
         + "\n"
     )
-    generated = accepted = rows = 0
+    rows = 0
+    progress: Progress | None = None
     failed: list[tuple[str, str]] = []
     if pending:
         paths = resolve_model_paths(cfg, local)
@@ -195,10 +195,9 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
                     progress.update({"generated": 0, "rows": 0})
                     continue
                 progress.update(manifest)
-                generated += manifest["generated"]
-                accepted += accepted_images(manifest)
                 rows += manifest["rows"]
     else:
         log.write("nothing to do: every unit is already written\n")
+    generated, accepted = (progress.generated, progress.accepted) if progress else (0, 0)  # this invocation's
     return RunSummary(run_id(cfg), len(units), skipped, len(pending) - len(failed), generated, accepted, rows,
                       time.monotonic() - started, failed)
