@@ -1,6 +1,5 @@
 import os
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,10 @@ def smoke_config_path() -> Path:
 def s3_endpoint():
     """A loopback S3 server (moto) shared by the session's tests; see tests/s3server.py.
 
-    Teardown closes this process's S3 clients before the server stops and waits for the server's request threads
-    to end. Otherwise pyarrow's own atexit hook (``finalize_s3``) closes the clients' keep-alive connections at
-    interpreter exit, waking a dozen daemon request threads that then run Python code while the interpreter is
-    being torn down (seen at session end: 11 ``process_request_thread`` threads plus ``AwsEventLoop1`` alive).
+    Teardown closes this process's S3 clients before the server stops, and the server waits for its request
+    threads. Otherwise pyarrow's own atexit hook (``finalize_s3``) closes the clients' keep-alive connections at
+    interpreter exit, waking daemon request threads that then run Python code while the interpreter is being torn
+    down (seen at session end: 11 ``process_request_thread`` threads plus ``AwsEventLoop1`` alive).
     """
     from s3server import CREDENTIALS, s3_server
 
@@ -37,6 +36,3 @@ def s3_endpoint():
         import pyarrow.fs
 
         pyarrow.fs.finalize_s3()  # the session is over: no test uses S3 after this; idempotent at exit
-    for thread in threading.enumerate():
-        if "process_request_thread" in thread.name:
-            thread.join(timeout=10)
