@@ -9,6 +9,8 @@ from typing import TextIO
 
 from facefoundry.dataset.manifest import accepted_images
 
+LOG_EVERY_S = 5.0  # seconds between progress lines when the output is not a terminal
+
 
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -16,26 +18,36 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Counts committed units of the whole run; redraws in place on a terminal, one line per unit otherwise.
+    """Counts committed units of the whole run; redraws in place on a terminal, writes lines otherwise.
 
+    A line is written for the first and the last unit, and in between at most once per ``every`` seconds
+    (default: 0.1 on a terminal, :data:`LOG_EVERY_S` in a log, so 10^5 small units do not write 10^5 lines).
     ``done_units`` are the units a resumed run found already written: they count toward ``units n/total``
     (a resume after 7 of 12 shows ``8/12`` when its first unit lands), while images, acceptance, rate and
     ETA cover this invocation's units only."""
 
-    def __init__(self, total_units: int, images_per_unit: float, stream: TextIO | None = None, done_units: int = 0):
+    def __init__(self, total_units: int, images_per_unit: float, stream: TextIO | None = None, done_units: int = 0,
+                 every: float | None = None):
         self.total_units = total_units
         self.images_per_unit = images_per_unit
         self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = every if every is not None else (0.1 if self.tty else LOG_EVERY_S)
         self.units = done_units
         self.generated = self.accepted = 0
         self.started = time.monotonic()
+        self.shown: float | None = None  # when the last line was written
 
     def update(self, manifest: dict) -> None:
         self.units += 1
         self.generated += manifest["generated"]
         self.accepted += accepted_images(manifest)
-        self.stream.write(("\r" if self.stream.isatty() else "") + self.line())
-        if not self.stream.isatty() or self.units == self.total_units:
+        now, last = time.monotonic(), self.units == self.total_units
+        if self.shown is not None and now - self.shown < self.every and not last:
+            return
+        self.shown = now
+        self.stream.write(("\r" if self.tty else "") + self.line())
+        if not self.tty or last:
             self.stream.write("\n")
         self.stream.flush()
 

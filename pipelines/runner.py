@@ -16,7 +16,9 @@ from facefoundry.dataset.manifest import (
     DATA_DIR,
     MANIFEST_DIR,
     Unit,
+    UnitFiles,
     finished_manifests,
+    list_unit_files,
     plan_units,
 )
 from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_store
@@ -68,6 +70,8 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
     """Hub ids / folders from the config, or a tiny random-weight build in the official layout
     (under ``out/models``, ``out`` being a local folder)."""
     gen = cfg.generator
+    if gen.kind == "noop":
+        return ModelPaths("noop")  # loads nothing
     if gen.kind == "vec2face":
         if not gen.tiny:
             return ModelPaths(gen.checkpoint)
@@ -93,7 +97,8 @@ def file_metadata(cfg: RunConfig) -> dict:
     gen = cfg.generator
     tiny = "tiny-random (built in code)"
     models = (
-        {"checkpoint": tiny if gen.tiny else gen.checkpoint, "filename": gen.filename}
+        {"size": gen.size} if gen.kind == "noop"
+        else {"checkpoint": tiny if gen.tiny else gen.checkpoint, "filename": gen.filename}
         if gen.kind == "vec2face"
         else {"model": tiny if gen.tiny else gen.model, "base_model": tiny if gen.tiny else gen.base_model}
         | ({"lcm_lora": tiny if gen.tiny else gen.lcm_lora, "sampler": "lcm"} if gen.sampler == "lcm" else {})
@@ -137,27 +142,30 @@ def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None
     return summary
 
 
-def _tidy(cfg: RunConfig, store: RunStore, units: list[Unit], repair: bool, log: TextIO) -> None:
+def _tidy(cfg: RunConfig, store: RunStore, units: list[Unit], repair: bool, log: TextIO) -> UnitFiles:
     """Before deciding what is done: drop temporaries, set orphans aside, and with ``repair`` set aside
-    every shard (and identities file) that ``verify`` would reject, so it is written again."""
+    every shard (and identities file) that ``verify`` would reject, so it is written again.
+
+    Returns the run's unit files as they are now: listed once, and again only if a file was moved."""
     for folder in (DATA_DIR, MANIFEST_DIR):  # what a killed run left behind: never read as done
         store.remove_temporaries(folder)
-    lines = set_aside_orphans(store, units)
+    files = list_unit_files(store)
+    lines = set_aside_orphans(store, units, files)
     if repair:
         lines += set_aside_bad_identities(store, cfg.config_hash(), cfg.identities.count)
         lines += set_aside_corrupt(store, units, cfg.config_hash())
         lines.append(f"repair: {len(units)} units checked against their manifests' sha256")
     for line in lines:
         log.write(f"{line}\n")
+    return list_unit_files(store) if lines else files
 
 
 def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: TextIO, started: float,
          repair: bool = False) -> RunSummary:
     units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
-    if resuming:
-        _tidy(cfg, store, units, repair, log)
+    files = _tidy(cfg, store, units, repair, log) if resuming else None
     meta = write_identities(store, cfg, progress=log)
-    done = {m["unit"] for m in finished_manifests(store, cfg.config_hash())}
+    done = {m["unit"] for m in finished_manifests(store, cfg.config_hash(), files)} if resuming else set()
     pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
     log.write(

@@ -33,6 +33,7 @@ from facefoundry.seeds import image_seeds
 GENERATORS = {
     "arc2face": "facefoundry.generators.arc2face:Arc2FaceGenerator",
     "vec2face": "facefoundry.generators.vec2face:Vec2FaceGenerator",
+    "noop": "facefoundry.generators.noop:NoopGenerator",
 }
 
 

@@ -19,8 +19,14 @@ def smoke_config_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """A loopback S3 server (moto) shared by the session's tests; see tests/s3server.py.
+def s3_endpoint(s3) -> str:
+    """``127.0.0.1:PORT`` of the session's loopback S3 server."""
+    return s3.endpoint
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A loopback S3 server (moto) shared by the session's tests, with its request log; see tests/s3server.py.
 
     Teardown closes this process's S3 clients before the server stops, and the server waits for its request
     threads. Otherwise pyarrow's own atexit hook (``finalize_s3``) closes the clients' keep-alive connections at
@@ -31,8 +37,8 @@ def s3_endpoint():
 
     for key, value in CREDENTIALS.items():
         os.environ.setdefault(key, value)  # before any Ray starts: workers inherit them
-    with s3_server() as endpoint:
-        yield endpoint
+    with s3_server() as server:
+        yield server
         import pyarrow.fs
 
         pyarrow.fs.finalize_s3()  # the session is over: no test uses S3 after this; idempotent at exit

@@ -7,7 +7,9 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 # Static test credentials: moto accepts any; they only keep the clients from looking elsewhere for some.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -19,9 +21,23 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 IDLE_TIMEOUT_S = 5
 
 
+@dataclass
+class S3Server:
+    """A running loopback S3 server: where it listens, and every request it has answered (method, path, query)."""
+
+    endpoint: str  # 127.0.0.1:PORT
+    requests: list[tuple[str, str, dict[str, list[str]]]] = field(default_factory=list)
+
+    def listings(self, since: int = 0) -> list[str]:
+        """The prefixes of the object listings (ListObjects, first pages only) answered after request ``since``."""
+        return [query.get("prefix", [""])[0] for method, _, query in self.requests[since:]
+                if method == "GET" and ("list-type" in query or "prefix" in query or "delimiter" in query)
+                and "continuation-token" not in query and "marker" not in query]
+
+
 @contextlib.contextmanager
-def s3_server() -> Iterator[str]:
-    """Start moto on a free loopback port; yield ``endpoint`` (``127.0.0.1:PORT``).
+def s3_server() -> Iterator[S3Server]:
+    """Start moto on a free loopback port and yield it.
 
     On exit the server stops accepting, then waits (one shared deadline) for its request threads to end.
     """
@@ -32,17 +48,20 @@ def s3_server() -> Iterator[str]:
         timeout = IDLE_TIMEOUT_S  # socketserver sets it on the connection; an idle read then ends the thread
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = make_server(
-        "127.0.0.1",
-        0,
-        DomainDispatcherApplication(create_backend_app),
-        threaded=True,
-        request_handler=IdleClosingHandler,
-    )
+    moto = DomainDispatcherApplication(create_backend_app)
+    handle = S3Server("")
+
+    def app(environ, start_response):
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        handle.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), query))
+        return moto(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=IdleClosingHandler)
+    handle.endpoint = f"127.0.0.1:{server.server_port}"
     serving = threading.Thread(target=server.serve_forever, name="moto-s3", daemon=True)
     serving.start()
     try:
-        yield f"127.0.0.1:{server.server_port}"
+        yield handle
     finally:
         server.shutdown()
         serving.join()

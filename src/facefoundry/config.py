@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -231,7 +231,24 @@ class Vec2FaceConfig(StrictModel):
         return self
 
 
-GeneratorConfig = Annotated[Arc2FaceConfig | Vec2FaceConfig, Field(discriminator="kind")]
+class NoopConfig(StrictModel):
+    """A testing and benchmark tool, never a dataset: tiny deterministic noise images made instantly, so a run
+    measures the pipeline's orchestration alone (``bench/scale.py``). Only ``generator.kind: noop`` selects it."""
+
+    kind: Literal["noop"] = "noop"
+    size: int = Field(16, ge=1, le=512, description="Square size of the noise images, pixels.")
+
+    # What the rest of the pipeline asks of every generator section. The card treats a noop run like a tiny
+    # random-weight build (noise images, no published weights: a run that tests tooling only).
+    tiny: ClassVar[bool] = True
+    revision: ClassVar[str | None] = None
+
+    @property
+    def output_size(self) -> int:
+        return self.size
+
+
+GeneratorConfig = Annotated[Arc2FaceConfig | Vec2FaceConfig | NoopConfig, Field(discriminator="kind")]
 
 
 class DlibFilterConfig(StrictModel):
@@ -378,7 +395,7 @@ def _strip_tag(loc: tuple) -> tuple[tuple, str]:
     return loc, ""
 
 
-_GENERATORS: dict[str, type[BaseModel]] = {"arc2face": Arc2FaceConfig, "vec2face": Vec2FaceConfig}
+_GENERATORS: dict[str, type[BaseModel]] = {"arc2face": Arc2FaceConfig, "vec2face": Vec2FaceConfig, "noop": NoopConfig}
 
 
 def _format_error(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:

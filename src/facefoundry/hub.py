@@ -198,6 +198,9 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
         facts = read_run_facts(run_dir)
     except RunFactsError as exc:
         raise PublishError(str(exc)) from None
+    if facts.config.generator.kind == "noop":
+        raise PublishError(f"{run_dir} was made by the no-op generator (generator.kind: noop): its images are noise "
+                           "from a pipeline rehearsal, not a dataset; it is never published")
     if include_identities and facts.config.identities.sampler == "from_file":
         raise PublishError("identity vectors of the from_file sampler may be embeddings of real people: "
                            "they are never published")

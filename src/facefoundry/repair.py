@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit, read_manifest
+from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit, UnitFiles, list_unit_files, read_manifest
 from facefoundry.dataset.storage import RunStore
 from facefoundry.layout import ORPHANS_DIR
 
@@ -42,15 +42,17 @@ def move_aside(store: RunStore, rel: str) -> str:
     return dest
 
 
-def set_aside_orphans(store: RunStore, units: Iterable[Unit]) -> list[str]:
+def set_aside_orphans(store: RunStore, units: Iterable[Unit], files: UnitFiles | None = None) -> list[str]:
     """Move every file of ``data/`` and ``manifests/`` that no unit of ``units`` owns to ``orphans/``.
 
+    ``files``: the run's :func:`~facefoundry.dataset.manifest.list_unit_files` (listed here when not given).
     Returns one line per file moved. Temporaries (``.tmp-*``) are left to ``remove_temporaries``."""
     units = list(units)
+    files = list_unit_files(store) if files is None else files
     owned = {DATA_DIR: {u.shard_name for u in units}, MANIFEST_DIR: {f"{u.name}.json" for u in units}}
     lines = []
     for folder, names in owned.items():
-        for name in sorted(store.sizes(folder)):
+        for name in sorted(files[folder]):
             if name in names or name.startswith(".tmp-"):
                 continue
             dest = move_aside(store, f"{folder}/{name}")

@@ -8,7 +8,7 @@ from facefoundry.card.build import CardContext, generator_name
 from facefoundry.card.markdown import num, table
 from facefoundry.card.references import SAMPLER_DOCS
 from facefoundry.card.user import EMPTY_USER_BLOCK
-from facefoundry.config import Arc2FaceConfig, IdentityFilterConfig, RunConfig, Vec2FaceConfig
+from facefoundry.config import Arc2FaceConfig, IdentityFilterConfig, NoopConfig, RunConfig, Vec2FaceConfig
 from facefoundry.licensing import NONCOMMERCIAL_LICENSES, hub_id
 
 UNPINNED = "not pinned (latest at run time)"
@@ -87,7 +87,10 @@ def _sampling(ctx: CardContext) -> list[str]:
     return ["### Identity sampling\n", "\n".join(lines) + "\n"]
 
 
-def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig, name: str) -> list[str]:
+def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | NoopConfig, name: str) -> list[str]:
+    if gen.kind == "noop":
+        return [f"- Generator: the no-op generator ({gen.size} px noise from each image seed), a rehearsal of the "
+                "pipeline's orchestration; nothing in this run is a face."]
     if gen.tiny:
         model = (f"- Generator: tiny random weights in the official {name} on-disk layout; no published weights "
                  "were used.")
@@ -150,7 +153,7 @@ def generation(ctx: CardContext) -> list[str]:
            "and the per-shard manifests of this run.\n"]
     out += _sampling(ctx)
     out.append("### Image generation\n")
-    if ctx.tiny:
+    if ctx.tiny and cfg.generator.kind != "noop":
         out.append(f"A tiny {generator_name(ctx.facts)}-layout model with **random weights** (built in code for "
                    "smoke tests) rendered the images: they are noise, not faces. Use this run to test tooling only.\n")
     out.append("\n".join(_generator_lines(cfg.generator, generator_name(ctx.facts)) + _image_lines(cfg)) + "\n")

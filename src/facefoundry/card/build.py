@@ -101,7 +101,8 @@ def build_card(run_dir: str | Path, license: str = DEFAULT_LICENSE, pretty_name:
         raise CardError(str(exc)) from None
     cfg = facts.config
     kind_name = generator_name(facts)
-    gen_name = f"tiny random {kind_name}-layout model" if cfg.generator.tiny else kind_name
+    gen_name = (f"tiny random {kind_name}-layout model" if cfg.generator.tiny and cfg.generator.kind != "noop"
+                else kind_name)
     pretty_name = pretty_name or (f"{cfg.run.name}: synthetic faces ({gen_name}, {cfg.identities.count:,} "
                                   f"identities x {cfg.images.per_identity})")
     features = _features(facts)

@@ -10,7 +10,7 @@ from facefoundry.config import RunConfig
 
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B",
                    "1B<n<10B", "10B<n<100B", "100B<n<1T", "n>1T")
-GENERATOR_NAMES = {"arc2face": "Arc2Face", "vec2face": "Vec2Face"}
+GENERATOR_NAMES = {"arc2face": "Arc2Face", "vec2face": "Vec2Face", "noop": "no-op"}
 
 COLUMN_DOCS = {
     "image": "the encoded image (PNG or JPEG) as {bytes, path}; `path` is `<identity>_<index>.<ext>`",

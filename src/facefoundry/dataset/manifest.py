@@ -74,18 +74,28 @@ def is_done(out: str | Path | RunStore, unit: Unit, config_hash: str) -> bool:
     return _agrees(read_manifest(store, unit), config_hash, {unit.shard_name: size} if size is not None else {})
 
 
-def finished_manifests(out: str | Path | RunStore, config_hash: str | None) -> list[dict]:
+UnitFiles = dict[str, dict[str, int]]  # DATA_DIR and MANIFEST_DIR -> {file name: size}
+
+
+def list_unit_files(out: str | Path | RunStore) -> UnitFiles:
+    """Every file of ``data/`` and ``manifests/`` with its size: one listing of each folder, which is all a
+    resume needs to see of the store (pass it on rather than listing again: on an object store a listing of
+    10^5 units is 100 requests)."""
+    store = open_store(out)
+    return {folder: store.sizes(folder) for folder in (DATA_DIR, MANIFEST_DIR)}
+
+
+def finished_manifests(out: str | Path | RunStore, config_hash: str | None, files: UnitFiles | None = None
+                       ) -> list[dict]:
     """Manifests of every done unit of the run in ``out``, in identity order (leftover temporaries,
     corrupt manifests, other runs' manifests and units whose shard disagrees are left out).
 
-    One listing of ``data/`` and of ``manifests/``, then one read per manifest: cheap on object stores."""
+    ``files`` is the run's :func:`list_unit_files` (listed here when not given); then one read per manifest,
+    many in flight at once on an object store (``RunStore.read_many``)."""
     store = open_store(out)
-    shard_sizes = store.sizes(DATA_DIR)
-    found = []
-    for name in sorted(store.sizes(MANIFEST_DIR)):
-        if name.startswith(".") or not name.endswith(".json"):  # an interrupted local write
-            continue
-        manifest = _parse(store.read_bytes(f"{MANIFEST_DIR}/{name}"))
-        if _agrees(manifest, config_hash, shard_sizes):
-            found.append(manifest)
+    files = list_unit_files(store) if files is None else files
+    names = [name for name in sorted(files[MANIFEST_DIR])
+             if not name.startswith(".") and name.endswith(".json")]  # not an interrupted local write
+    manifests = map(_parse, store.read_many([f"{MANIFEST_DIR}/{name}" for name in names]))
+    found = [m for m in manifests if _agrees(m, config_hash, files[DATA_DIR])]
     return sorted(found, key=lambda m: m.get("identity_start", 0))
