@@ -36,7 +36,7 @@ PER_IDENTITY = 4
 
 
 class UnitClock:
-    """A log stream noting when each unit's progress line arrives."""
+    """A log stream noting when progress lines arrive (the first and the last unit always write one)."""
 
     def __init__(self):
         self.times: list[float] = []
@@ -87,7 +87,7 @@ def efficiency(identities: int, steps: int, tmp: Path) -> None:
     assert summary.images_generated == images and not summary.failed, summary
     piped = images / total
     per_unit = images / len(units)
-    steady = per_unit * (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])
+    steady = per_unit * (len(units) - 1) / (clock.times[-1] - clock.times[0])
     first = clock.times[0] - started
     print(f"preset: smoke, {identities} identities x {PER_IDENTITY} images, {steps} steps, {len(units)} units")
     print(f"bare generator loop (one process):   {bare:.2f} images/s")
