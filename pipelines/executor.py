@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 
 from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import Unit
-from facefoundry.pipelines.stage import Stage, UnitResult
+from facefoundry.pipelines.stage import Stage, UnitResult, units_per_task
 from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, WriteStage, generator_threads, pipeline
 
 __all__ = ["StageActor", "generator_threads", "map_stage", "pipeline", "run_stage", "stream_units"]
@@ -153,15 +154,16 @@ def stream_units(
 
     from facefoundry.pipelines.preflight import check_cluster
 
-    stages = pipeline(cfg, out, paths, file_metadata)
+    per_task = units_per_task(cfg, len(units))
+    stages = pipeline(cfg, out, paths, file_metadata, per_task)
     check_cluster(stages, embedded=cfg.ray.address is None)
     for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.ERROR)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    ds = ray.data.from_items(
-        [{"start": u.start, "stop": u.stop} for u in units], override_num_blocks=len(units)
+    ds = ray.data.from_items(  # one block per task: its units stay together through every stage
+        [{"start": u.start, "stop": u.stop} for u in units], override_num_blocks=math.ceil(len(units) / per_task)
     )
     for stage in stages:
         ds = map_stage(ds, stage)

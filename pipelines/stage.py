@@ -9,6 +9,7 @@ against the cluster before any actor starts. The concrete stages are in ``pipeli
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,6 +18,24 @@ import pyarrow as pa
 from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import Unit
 from facefoundry.resources import ModelFiles, Resources
+
+# Auto units_per_task: enough units per task for this many images, so Ray's own cost per task (a few ms of the
+# driver's streaming executor per task and stage, the limit of a run of small units) stays small beside the work.
+IMAGES_PER_TASK = 256
+MAX_UNITS_PER_TASK = 32
+TASKS_PER_ACTOR = 4  # never so many units per task that a stage's actors run short of tasks
+
+
+def units_per_task(cfg: RunConfig, pending: int) -> int:
+    """Work units per Ray task (one actor call) for a run of ``pending`` units: ``ray.units_per_task`` if set,
+    else the fewest units holding :data:`IMAGES_PER_TASK` images, capped at :data:`MAX_UNITS_PER_TASK` and at
+    ``pending / (TASKS_PER_ACTOR x the largest actor pool)``. A unit is never split; a killed task loses at most
+    its units' uncommitted work (each unit still commits on its own)."""
+    if cfg.ray.units_per_task:
+        return cfg.ray.units_per_task
+    images = cfg.output.identities_per_unit * cfg.images.per_identity
+    actors = max(cfg.ray.generator_actors, cfg.ray.filter_actors, cfg.ray.writer_actors)
+    return max(1, min(math.ceil(IMAGES_PER_TASK / images), MAX_UNITS_PER_TASK, pending // (TASKS_PER_ACTOR * actors)))
 
 
 @dataclass
@@ -42,10 +61,10 @@ class Stage:
     unit that failed here or earlier."""
 
     name: ClassVar[str] = "stage"
-    batch_size: ClassVar[int] = 1  # units per call: a unit is never split, and one unit is already many images
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, batch_size: int = 1):
         self.cfg = cfg
+        self.batch_size = batch_size  # units per call (:func:`units_per_task`); a unit is never split
 
     @property
     def resources(self) -> Resources:

@@ -106,8 +106,8 @@ class GenerateStage(Stage):
 
     name = "generate"
 
-    def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths):
-        super().__init__(cfg)
+    def __init__(self, cfg: RunConfig, out: str, paths: ModelPaths, batch_size: int = 1):
+        super().__init__(cfg, batch_size)
         self.out, self.paths = out, paths
         self.generator = None
 
@@ -180,8 +180,8 @@ class FilterStage(Stage):
 
     name = "filter"
 
-    def __init__(self, cfg: RunConfig, out: str):
-        super().__init__(cfg)
+    def __init__(self, cfg: RunConfig, out: str, batch_size: int = 1):
+        super().__init__(cfg, batch_size)
         self.out = out
         self.filters: list | None = None
 
@@ -254,8 +254,8 @@ class WriteStage(Stage):
 
     name = "write"
 
-    def __init__(self, cfg: RunConfig, out: str, file_metadata: dict):
-        super().__init__(cfg)
+    def __init__(self, cfg: RunConfig, out: str, file_metadata: dict, batch_size: int = 1):
+        super().__init__(cfg, batch_size)
         self.uri, self.file_metadata = out, file_metadata
         self.out = None  # the store, opened once per worker (setup): a stage travels to its workers unopened
 
@@ -290,6 +290,7 @@ class WriteStage(Stage):
         )
 
 
-def pipeline(cfg: RunConfig, out: str, paths: ModelPaths, file_metadata: dict) -> list[Stage]:
-    """The stages a unit goes through, in order."""
-    return [GenerateStage(cfg, out, paths), FilterStage(cfg, out), WriteStage(cfg, out, file_metadata)]
+def pipeline(cfg: RunConfig, out: str, paths: ModelPaths, file_metadata: dict, batch_size: int = 1) -> list[Stage]:
+    """The stages a unit goes through, in order, each taking ``batch_size`` units per call."""
+    return [GenerateStage(cfg, out, paths, batch_size), FilterStage(cfg, out, batch_size),
+            WriteStage(cfg, out, file_metadata, batch_size)]

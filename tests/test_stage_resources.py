@@ -12,6 +12,7 @@ from facefoundry.dataset.manifest import Unit
 from facefoundry.generators.base import IDENTITY_VECTOR, GenerationOutput
 from facefoundry.identities.store import write_identities
 from facefoundry.pipelines import executor, stages
+from facefoundry.pipelines.stage import units_per_task
 from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, Stage, UnitResult, WriteStage
 from facefoundry.resources import ModelFiles, Resources
 
@@ -173,3 +174,25 @@ def test_generation_output_must_match_the_declared_fields():
         GenerationOutput(images, {"b": [1, 2]}).arrays(fields)
     with pytest.raises(ValueError, match="column a has 1 values for 2 images"):
         GenerationOutput(images, {"a": [1]}).arrays(fields)
+
+
+def test_units_per_task_amortises_rays_cost_without_starving_the_actors():
+    def per_task(pending, **sets):
+        cfg = load_config(REPO / "configs" / "smoke.yaml", [f"{k.replace('__', '.')}={v}" for k, v in sets.items()])
+        return units_per_task(cfg, pending)
+
+    # smoke: 2 identities x 4 images per unit = 8 images; 256 images' worth is 32 units, if there are enough
+    assert per_task(10_000) == 32 and per_task(4) == 1 and per_task(64) == 16
+    assert per_task(10_000, images__per_identity=50) == 3  # 100 images per unit
+    assert per_task(10_000, output__identities_per_unit=64, images__per_identity=50) == 1
+    assert per_task(10_000, ray__generator_actors=8) == 32 and per_task(256, ray__generator_actors=8) == 8
+    assert per_task(4, ray__units_per_task=5) == 5  # as configured
+
+
+def test_every_stage_takes_a_tasks_units_in_one_call():
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["ray.units_per_task=3"])
+    stages = executor.pipeline(cfg, "", ModelPaths("m"), {}, 3)
+    assert [s.batch_size for s in stages] == [3, 3, 3]
+    ds = FakeDataset()
+    executor.map_stage(ds, stages[-1])
+    assert ds.calls[0][1]["batch_size"] == 3

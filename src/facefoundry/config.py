@@ -339,6 +339,10 @@ class RayConfig(StrictModel):
     filter_actors: int = Field(1, ge=1, description="Filter actor pool size.")
     writer_actors: int = Field(1, ge=1, description="Shard writer actor pool size (0.25 CPU each).")
     unit_retries: int = Field(2, ge=0, description="Retries of a failing unit per stage before it is recorded failed.")
+    units_per_task: int | None = Field(
+        None, ge=1, description="Work units per Ray task (one call of a stage's actor); null = auto "
+        "(pipelines.stage.units_per_task: about 256 images' worth, at most 32, at least 4 tasks per actor)."
+    )
 
 
 class RunConfig(StrictModel):
