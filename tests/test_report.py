@@ -136,7 +136,7 @@ def test_report_numbers_match_planted_run(tmp_path, mode):
     assert summary["sample"]["rows"] == len(stored) and summary["sample"]["shards_read"] == 3
 
 
-def test_sample_is_bounded_and_deterministic(tmp_path):
+def test_sample_is_bounded_and_deterministic(tmp_path, monkeypatch):
     make_run(tmp_path)
     a = build_report(tmp_path, tmp_path / "a", max_rows=15, seed=3)
     check_pngs(tmp_path / "a")
@@ -148,6 +148,9 @@ def test_sample_is_bounded_and_deterministic(tmp_path):
     first, again = (report._sample(tmp_path, manifests, 15, 3) for _ in range(2))
     assert first["info"] == again["info"] == a["sample"]
     assert np.array_equal(first["identity"], again["identity"])
+    monkeypatch.setattr(report, "MAX_SAMPLE_SHARDS", 1)  # many small shards: the shard bound ends the sample
+    few = report._sample(tmp_path, manifests, 10**6, 3)["info"]
+    assert (few["shards_read"], few["rows"], few["max_shards"]) == (1, 2 * PER, 1)
     other = report._sample(tmp_path, manifests, 15, 4)["identity"]
     assert not np.array_equal(np.unique(first["identity"]), np.unique(other))  # the seed picks the shards
 

@@ -2,8 +2,8 @@
 
 Everything exact comes from the manifests and ``identities.parquet``; distributions that manifests
 cannot hold (histograms of scores, pose, images per identity) come from a bounded, deterministic
-sample: whole shards in a seeded random order until ``max_rows`` rows, reading only the score
-columns (Parquet column projection: no image bytes). The image grid decodes at most
+sample: whole shards in a seeded random order until ``max_rows`` rows or ``MAX_SAMPLE_SHARDS`` shards,
+reading only the score columns (Parquet column projection: no image bytes). The image grid decodes at most
 ``GRID_IDENTITIES x GRID_IMAGES`` images from the first shards, reading only the row groups that
 hold them. Cost is therefore bounded whatever the size of the run.
 
@@ -55,6 +55,8 @@ __all__ = ["PLOTS", "ReportError", "build_report", "pose_proxies"]
 SCORE_COLUMNS = ("identity", "filter_reason", "face_count", "face_score", "face_box", "landmarks",
                  "judge_similarity", "judge_distance", "id_similarity")
 
+
+MAX_SAMPLE_SHARDS = 2_000  # the sample's other bound (see _sample)
 
 class ReportError(RuntimeError):
     """The folder is not a run, or holds nothing to report yet."""
@@ -129,19 +131,21 @@ def _vectors(column: pa.ChunkedArray, width: int) -> np.ndarray:
 
 
 def _sample(run_dir: Path, manifests: list[dict], max_rows: int, seed: int) -> dict:
-    """Score columns of whole shards in a seeded order until ``max_rows`` rows (the last shard cut)."""
+    """Score columns of whole shards in a seeded order until ``max_rows`` rows (the last shard cut) or
+    :data:`MAX_SAMPLE_SHARDS` shards (each shard costs a file open: 10^5 one-image units would be 10^5 opens)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("identity", "kept", "reason", "face_count", "face_score",
                                                           "face_box", "landmarks", *SIMILARITY_COLUMNS)}
     per_identity, rows, shards, cut = [], 0, 0, False
     for i in np.random.default_rng(seed).permutation(len(manifests)):
-        if rows >= max_rows:
+        if rows >= max_rows or shards >= MAX_SAMPLE_SHARDS:
             break
         manifest = manifests[i]
         path = run_dir / str(manifest.get("shard", ""))
         if not path.is_file():  # removed since the manifests were read
             continue
-        names = set(pq.read_schema(path).names)
-        table = pq.read_table(path, columns=[c for c in SCORE_COLUMNS if c in names])
+        with pq.ParquetFile(path) as shard:
+            names = set(shard.schema_arrow.names)
+            table = shard.read(columns=[c for c in SCORE_COLUMNS if c in names])
         if rows + table.num_rows > max_rows:
             table, cut = table.slice(0, max_rows - rows), True
         n, rows, shards = table.num_rows, rows + table.num_rows, shards + 1
@@ -167,7 +171,9 @@ def _sample(run_dir: Path, manifests: list[dict], max_rows: int, seed: int) -> d
     sample["info"] = {"max_rows": max_rows, "seed": seed, "rows": rows, "shards_read": shards,
                       "shards_total": len(manifests), "last_shard_cut": cut,
                       "columns": list(SCORE_COLUMNS),
-                      "method": "whole shards in seeded random order until max_rows rows; score columns only "
+                      "max_shards": MAX_SAMPLE_SHARDS,
+                      "method": "whole shards in seeded random order until max_rows rows or max_shards shards; "
+                                "score columns only "
                                 "(no image bytes); per-identity counts from whole shards only"}
     return sample
 

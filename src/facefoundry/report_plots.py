@@ -31,7 +31,7 @@ def describe(values: np.ndarray) -> dict:
 
 def sample_note(info: dict, mode: str) -> str:
     note = (f"sample: {info['rows']:,} rows from {info['shards_read']}/{info['shards_total']} shards "
-            f"(bound {info['max_rows']:,} rows, seed {info['seed']})")
+            f"(bound {info['max_rows']:,} rows or {info['max_shards']:,} shards, seed {info['seed']})")
     if mode == "drop":
         return note + "\ndrop mode: rejected images are not stored, only accepted images are shown"
     return note + "\nannotate mode: rejected images are stored with their filter_reason"

@@ -55,8 +55,9 @@ def select_sample(run_dir: Path, manifests: list[dict], max_identities: int | No
     kept: dict[str, dict[int, list[int]]] = {}
     for manifest in manifests:
         path = run_dir / str(manifest.get("shard", ""))
-        names = set(pq.read_schema(path).names)
-        table = pq.read_table(path, columns=[c for c in ("identity", "image_index", "filter_reason") if c in names])
+        with pq.ParquetFile(path) as shard:  # one open per shard: every done shard is read here
+            names = set(shard.schema_arrow.names)
+            table = shard.read(columns=[c for c in ("identity", "image_index", "filter_reason") if c in names])
         ids = table.column("identity").to_numpy(zero_copy_only=False)
         index = (table.column("image_index").to_numpy(zero_copy_only=False) if "image_index" in names
                  else np.arange(table.num_rows))
