@@ -23,7 +23,7 @@ from facefoundry.dataset.manifest import (
 )
 from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_store
 from facefoundry.identities.store import write_identities
-from facefoundry.layout import MODELS_DIR
+from facefoundry.layout import HUB_MAX_FILES_PER_FOLDER, MODELS_DIR
 from facefoundry.pipelines.local_ray import ray_session
 from facefoundry.pipelines.progress import Progress, StartupTicker
 from facefoundry.pipelines.runlog import LOG_DIR, new_log_path, run_log
@@ -64,6 +64,14 @@ def work_dir(cfg: RunConfig, store: RunStore) -> Path:
         return store.root
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "facefoundry" / "runs" / run_id(cfg)
+
+
+def folder_limit_warning(cfg: RunConfig, units: int) -> str:
+    """The line a run prints when its shards will not fit one Hub folder, with the setting that makes them fit."""
+    per_unit = -(-cfg.identities.count // HUB_MAX_FILES_PER_FOLDER)
+    return (f"warning: {units:,} work units make {units:,} files in {DATA_DIR}/ and in {MANIFEST_DIR}/; the Hugging "
+            f"Face Hub recommends at most {HUB_MAX_FILES_PER_FOLDER:,} files per folder. The run goes on, but to "
+            f"publish it set output.identities_per_unit={per_unit} (or more) in a new run")
 
 
 def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
@@ -163,6 +171,8 @@ def _tidy(cfg: RunConfig, store: RunStore, units: list[Unit], repair: bool, log:
 def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: TextIO, started: float,
          repair: bool = False) -> RunSummary:
     units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
+    if len(units) > HUB_MAX_FILES_PER_FOLDER:
+        log.write(folder_limit_warning(cfg, len(units)) + "\n")
     files = _tidy(cfg, store, units, repair, log) if resuming else None
     meta = write_identities(store, cfg, progress=log)
     done = {m["unit"] for m in finished_manifests(store, cfg.config_hash(), files)} if resuming else set()

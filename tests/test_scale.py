@@ -18,6 +18,7 @@ from facefoundry.generators.noop import NoopGenerator, rehearsal_config
 from facefoundry.hub import PublishError, publish
 from facefoundry.identities.store import write_identities
 from facefoundry.layout import DATA_DIR, MANIFEST_DIR
+from facefoundry.pipelines import runner
 from facefoundry.pipelines.progress import Progress
 from facefoundry.pipelines.runner import file_metadata, resolve_model_paths, run
 from facefoundry.pipelines.stages import pipeline
@@ -67,7 +68,7 @@ def test_progress_lines_are_bounded_in_a_log():
 
 
 @pytest.mark.slow
-def test_resume_on_s3_lists_each_folder_once_and_redoes_exactly_the_lost_units(s3):
+def test_resume_on_s3_lists_each_folder_once_and_redoes_exactly_the_lost_units(s3, monkeypatch):
     units = plan_units(200, 1)
     cfg = validate_config(rehearsal_config(len(units)) | {"ray": {"num_cpus": 2}})
     uri = bucket_uri(s3.endpoint, "scale", "run")
@@ -78,8 +79,12 @@ def test_resume_on_s3_lists_each_folder_once_and_redoes_exactly_the_lost_units(s
 
     # A finished run: planning and the done-scan list data/ and manifests/ once each and read nothing twice.
     mark = len(s3.requests)
-    again = run(cfg, uri, log=io.StringIO())
+    monkeypatch.setattr(runner, "HUB_MAX_FILES_PER_FOLDER", 150)  # and 200 shards would not fit one Hub folder
+    log = io.StringIO()
+    again = run(cfg, uri, log=log)
     assert (again.units_written, again.units_skipped) == (0, len(units))
+    assert "200 work units make 200 files in data/" in log.getvalue()
+    assert "set output.identities_per_unit=2 (or more)" in log.getvalue()
     listed = [p for p in s3.listings(mark) if p.endswith((f"{DATA_DIR}/", f"{MANIFEST_DIR}/"))]
     assert sorted(listed) == [f"run/{DATA_DIR}/", f"run/{MANIFEST_DIR}/"], s3.listings(mark)
     reads = [path for method, path, _ in s3.requests[mark:] if method == "GET" and f"/{MANIFEST_DIR}/" in path]

@@ -28,6 +28,7 @@ from facefoundry.layout import (
     CARD_FILE,
     DATA_DIR,
     DATA_PATTERN,
+    HUB_MAX_FILES_PER_FOLDER,
     IDENTITIES_FILE,
     LOG_DIR,
     MANIFEST_DIR,
@@ -39,7 +40,6 @@ from facefoundry.licensing import DEFAULT_LICENSE, check_license, licence_confli
 from facefoundry.models import human_bytes
 from facefoundry.runfacts import RunFactsError, read_run_facts
 
-MAX_FILES_PER_FOLDER = 10_000  # the Hub's recommended limit per folder
 # What publish uploads (patterns relative to the run folder) and deletes remotely when absent locally.
 UPLOAD_PATTERNS = [CARD_FILE, RUN_FILE, DATA_PATTERN, f"{MANIFEST_DIR}/*.json", f"{REPORT_DIR}/*.png",
                    f"{REPORT_DIR}/*.json"]
@@ -208,9 +208,9 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
                                      gated=gated, include_identities=include_identities)
     card_bytes = text.encode("utf-8")
     warnings = licence_conflicts(user_choices(text)[0] or DEFAULT_LICENSE, run_components(facts.config)) + warnings
-    if len(facts.manifests) > MAX_FILES_PER_FOLDER:
+    if len(facts.manifests) > HUB_MAX_FILES_PER_FOLDER:
         warnings.append(f"{DATA_DIR}/ holds {len(facts.manifests):,} shards; the Hub recommends at most "
-                        f"{MAX_FILES_PER_FOLDER:,} files per folder: use a larger output.identities_per_unit")
+                        f"{HUB_MAX_FILES_PER_FOLDER:,} files per folder: use a larger output.identities_per_unit")
     files = [p.as_posix() for p in upload_selection(run_dir, include_identities) if p.as_posix() != CARD_FILE]
     listing = [(CARD_FILE, len(card_bytes))] + [(p, (run_dir / p).stat().st_size) for p in files]
     total = sum(size for _, size in listing)

@@ -37,6 +37,9 @@ SUMMARY_FILE = "summary.json"
 # facefoundry.report's plots, in reading order (the card shows them in this order).
 PLOTS = ("separation.png", "consistency.png", "funnel.png", "quality.png", "pose.png", "grid.png")
 
+# The Hugging Face Hub's recommended limit of files per folder: data/ and manifests/ hold one file per work unit.
+HUB_MAX_FILES_PER_FOLDER = 10_000
+
 # Everything a run writes into its folder; ``--fresh`` removes exactly these and nothing else.
 RUN_ENTRIES = (RUN_FILE, IDENTITIES_FILE, DATA_DIR, MANIFEST_DIR, MODELS_DIR, REPORT_DIR, EVAL_DIR, CARD_FILE, LOG_DIR,
                ORPHANS_DIR)
