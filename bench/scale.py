@@ -6,7 +6,8 @@ pipeline itself costs: planning, scheduling the units through Ray, filtering, wr
 resuming, and the finished-run tools. For each size and store (a local folder; the loopback S3 server, moto,
 at the ``--s3-sizes``) every step runs as its own ``facefoundry`` process, and the bench prints:
 
-- ``run``: the first run, wall time and units/s, and the driver's peak RSS (sampled every 0.1 s);
+- ``run``: the first run, wall time and units/s, and the driver's peak RSS (sampled every 0.1 s) and peak
+  private memory (RSS less shared pages: Ray's object store is mapped into the driver and counts in its RSS);
 - ``resume, nothing to do``: the same command again on the finished run (plan + one listing + manifests);
 - ``resume, 1% lost``: after deleting a random 1 % of the manifests (those units, and only those, are redone);
 - ``verify``, ``report``, ``card`` (local runs; ``verify`` on S3 too).
@@ -50,6 +51,7 @@ RAY = {"num_cpus": os.cpu_count(), "writer_actors": 2}
 class Step:
     seconds: float
     peak_rss: int  # bytes, the driver process alone
+    peak_private: int  # of which not shared (RSS minus file-backed and shared memory, e.g. Ray's object store)
     output: str
 
 
@@ -64,15 +66,16 @@ def timed(args: list[str], env: dict[str, str]) -> Step:
     """Run ``args``; its wall time and the peak RSS of that process (not its Ray workers)."""
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    peak = [0]
+    peak = [0, 0]
 
     def sample() -> None:
         with_proc = psutil.Process(proc.pid)
         while proc.poll() is None:
             try:
-                peak[0] = max(peak[0], with_proc.memory_info().rss)
+                memory = with_proc.memory_info()
             except psutil.Error:
                 return
+            peak[0], peak[1] = max(peak[0], memory.rss), max(peak[1], memory.rss - memory.shared)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -82,7 +85,7 @@ def timed(args: list[str], env: dict[str, str]) -> Step:
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args[1:3])} failed ({proc.returncode}):\n{output[-3000:]}")
-    return Step(seconds, peak[0], output)
+    return Step(seconds, peak[0], peak[1], output)
 
 
 def written(output: str) -> int:
@@ -121,7 +124,8 @@ def rehearse(size: int, store: str, out: str, config: Path, env: dict[str, str])
         steps["report"] = timed([*CLI, "report", out], env)
         steps["card"] = timed([*CLI, "card", out], env)
     for name, step in steps.items():
-        print(f"    {name:24s} {step.seconds:8.1f} s   driver peak RSS {step.peak_rss / 2**20:7.0f} MiB", flush=True)
+        print(f"    {name:24s} {step.seconds:8.1f} s   driver peak RSS {step.peak_rss / 2**20:7.0f} MiB "
+              f"(private {step.peak_private / 2**20:.0f} MiB)", flush=True)
     return measured
 
 
@@ -139,7 +143,8 @@ def table(results: list[Measured]) -> None:
                 step = r.steps.get(name)
                 cell = "-" if step is None else f"{step.seconds:.1f} s"
                 if name == "run" and step is not None:
-                    cell += f" ({r.size / step.seconds:.0f} units/s, {step.peak_rss / 2**20:.0f} MiB)"
+                    cell += (f" ({r.size / step.seconds:.0f} units/s, {step.peak_rss / 2**20:.0f} MiB, private "
+                             f"{step.peak_private / 2**20:.0f} MiB)")
                 cells.append(cell)
             pairs = [(a, b) for a, b in zip(rows, rows[1:], strict=False) if name in a.steps and name in b.steps]
             for a, b in pairs:
