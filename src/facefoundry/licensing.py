@@ -70,6 +70,7 @@ _GLINT_TERMS = "Glint360K / InsightFace terms: non-commercial research only"
 # Keyed by short name; ``models.REGISTRY`` entries name the upstream models their files hold.
 UPSTREAM: dict[str, Upstream] = {
     "tiny": Upstream("tiny random weights (built in code)", "none", "none (random initialisation)", True),
+    "noop": Upstream("no-op generator (seed-only noise, no model)", "none", "none (no model)", True),
     "arc2face": Upstream("Arc2Face", "mit (model card); training-data release cc-by-nc-sa-4.0",
                          "WebFace42M-derived face images (web-crawled, no consent)", False),
     "sd15": Upstream("Stable Diffusion 1.5", "creativeml-openrail-m (use-based restrictions)",
@@ -108,7 +109,7 @@ def run_components(cfg: RunConfig) -> list[Component]:
     """The upstream models a run used, from its typed config."""
     gen, filt = cfg.generator, cfg.filter
     if gen.tiny:
-        comps = [component("tiny", "generator", "facefoundry")]
+        comps = [component("noop" if gen.kind == "noop" else "tiny", "generator", "facefoundry")]
     elif gen.kind == "arc2face":
         model = hub_id(gen.model, "FoivosPar/Arc2Face")
         comps = [

@@ -79,7 +79,8 @@ def limitations(ctx: CardContext) -> list[str]:
     add("## Limitations\n")
     lim = []
     if tiny:
-        lim.append("- Tiny random weights: the images are not faces. This run only tests the tooling.")
+        lim.append(("- The no-op generator (a pipeline rehearsal)" if cfg.generator.kind == "noop" else
+                    "- Tiny random weights") + ": the images are not faces. This run only tests the tooling.")
     lim += [
         "- Identity consistency was judged by one independent model (dlib); its 0.6 threshold was calibrated on "
         "real photos, not generated faces.",
