@@ -107,7 +107,7 @@ def test_writers_racing_for_a_stale_lock_get_exactly_one_winner(tmp_path):
     for p in procs:
         p.join(30)
     assert sorted(results.get(timeout=5) for _ in procs) == ["refused"] * 5 + ["won"]
-    assert not (out / LOCK_FILE).exists() and not list(out.glob(".run.lock.stale-*"))
+    assert not (out / LOCK_FILE).exists() and not list(out.glob(".run.lock*")), "no lock or takeover mutex left"
 
 
 def test_out_that_is_a_file_is_said_in_words(tmp_path):

@@ -9,9 +9,9 @@ takes it over and says so. A lock naming another host cannot be checked from her
 whom to ask, and ``rm <out>/run.lock`` clears it.
 
 - Local folder: the lock file is created with ``O_CREAT | O_EXCL``, which the filesystem decides
-  atomically, so of two writers started together exactly one gets it. A stale lock is first renamed
-  to a private name (only one taker's rename succeeds) and re-read, so a lock taken meanwhile by a
-  live writer is never discarded.
+  atomically, so of two writers started together exactly one gets it. A stale lock is removed only under
+  a takeover mutex (``.run.lock.takeover``, also O_EXCL) and only if it still holds the bytes judged stale,
+  so a lock taken meanwhile by a live writer is never discarded, not even for an instant.
 - Object store (``s3://``, ``gs://``, ...): pyarrow's filesystems have no create-if-absent, so the
   rule is *single writer, enforced at start*: a writer refuses a lock object held by another token;
   otherwise it writes its own, waits ``REMOTE_SETTLE_S`` (long beside one PUT), and re-reads it. Of
@@ -121,10 +121,42 @@ def _read_local(path: Path) -> tuple[bytes | None, dict | None]:
     return raw, {}
 
 
+TAKEOVER_ABANDONED_S = 30.0  # a takeover mutex this old belongs to a taker that died inside the takeover
+
+
+def _remove_stale(path: Path, raw: bytes) -> bool:
+    """Remove the lock file ``path`` if it still holds the stale bytes ``raw``; True if this call removed it.
+
+    Only one taker at a time may remove a lock: the holder of ``.run.lock.takeover`` (created with O_EXCL).
+    Under it the lock is re-read and removed only if unchanged, so a lock that a live writer created after the
+    stale one went is never touched (only a takeover removes a lock nobody releases, and takeovers are
+    serialised). A live lock is never renamed or removed, even for an instant."""
+    mutex = path.with_name(f".{LOCK_FILE}.takeover")
+    try:
+        fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - mutex.stat().st_mtime > TAKEOVER_ABANDONED_S:
+                mutex.unlink()
+        time.sleep(0.01)
+        return False  # another writer is taking over: look again
+    os.close(fd)
+    try:
+        try:
+            if path.read_bytes() != raw:
+                return False  # released or taken over meanwhile
+        except FileNotFoundError:
+            return False
+        path.unlink()
+        return True
+    finally:
+        mutex.unlink()
+
+
 def _take_local(store: LocalStore, owner: dict, notices: list[str]) -> None:
     path = store.root / LOCK_FILE
     data = (json.dumps(owner, indent=2) + "\n").encode()
-    for _ in range(10):
+    for _ in range(50):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -133,18 +165,8 @@ def _take_local(store: LocalStore, owner: dict, notices: list[str]) -> None:
                 continue  # released meanwhile: try again
             if not is_stale(holder):
                 raise _refusal(store, holder) from None
-            aside = path.with_name(f".{LOCK_FILE}.stale-{owner['token']}")
-            try:
-                os.rename(path, aside)
-            except FileNotFoundError:
-                continue  # another writer took it over first
-            if aside.read_bytes() != raw:  # we moved a lock a live writer took meanwhile: put it back
-                with contextlib.suppress(FileExistsError):
-                    os.link(aside, path)
-                aside.unlink()
-                continue
-            aside.unlink()
-            notices.append(f"took over a stale lock of {describe(holder)}: that process is gone")
+            if _remove_stale(path, raw):
+                notices.append(f"took over a stale lock of {describe(holder)}: that process is gone")
             continue
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
