@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from facefoundry.config import NoopConfig
 
-from .base import GenerationOutput, ModelFiles, Resources, check_vectors
+from .base import GenerationOutput, ModelFiles, Resources, check_batch
 
 
 class NoopGenerator:
@@ -49,10 +49,7 @@ class NoopGenerator:
                  variations: list[dict[str, Any]] | None = None) -> list[np.ndarray]:
         """One noise image per row of ``vectors`` (validated like a real generator's input), from its seed."""
         vectors = np.asarray(vectors)
-        arr = check_vectors(vectors, vectors.shape[1] if vectors.ndim == 2 else 0)  # any dimension will do
-        seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
-        if len(seeds) != len(arr):
-            raise ValueError(f"got {len(arr)} vectors but {len(seeds)} seeds")
+        _, seeds = check_batch(vectors, seeds, variations, vectors.shape[1] if vectors.ndim == 2 else 0)  # any dim
         shape = (self.cfg.size, self.cfg.size, 3)
         return [np.random.default_rng(int(seed)).integers(0, 256, shape, dtype=np.uint8) for seed in seeds]
 
