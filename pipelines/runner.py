@@ -174,34 +174,36 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
     if len(units) > HUB_MAX_FILES_PER_FOLDER:
         log.write(folder_limit_warning(cfg, len(units)) + "\n")
     files = _tidy(cfg, store, units, repair, log) if resuming else None
-    meta = write_identities(store, cfg, progress=log)
     done = {m["unit"] for m in finished_manifests(store, cfg.config_hash(), files)} if resuming else set()
     pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
-    log.write(
-        f"run {run_id(cfg)}: {cfg.identities.count} identities (nearest-neighbour cosine max "
-        f"{meta['nn_cosine']['max']:.3f}), {len(units)} units"
-        + (f", {skipped} already done (resuming)" if resuming else "")
-        + "\n"
-    )
-    rows = 0
-    progress: Progress | None = None
-    failed: list[tuple[str, str]] = []
-    if pending:
+    # With work to do, Ray starts in a thread while this one samples the identities and resolves the models.
+    with ray_session(cfg.ray, background=True) if pending else contextlib.nullcontext() as ray_ready:
+        meta = write_identities(store, cfg, progress=log)
+        log.write(
+            f"run {run_id(cfg)}: {cfg.identities.count} identities (nearest-neighbour cosine max "
+            f"{meta['nn_cosine']['max']:.3f}), {len(units)} units"
+            + (f", {skipped} already done (resuming)" if resuming else "")
+            + "\n"
+        )
+        if not pending:
+            log.write("nothing to do: every unit is already written\n")
+            return RunSummary(run_id(cfg), len(units), skipped, 0, 0, 0, 0, time.monotonic() - started)
+        rows, failed = 0, []
         paths = resolve_model_paths(cfg, local)
         from facefoundry.pipelines.executor import stream_units
         from facefoundry.pipelines.preflight import check_before_start
 
-        check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before Ray starts
+        check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before any worker starts
 
         progress = Progress(len(units), (cfg.identities.count / len(units)) * cfg.images.per_identity, log,
                             done_units=skipped)
         log.write(f"starting the pipeline for {len(pending)} units: Ray, its workers and the models load before "
                   "the first unit lands (10-20 s on a laptop)\n")
         log.flush()
-        starting = time.monotonic()
-        with ray_session(cfg.ray), StartupTicker(log, started=starting) as ticker:
-            log.write(f"Ray ready after {time.monotonic() - starting:.1f}s; starting the stage workers\n")
+        with StartupTicker(log, started=started) as ticker:
+            ray_ready()
+            log.write(f"Ray ready after {time.monotonic() - started:.1f}s; starting the stage workers\n")
             log.flush()
             for manifest in stream_units(cfg, store.uri if isinstance(store, RemoteStore) else str(store), pending,
                                          paths, file_metadata(cfg)):
@@ -214,8 +216,5 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
                     continue
                 progress.update(manifest)
                 rows += manifest["rows"]
-    else:
-        log.write("nothing to do: every unit is already written\n")
-    generated, accepted = (progress.generated, progress.accepted) if progress else (0, 0)  # this invocation's
-    return RunSummary(run_id(cfg), len(units), skipped, len(pending) - len(failed), generated, accepted, rows,
-                      time.monotonic() - started, failed)
+    return RunSummary(run_id(cfg), len(units), skipped, len(pending) - len(failed), progress.generated,
+                      progress.accepted, rows, time.monotonic() - started, failed)

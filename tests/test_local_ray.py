@@ -1,0 +1,58 @@
+"""The embedded Ray started in the background (``ray_session(background=True)``), as ``facefoundry run`` starts
+it while the driver samples identities: it must stay up after its start thread is done, give the main thread
+back its SIGTERM handler, and stop (temp dir and thread included) when the block fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+
+import pytest
+
+from facefoundry.config import RayConfig
+from facefoundry.pipelines import local_ray
+from facefoundry.pipelines.local_ray import ray_session
+
+
+@pytest.fixture
+def temp_dirs(monkeypatch) -> list[str]:
+    """The temp dirs the sessions create (other Rays on the machine have their own)."""
+    made, mkdtemp = [], tempfile.mkdtemp
+
+    def recording(*args, **kwargs):
+        made.append(mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(local_ray.tempfile, "mkdtemp", recording)
+    return made
+
+
+def _start_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ray-start"]
+
+
+def test_a_background_ray_outlives_its_start_and_serves_tasks(temp_dirs):
+    import ray
+
+    handler = signal.getsignal(signal.SIGTERM)
+    with ray_session(RayConfig(num_cpus=1), background=True) as ready:
+        ready()
+        assert signal.getsignal(signal.SIGTERM) is handler  # Ray's native handler is not left installed
+        time.sleep(1)  # Ray's daemons die with the thread that spawned them: that thread must still be alive
+        assert ray.get(ray.remote(lambda x: x + 1).remote(41), timeout=120) == 42
+        assert len(_start_threads()) == 1
+    assert not ray.is_initialized() and not _start_threads()
+    assert len(temp_dirs) == 1 and not os.path.exists(temp_dirs[0])  # its temp dir is gone
+
+
+def test_a_failing_block_stops_the_starting_ray_and_keeps_its_own_error(temp_dirs):
+    import ray
+
+    with pytest.raises(ValueError, match="sampling failed"):
+        with ray_session(RayConfig(num_cpus=1), background=True):
+            raise ValueError("sampling failed")  # before Ray is up: the session waits for it, then shuts it down
+    assert not ray.is_initialized() and not _start_threads()
+    assert len(temp_dirs) == 1 and not os.path.exists(temp_dirs[0])
