@@ -10,9 +10,8 @@ the setting or command that fixes it.
   is missing, the run waits instead (and says for what).
 - :func:`check_model_files`: the files the stages will load (``pipelines.modelcheck`` finds what is missing:
   local folders on disk, Hub files in the HF cache or, online, served by the Hub).
-- :func:`check_before_start` runs both in the driver before any stage worker starts (for the embedded Ray,
-  whose resources are known beforehand; Ray itself may be starting meanwhile); :func:`check_cluster` runs
-  again on the live Ray before the stages start.
+- :func:`check_before_start` runs both in the driver before Ray starts (for the embedded Ray, whose
+  resources are known beforehand); :func:`check_cluster` runs again on the live Ray before the stages start.
 """
 
 from __future__ import annotations
@@ -185,7 +184,7 @@ def check_model_files(needs: Iterable[ModelFiles]) -> None:
 
 
 def check_before_start(cfg: Any, paths: Any) -> None:
-    """Everything the driver can check before the stage workers start (the one call ``pipelines.runner`` makes), raising
+    """Everything the driver can check before Ray starts (the one call ``pipelines.runner`` makes), raising
     :class:`PreflightError` in one line:
 
     - the model files the stages declare (``Stage.model_files``: the generator's from ``paths``, a

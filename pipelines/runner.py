@@ -177,7 +177,12 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
     done = {m["unit"] for m in finished_manifests(store, cfg.config_hash(), files)} if resuming else set()
     pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
-    # With work to do, Ray starts in a thread while this one samples the identities and resolves the models.
+    if pending:
+        paths = resolve_model_paths(cfg, local)
+        from facefoundry.pipelines.preflight import check_before_start
+
+        check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before Ray starts
+    # With work to do, Ray starts in a thread while this one samples the identities.
     with ray_session(cfg.ray, background=True) if pending else contextlib.nullcontext() as ray_ready:
         meta = write_identities(store, cfg, progress=log)
         log.write(
@@ -190,11 +195,7 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
             log.write("nothing to do: every unit is already written\n")
             return RunSummary(run_id(cfg), len(units), skipped, 0, 0, 0, 0, time.monotonic() - started)
         rows, failed = 0, []
-        paths = resolve_model_paths(cfg, local)
         from facefoundry.pipelines.executor import stream_units
-        from facefoundry.pipelines.preflight import check_before_start
-
-        check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before any worker starts
 
         progress = Progress(len(units), (cfg.identities.count / len(units)) * cfg.images.per_identity, log,
                             done_units=skipped)

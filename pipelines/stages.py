@@ -78,7 +78,7 @@ def build_generator(cfg: RunConfig, paths: ModelPaths):
 
 
 def generator_model_files(cfg: RunConfig, paths: ModelPaths) -> list[ModelFiles]:
-    """The model files the configured generator will load from ``paths`` (checked before the stage workers start)."""
+    """The model files the configured generator will load from ``paths`` (checked before Ray starts)."""
     return generator_class(cfg).model_files(cfg.generator, paths.model, paths.base_model, paths.extra)
 
 
