@@ -131,7 +131,9 @@ class GenerateStage(Stage):
     def setup(self) -> None:
         if self.generator is not None:
             return
-        self.vectors = identity_vectors(self.out)
+        from facefoundry.identities.store import IdentityVectors  # pulls in torch: not at the top (filter, writer)
+
+        self.vectors = IdentityVectors(self.out)  # read by row group as units need them (2 GB whole at 10^6)
         self.generator = build_generator(self.cfg, self.paths)
         self.generator.setup()
 
@@ -141,7 +143,7 @@ class GenerateStage(Stage):
         identities = np.repeat(np.arange(unit.start, unit.stop, dtype=np.int64), per)
         indices = np.tile(np.arange(per, dtype=np.int32), unit.stop - unit.start)
         seeds = image_seeds(self.cfg.run.seed, identities, indices)
-        vectors = self.vectors[identities]
+        vectors = self.vectors.rows(unit.start, unit.stop)[identities - unit.start]
         from facefoundry.generators.base import IDENTITY_VECTOR
 
         variations = [{IDENTITY_VECTOR: v} for v in vectors]  # what each image must show, before perturbation

@@ -90,3 +90,39 @@ def test_identities_file_written_once(tmp_path):
     other = validate_config({"identities": {"count": 21}, "images": {"per_identity": 1}})
     with pytest.raises(RuntimeError, match="belongs to another config"):
         write_identities(tmp_path, other)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_identity_vectors_read_only_the_row_groups_asked_for(where, tmp_path, monkeypatch, request):
+    """A generator worker's view of identities.parquet: exact rows, read a row group at a time, holding only
+    the groups of the last request (here 8 rows per group: 30 identities make groups 0-7, 8-15, 16-23, 24-29)."""
+    from facefoundry.identities import store
+
+    monkeypatch.setattr(store, "IDENTITY_ROW_GROUP", 8)
+    if where == "local":
+        out = tmp_path
+    else:
+        from s3server import bucket_uri
+
+        out = bucket_uri(request.getfixturevalue("s3").endpoint, "identity-vectors", "run")
+    cfg = validate_config({"identities": {"count": 30}, "images": {"per_identity": 1}})
+    write_identities(out, cfg)
+    whole = store.read_run_vectors(out)
+    reads: list[list[int]] = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                        lambda self, groups, **kw: reads.append(list(groups)) or real(self, groups, **kw))
+    vectors = store.IdentityVectors(out)
+    assert len(vectors) == 30
+    for (start, stop), groups_read in [((0, 3), [0]), ((5, 8), []), ((7, 9), [1]), ((8, 16), []),
+                                       ((29, 30), [3]), ((0, 30), [0, 1, 2])]:
+        reads.clear()
+        assert np.array_equal(vectors.rows(start, stop), whole[start:stop]), (start, stop)
+        assert reads == ([groups_read] if groups_read else []), (start, stop, reads)
+    vectors.rows(12, 14)
+    assert set(vectors._held) == {1}  # only what the last call needed stays in memory
+    with pytest.raises(IndexError, match=r"identities 25\.\.31 are outside this run's 0\.\.30"):
+        vectors.rows(25, 31)
+    empty = tmp_path / "empty"
+    with pytest.raises(FileNotFoundError, match="identities.parquet is missing: the run's identities were not written"):
+        store.IdentityVectors(empty)

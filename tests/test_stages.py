@@ -56,7 +56,8 @@ def test_vec2face_records_masks_and_perturbation(tmp_path):
     row = table.slice(3, 1).to_pylist()[0]
     from facefoundry.identities.variation import perturb
 
-    vector = perturb(stage.vectors[[row["identity"]]], np.array([row["perturbation_sigma"]]),
+    identity = row["identity"]
+    vector = perturb(stage.vectors.rows(identity, identity + 1), np.array([row["perturbation_sigma"]]),
                      np.array([row["seed"]]), cfg.images.perturbation)
     again = gen.generate(vector, np.array([row["seed"]]), [{"token_mask": row["token_mask"]}])[0]
     stored = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))

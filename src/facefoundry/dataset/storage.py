@@ -75,6 +75,13 @@ class LocalStore:
         """:meth:`read_bytes` of each of ``rels``, in order."""
         return [self.read_bytes(rel) for rel in rels]
 
+    def open_input(self, rel: str) -> pa.NativeFile:
+        """The file ``rel`` opened for random access (close it after use); FileNotFoundError if absent."""
+        path = self.root / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing")
+        return pa.OSFile(str(path), "rb")
+
     def size(self, rel: str) -> int | None:
         """Size of the file ``rel``; None if it is not a file."""
         path = self.root / rel
@@ -180,6 +187,12 @@ class RemoteStore:
             return [self.read_bytes(rel) for rel in rels]
         with concurrent.futures.ThreadPoolExecutor(min(READ_THREADS, len(rels))) as pool:
             return list(pool.map(self.read_bytes, rels))
+
+    def open_input(self, rel: str) -> pa.NativeFile:
+        """The object ``rel`` opened for ranged reads (close it after use); FileNotFoundError if absent."""
+        if self.size(rel) is None:
+            raise FileNotFoundError(f"{self.name(rel)} is missing")
+        return self.fs.open_input_file(self._path(rel))
 
     def _infos(self, folder: str) -> list[pafs.FileInfo]:
         try:

@@ -18,6 +18,9 @@ from facefoundry.identities.separation import nearest_neighbours, separation_sum
 from facefoundry.layout import IDENTITIES_FILE
 
 _META_KEY = b"facefoundry"
+# Rows per row group of identities.parquet (about 8 MB of 512-d vectors): a generator worker reads the groups
+# its units fall in, never the whole file (2 GB at 10^6 identities).
+IDENTITY_ROW_GROUP = 4096
 
 
 def identities_table(vectors: np.ndarray, sampler: str, leakage: LeakageResult | None = None) -> pa.Table:
@@ -85,7 +88,7 @@ def write_identities(out: str | Path | RunStore, cfg: RunConfig, progress: TextI
     }
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
     with store.commit(IDENTITIES_FILE) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=IDENTITY_ROW_GROUP)
     return meta
 
 
@@ -106,9 +109,56 @@ def read_run_vectors(out: str | Path | RunStore) -> np.ndarray:
     return read_vectors(arrow_reader(raw))
 
 
+class IdentityVectors:
+    """The identity vectors of the run in ``out`` (a folder or a remote URI), read a row group at a time as
+    :meth:`rows` asks for them: a worker holds the groups of the unit it is rendering, not the whole file.
+
+    The file is opened only to read a group that is not held (no handle stays open between units)."""
+
+    def __init__(self, out: str | Path | RunStore):
+        self._store = open_store(out)
+        with self._open() as fh:
+            self._metadata = pq.ParquetFile(fh).metadata
+        sizes = [self._metadata.row_group(g).num_rows for g in range(self._metadata.num_row_groups)]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # group g: rows starts[g]..starts[g+1]
+        self._held: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _open(self) -> pa.NativeFile:
+        try:
+            return self._store.open_input(IDENTITIES_FILE)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self._store.name(IDENTITIES_FILE)} is missing: the run's identities were "
+                                    "not written") from None
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Vectors of identities ``start..stop`` as a float32 (stop - start, dim) array."""
+        if not 0 <= start < stop <= len(self):
+            raise IndexError(f"identities {start}..{stop} are outside this run's 0..{len(self)}")
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        last = int(np.searchsorted(self._starts, stop, side="left")) - 1
+        wanted = range(first, last + 1)
+        missing = [g for g in wanted if g not in self._held]
+        held = {g: self._held[g] for g in wanted if g in self._held}
+        if missing:
+            with self._open() as fh:
+                table = pq.ParquetFile(fh, metadata=self._metadata).read_row_groups(missing, columns=["vector"])
+            block = _vectors(table)
+            offsets = np.cumsum([0] + [int(self._starts[g + 1] - self._starts[g]) for g in missing])
+            held.update({g: block[offsets[k]:offsets[k + 1]] for k, g in enumerate(missing)})
+        self._held = held  # only the groups this call needed stay in memory
+        joined = np.concatenate([held[g] for g in wanted])
+        return joined[start - self._starts[first]:stop - self._starts[first]]
+
+
+def _vectors(table: pa.Table) -> np.ndarray:
+    col = table.column("vector").combine_chunks()
+    return col.flatten().to_numpy().reshape(len(col), col.type.list_size).astype(np.float32)
+
+
 def read_vectors(path: Path | pa.NativeFile, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Vectors of identities ``start..stop`` as a float32 (n, dim) array."""
     table = pq.read_table(path, columns=["identity", "vector"])
-    table = table.slice(start, (stop - start) if stop is not None else None)
-    col = table.column("vector").combine_chunks()
-    return col.flatten().to_numpy().reshape(len(col), col.type.list_size).astype(np.float32)
+    return _vectors(table.slice(start, (stop - start) if stop is not None else None))
