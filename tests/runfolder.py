@@ -1,4 +1,6 @@
-"""Build small, complete run folders without Ray or models, for tests of the finished-run tools."""
+"""Build small, complete run folders without Ray: :func:`make_run` (no models either), for tests of the
+finished-run tools, and :func:`write_in_process` (the pipeline's own stages in this process), for a reference
+run that a real run, killed and resumed or written elsewhere, must match byte for byte."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from facefoundry.dataset.manifest import plan_units
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.identities.store import write_identities
+from facefoundry.pipelines.runner import file_metadata, resolve_model_paths
+from facefoundry.pipelines.stage import Stage
+from facefoundry.pipelines.stages import pipeline
 from facefoundry.runinfo import prepare_run_folder
 
 
@@ -47,3 +52,28 @@ def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: in
         write_unit(out, unit, table, generated=len(ids), drops={}, config_hash=cfg.config_hash(),
                    file_metadata={"run_id": "fixture"})
     return out
+
+
+def write_in_process(cfg, out: str | Path) -> list[dict]:
+    """A finished run of ``cfg`` in ``out`` (a folder or a URI), every unit through the same stages a Ray worker
+    runs (set up the same way), in this process; the manifests. Tiny model builds go under ``out`` (a folder)
+    or a temporary folder (a URI)."""
+    import os
+    import tempfile
+
+    from facefoundry.dataset.storage import is_remote
+
+    prepare_run_folder(out, cfg)
+    write_identities(out, cfg)
+    with tempfile.TemporaryDirectory(prefix="ffmodels-") as models:
+        paths = resolve_model_paths(cfg, Path(models) if is_remote(out) else Path(out))
+        stages: list[Stage] = pipeline(cfg, str(out), paths, file_metadata(cfg))
+        for stage in stages:
+            stage.setup_worker(os.cpu_count())
+        manifests = []
+        for unit in plan_units(cfg.identities.count, cfg.output.identities_per_unit):
+            item = unit
+            for stage in stages:
+                item = stage(item)
+            manifests.append(item)
+    return manifests

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from runfolder import write_in_process
 from s3server import bucket_uri
 from typer.testing import CliRunner
 
 from facefoundry.cli import app
+from facefoundry.config import load_config
 from facefoundry.dataset.storage import open_store
 from facefoundry.verify import verify_run
 
@@ -65,9 +67,10 @@ def test_sigterm_mid_run_ends_in_one_line_and_the_log_says_so(tmp_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run of ARGS, shared by the kill tests (it does not depend on where they write)."""
+    """An uninterrupted run of ARGS, shared by the kill tests (it does not depend on where they write): the
+    stages in this process, without Ray's start-up (a run through Ray writes the same bytes)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    assert CliRunner().invoke(app, ["run", str(CONFIG), "--out", str(out), *ARGS]).exit_code == 0
+    write_in_process(load_config(CONFIG, [a for a in ARGS if a != "--set"]), out)
     return out
 
 
@@ -94,7 +97,11 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, request, where,
 
     result = CliRunner().invoke(app, ["run", str(CONFIG), "--out", out, *ARGS])
     assert result.exit_code == 0, result.output
-    assert f"{done_before} already done (resuming)" in result.output
+    # What the resume finds done can exceed the count above: on a loaded machine a killed run's last upload (the
+    # S3 server lives in this process) can land later than a second. It redoes exactly the rest.
+    found = re.search(r"(\d+) already done \(resuming\)", result.output)
+    assert found and done_before <= int(found.group(1)) < 6, (done_before, result.output)
+    assert f"{6 - int(found.group(1))} units written" in result.output, result.output
     assert shard_digests(out) == shard_digests(reference) and len(shard_digests(out)) == 6
     assert verify_run(out) == []
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import io
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
+from runfolder import write_in_process
 from s3server import bucket_uri
 
 from facefoundry.card.build import write_card
@@ -17,13 +17,10 @@ from facefoundry.dataset.manifest import plan_units
 from facefoundry.dataset.storage import open_store
 from facefoundry.generators.noop import NoopGenerator, rehearsal_config
 from facefoundry.hub import PublishError, publish
-from facefoundry.identities.store import write_identities
 from facefoundry.layout import DATA_DIR, MANIFEST_DIR
 from facefoundry.pipelines import runner
 from facefoundry.pipelines.progress import Progress
-from facefoundry.pipelines.runner import file_metadata, resolve_model_paths, run
-from facefoundry.pipelines.stages import pipeline
-from facefoundry.runinfo import prepare_run_folder
+from facefoundry.pipelines.runner import run
 from facefoundry.verify import verify_run
 
 
@@ -68,20 +65,6 @@ def test_progress_lines_are_bounded_in_a_log():
     assert len(every.stream.getvalue().splitlines()) == 3
 
 
-def write_without_ray(cfg, out: str) -> list[dict]:
-    """A finished run of ``cfg`` in ``out``, made by the stages themselves in this process; the manifests."""
-    prepare_run_folder(out, cfg)
-    write_identities(out, cfg)
-    stages = pipeline(cfg, str(out), resolve_model_paths(cfg, Path(str(out))), file_metadata(cfg))
-    manifests = []
-    for unit in plan_units(cfg.identities.count, cfg.output.identities_per_unit):
-        item = unit
-        for stage in stages:
-            item = stage(item)
-        manifests.append(item)
-    return manifests
-
-
 @pytest.mark.slow
 def test_resume_on_s3_lists_each_folder_once_and_redoes_exactly_the_lost_units(s3, monkeypatch):
     """The finished run is written by the stages in this process; the reruns are real runs (Ray for the redo),
@@ -89,7 +72,7 @@ def test_resume_on_s3_lists_each_folder_once_and_redoes_exactly_the_lost_units(s
     units = plan_units(200, 1)
     cfg = validate_config(rehearsal_config(len(units)) | {"ray": {"num_cpus": 2}})
     uri = bucket_uri(s3.endpoint, "scale", "run")
-    assert len(write_without_ray(cfg, uri)) == len(units)
+    assert len(write_in_process(cfg, uri)) == len(units)
     store = open_store(uri)
     shards = {name: store.read_bytes(f"{DATA_DIR}/{name}") for name in store.sizes(DATA_DIR)}
     assert len(shards) == len(units)
@@ -125,7 +108,7 @@ def test_a_noop_run_is_a_tooling_test_never_a_dataset(tmp_path):
     """A rehearsal run made by the stages themselves (no Ray): its card says what it is and publish refuses it."""
     cfg = validate_config(rehearsal_config(4, per_identity=2))
     out = tmp_path / "rehearsal"
-    manifests = write_without_ray(cfg, out)
+    manifests = write_in_process(cfg, out)
     assert [(m["rows"], m["generated"]) for m in manifests] == [(2, 2)] * 4
     assert verify_run(out) == []
     card = write_card(out).read_text()
