@@ -13,7 +13,8 @@ from trainsets import held_out_pairs, write_trainset
 
 from facefoundry.config import validate_config
 from facefoundry.evaluate.benchmarks import encode_image, write_bin
-from facefoundry.evaluate.train_verify import read_results, results_table_markdown
+from facefoundry.evaluate.config import load_evaluate_config
+from facefoundry.evaluate.train_verify import read_results, results_table_markdown, train_and_verify
 from facefoundry.identities.store import write_identities
 from facefoundry.runinfo import prepare_run_folder
 
@@ -44,7 +45,7 @@ def run_and_benchmarks(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_then_verify_writes_results_and_reruns_from_them(run_and_benchmarks):
+def test_train_then_verify_writes_results_and_reruns_from_them(run_and_benchmarks, monkeypatch):
     run, bench = run_and_benchmarks
     # One epoch: this test is the command's plumbing; that training learns is tests/test_train.py's.
     first = evaluate(run, "--train", TINY, "--benchmarks", bench, *SHORT)
@@ -57,8 +58,13 @@ def test_train_then_verify_writes_results_and_reruns_from_them(run_and_benchmark
     assert result["benchmarks"]["standard_average"] is None  # only 1 of the 5 standard sets ran
     assert "cfp_fp skipped" in first.stdout and "| LFW | CFP-FP |" in first.stdout
 
-    again = evaluate(run, "--train", TINY, "--benchmarks", bench, *SHORT)
-    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
+    # Again (in this process): the finished training is verified again without starting Ray.
+    from facefoundry.pipelines import local_ray
+
+    monkeypatch.setattr(local_ray, "ray_session", lambda *a, **k: pytest.fail("a finished training started Ray"))
+    lines: list[str] = []
+    train_and_verify(run, load_evaluate_config(TINY, [s for s in SHORT if s != "--set"]), bench, progress=lines.append)
+    assert "training tiny already finished" in lines[0], lines
     rerun = json.loads((run / "eval" / "tiny.json").read_text())
     assert rerun["benchmarks"]["sets"]["lfw"]["accuracy"] == lfw["accuracy"]
     [stored] = read_results(run)

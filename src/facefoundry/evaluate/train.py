@@ -106,6 +106,19 @@ def _echo_progress(path: Path, progress: Callable[[str], None], stop: threading.
         stop.wait(0.5)
 
 
+def finished_training(run: str | Path, cfg: EvaluateConfig,
+                      progress: Callable[[str], None] | None = print) -> TrainResult | None:
+    """``cfg``'s finished training on ``run`` (said to ``progress``), or None if there is none yet (no Ray needed)."""
+    out = train_folder(Path(run), cfg.name)
+    if not ((out / RESULT_FILE).exists() and (out / BACKBONE_FILE).exists()):
+        return None
+    summary = json.loads((out / RESULT_FILE).read_text())
+    if summary.get("config_hash") != cfg.config_hash():
+        return None
+    (progress or (lambda line: None))(f"training {cfg.name} already finished: {out / BACKBONE_FILE}")
+    return TrainResult(out, out / BACKBONE_FILE, summary)
+
+
 def train_on_run(run: str | Path, cfg: EvaluateConfig, progress: Callable[[str], None] | None = print) -> TrainResult:
     """Train ``cfg``'s model on ``run``'s kept rows with Ray Train; resume or return a finished training."""
     import ray
@@ -115,11 +128,9 @@ def train_on_run(run: str | Path, cfg: EvaluateConfig, progress: Callable[[str],
     run = Path(run)
     out = train_folder(run, cfg.name)
     progress = progress or (lambda line: None)
-    if (out / RESULT_FILE).exists() and (out / BACKBONE_FILE).exists():
-        summary = json.loads((out / RESULT_FILE).read_text())
-        if summary.get("config_hash") == cfg.config_hash():
-            progress(f"training {cfg.name} already finished: {out / BACKBONE_FILE}")
-            return TrainResult(out, out / BACKBONE_FILE, summary)
+    finished = finished_training(run, cfg, progress)
+    if finished is not None:
+        return finished
     if not ray.is_initialized():
         raise RuntimeError("train_on_run needs a running Ray (facefoundry.pipelines.local_ray.ray_session)")
     paths = shard_paths(run)

@@ -32,12 +32,14 @@ def train_and_verify(run_dir: str | Path, cfg: EvaluateConfig, benchmarks: str |
 
     Ray: ``address`` connects to a cluster; without it an embedded Ray runs on this machine."""
     from facefoundry.config import RayConfig
-    from facefoundry.evaluate.train import train_on_run
+    from facefoundry.evaluate.train import finished_training, train_on_run
     from facefoundry.pipelines.local_ray import ray_session
 
     run_dir = Path(run_dir)
-    with ray_session(RayConfig(address=address)):
-        trained = train_on_run(run_dir, cfg, progress)
+    trained = finished_training(run_dir, cfg, progress)  # a finished training needs no Ray
+    if trained is None:
+        with ray_session(RayConfig(address=address)):
+            trained = train_on_run(run_dir, cfg, progress)
     result: dict = {"kind": RESULT_KIND, "name": cfg.name, "recipe": cfg.model_dump(mode="json"),
                     "config_hash": cfg.config_hash(), "training": trained.summary, "benchmarks": None}
     if benchmarks is not None:
