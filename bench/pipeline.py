@@ -6,7 +6,8 @@ half after, so a load change on this noisy machine weighs on both sides alike. T
 preset made generation-heavy (25 denoising steps, 64 identities x 4 images), with the tiny model built
 once beforehand and loaded from its folder by both sides, as a real run loads real weights. Three
 pipeline figures are printed: end to end (Ray start-up, actor start and model loading included), steady
-state (from the first committed unit to the last), and the fixed start-up cost they imply.
+state (from the first task's units, which land together, to the last unit), and the fixed start-up cost
+they imply.
 
 `--memory` adds the driver's peak RSS for 10 vs 1,000 work units (tiny Vec2Face, one image per
 identity, one identity per unit, each run in its own process): it should not grow with the units.
@@ -27,7 +28,9 @@ from facefoundry.config import load_config
 from facefoundry.dataset.manifest import plan_units
 from facefoundry.generators.tiny_arc2face import build_tiny_arc2face
 from facefoundry.identities.store import write_identities
+from facefoundry.pipelines import progress as progress_module
 from facefoundry.pipelines.runner import run
+from facefoundry.pipelines.stage import units_per_task
 from facefoundry.pipelines.stages import GenerateStage, ModelPaths
 from facefoundry.runinfo import prepare_run_folder
 
@@ -36,7 +39,7 @@ PER_IDENTITY = 4
 
 
 class UnitClock:
-    """A log stream noting when progress lines arrive (the first and the last unit always write one)."""
+    """A log stream noting when progress lines arrive (one per unit: the bench sets LOG_EVERY_S to 0)."""
 
     def __init__(self):
         self.times: list[float] = []
@@ -79,23 +82,30 @@ def efficiency(identities: int, steps: int, tmp: Path) -> None:
 
     bare_seconds = bare_loop(units[:half])
     clock = UnitClock()
+    progress_module.LOG_EVERY_S = 0.0  # a progress line (a clock tick) for every unit
     started = time.perf_counter()
     summary = run(cfg, tmp / "run", log=clock)
     total = time.perf_counter() - started
     bare_seconds += bare_loop(units[half:])
     bare = images / bare_seconds
     assert summary.images_generated == images and not summary.failed, summary
+    assert len(clock.times) == len(units), (len(clock.times), len(units))
     piped = images / total
     per_unit = images / len(units)
-    steady = per_unit * (len(units) - 1) / (clock.times[-1] - clock.times[0])
-    first = clock.times[0] - started
-    print(f"preset: smoke, {identities} identities x {PER_IDENTITY} images, {steps} steps, {len(units)} units")
+    # Units travel in tasks of `per_task` and land in bursts: the steady state runs from the end of the first
+    # task's burst to the last unit, and the first task's own work at that rate is not fixed cost.
+    per_task = units_per_task(cfg, len(units))
+    steady = per_unit * (len(units) - per_task) / (clock.times[-1] - clock.times[per_task - 1])
+    first = clock.times[per_task - 1] - started
+    print(f"preset: smoke, {identities} identities x {PER_IDENTITY} images, {steps} steps, {len(units)} units, "
+          f"{per_task} units per task")
     print(f"bare generator loop (one process):   {bare:.2f} images/s")
     print(f"facefoundry run, end to end:         {piped:.2f} images/s  -> efficiency {piped / bare:.2f} "
           "(goal >= 0.85)")
     print(f"facefoundry run, steady state:       {steady:.2f} images/s  -> efficiency {steady / bare:.2f}")
-    fixed = max(first - per_unit / steady, 0)
-    print(f"fixed cost: {first:.1f} s to the first unit, of which ~{fixed:.1f} s start-up; total {total:.1f} s")
+    fixed = max(first - per_task * per_unit / steady, 0)
+    print(f"fixed cost: {first:.1f} s to the first task's units, of which ~{fixed:.1f} s start-up; "
+          f"total {total:.1f} s")
     print("start-up parts, each measured alone: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
           + f"; sum {sum(parts.values()):.1f} s (in the run they overlap and compete for the same cores)")
 
@@ -121,7 +131,9 @@ MEMORY_PROBE = """
 import resource, sys, os
 from pathlib import Path
 from facefoundry.config import load_config
+from facefoundry.pipelines import progress as progress_module
 from facefoundry.pipelines.runner import run
+from facefoundry.pipelines.stage import units_per_task
 n, out = int(sys.argv[1]), Path(sys.argv[2])
 cfg = load_config(Path(sys.argv[3]), [f"identities.count={n}", "images.per_identity=1", "images.perturbation=null",
                   "output.identities_per_unit=1", "filter.upsample=0"])

@@ -182,10 +182,10 @@ def test_units_per_task_amortises_rays_cost_without_starving_the_actors():
         return units_per_task(cfg, pending)
 
     # smoke: 2 identities x 4 images per unit = 8 images; 256 images' worth is 32 units, if there are enough
-    assert per_task(10_000) == 32 and per_task(4) == 1 and per_task(64) == 16
+    assert per_task(10_000) == 32 and per_task(4) == 1 and per_task(64) == 2 and per_task(1024) == 32
     assert per_task(10_000, images__per_identity=50) == 3  # 100 images per unit
     assert per_task(10_000, output__identities_per_unit=64, images__per_identity=50) == 1
-    assert per_task(10_000, ray__generator_actors=8) == 32 and per_task(256, ray__generator_actors=8) == 8
+    assert per_task(10_000, ray__generator_actors=8) == 32 and per_task(2048, ray__generator_actors=8) == 8
     assert per_task(4, ray__units_per_task=5) == 5  # as configured
 
 
