@@ -63,7 +63,7 @@ def test_margin_heads(kind):
         expected = cos - 0.5
     torch.testing.assert_close(logits[:, 0], 64 * expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(logits[:, 1], 64 * torch.sin(theta), atol=1e-4, rtol=0)  # other classes: no margin
-    assert float(head.loss(emb, torch.zeros(3, dtype=torch.long))) > 0
+    assert head.loss(emb, torch.zeros(3, dtype=torch.long)).item() > 0
 
 
 def test_augment_is_keyed_by_row_not_batch():
