@@ -131,9 +131,7 @@ MEMORY_PROBE = """
 import resource, sys, os
 from pathlib import Path
 from facefoundry.config import load_config
-from facefoundry.pipelines import progress as progress_module
 from facefoundry.pipelines.runner import run
-from facefoundry.pipelines.stage import units_per_task
 n, out = int(sys.argv[1]), Path(sys.argv[2])
 cfg = load_config(Path(sys.argv[3]), [f"identities.count={n}", "images.per_identity=1", "images.perturbation=null",
                   "output.identities_per_unit=1", "filter.upsample=0"])
