@@ -177,13 +177,8 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
     done = {m["unit"] for m in finished_manifests(store, cfg.config_hash(), files)} if resuming else set()
     pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
-    if pending:
-        paths = resolve_model_paths(cfg, local)
-        from facefoundry.pipelines.preflight import check_before_start
 
-        check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before Ray starts
-    # With work to do, Ray starts in a thread while this one samples the identities.
-    with ray_session(cfg.ray, background=True) if pending else contextlib.nullcontext() as ray_ready:
+    def announce() -> None:  # after the identities are there: the line names their separation
         meta = write_identities(store, cfg, progress=log)
         log.write(
             f"run {run_id(cfg)}: {cfg.identities.count} identities (nearest-neighbour cosine max "
@@ -191,9 +186,17 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
             + (f", {skipped} already done (resuming)" if resuming else "")
             + "\n"
         )
-        if not pending:
-            log.write("nothing to do: every unit is already written\n")
-            return RunSummary(run_id(cfg), len(units), skipped, 0, 0, 0, 0, time.monotonic() - started)
+
+    if not pending:
+        announce()
+        log.write("nothing to do: every unit is already written\n")
+        return RunSummary(run_id(cfg), len(units), skipped, 0, 0, 0, 0, time.monotonic() - started)
+    paths = resolve_model_paths(cfg, local)
+    from facefoundry.pipelines.preflight import check_before_start
+
+    check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before Ray starts
+    with ray_session(cfg.ray, background=True) as ray_ready:  # Ray starts in a thread while this one samples
+        announce()
         rows, failed = 0, []
         from facefoundry.pipelines.executor import stream_units
 
