@@ -41,7 +41,7 @@ def _init(cfg: RayConfig, temp_dir: str | None) -> None:
 
 class _Starting:
     """``ray.init`` running in a thread; :meth:`wait` joins the start (in the main thread) and re-raises its
-    error, :meth:`end` lets the thread go once Ray is shut down.
+    error, :meth:`shutdown` stops Ray and lets the thread go.
 
     The thread outlives the start: Ray's daemons (GCS, raylet) are spawned with ``PR_SET_PDEATHSIG``, which
     kills them when the *thread* that spawned them exits, so it waits until the session ends."""
@@ -73,7 +73,13 @@ class _Starting:
         if self._error is not None:
             raise self._error
 
-    def end(self) -> None:
+    def shutdown(self) -> None:
+        """Shut Ray down once its start is over, then let the thread go."""
+        with contextlib.suppress(BaseException):  # the block failed first: its error is the one to see
+            self.wait()
+        import ray
+
+        ray.shutdown()
         self._ended.set()
         self._thread.join()
 
@@ -109,11 +115,9 @@ def ray_session(cfg: RayConfig, background: bool = False) -> Iterator[Callable[[
             yield ready
         finally:
             if background:
-                with contextlib.suppress(BaseException):  # the block failed first: its error is the one to see
-                    starting.wait()
-            ray.shutdown()
-            if background:
-                starting.end()
+                starting.shutdown()
+            else:
+                ray.shutdown()
     finally:
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
