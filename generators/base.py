@@ -126,6 +126,27 @@ def check_batch(
     return arr, seeds
 
 
+def state_dict_mismatch(state: Any, expected: dict[str, torch.Tensor]) -> str | None:
+    """None when ``state`` holds exactly ``expected``'s keys with its shapes; else what differs (a few of each
+    kind named), for a loader's error message. ``state`` must be a dict of tensors."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "not a state dict of tensors"
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        parts.append("keys start with 'module.': strip the DistributedDataParallel prefix")
+    return "; ".join(parts) or None
+
+
 def in_microbatches(
     n: int, batch_size: int, run: Callable[[int, int], list[np.ndarray]], device: torch.device | None
 ) -> list[np.ndarray]:

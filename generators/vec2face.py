@@ -30,7 +30,16 @@ from PIL import Image
 
 from facefoundry.config import Vec2FaceConfig
 
-from .base import IDENTITY_VECTOR, GenerationOutput, ModelFiles, Resources, check_batch, in_microbatches, resolve_device
+from .base import (
+    IDENTITY_VECTOR,
+    GenerationOutput,
+    ModelFiles,
+    Resources,
+    check_batch,
+    in_microbatches,
+    resolve_device,
+    state_dict_mismatch,
+)
 from .vec2face_model import (
     BASE_ARCH,
     DROPPED,
@@ -133,29 +142,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_state_dict(state: Any, model: Vec2FaceModel, source: str) -> None:
     """Raise :class:`CheckpointError` naming a few missing/unexpected keys and shape mismatches."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{source} is not a state dict of tensors")
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if not (missing or unexpected or shapes):
+    problem = state_dict_mismatch(state, model.state_dict())
+    if problem is None:
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
-    hint = ""
-    if unexpected and all(k.startswith("module.") for k in unexpected):
-        hint = " — keys start with 'module.': strip the DistributedDataParallel prefix"
-    elif shapes:
-        hint = " — is it a tiny build loaded as the full model (or the reverse)? check generator.tiny"
-    raise CheckpointError(f"{source} does not match the Vec2Face architecture ({len(expected)} keys): "
-                          f"{'; '.join(parts)}{hint}")
+    if problem.startswith("not a state dict"):
+        raise CheckpointError(f"{source} is {problem}")
+    hint = " — is it a tiny build loaded as the full model (or the reverse)? check generator.tiny" if (
+        "shape mismatches" in problem and "module." not in problem) else ""
+    raise CheckpointError(f"{source} does not match the Vec2Face architecture ({len(model.state_dict())} keys): "
+                          f"{problem}{hint}")
 
 
 class Vec2FaceGenerator:

@@ -92,6 +92,13 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
 
         write_tiny_face_models(out / MODELS_DIR / "vec2face-face-models", seed=cfg.run.seed)
         return ModelPaths(str(checkpoint), face_models=str(out / MODELS_DIR / "vec2face-face-models"))
+    if gen.kind == "idiff_face":
+        if not gen.tiny:
+            return ModelPaths(gen.model, gen.autoencoder)
+        from facefoundry.generators.tiny_idiff_face import build_tiny_idiff_face
+
+        model, autoencoder = build_tiny_idiff_face(out / MODELS_DIR, seed=cfg.run.seed)
+        return ModelPaths(str(model), str(autoencoder))
     if not gen.tiny:
         return ModelPaths(gen.model, gen.base_model)
     from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path
@@ -100,23 +107,31 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
     return ModelPaths(str(model), str(base), str(tiny_lcm_lora_path(out / MODELS_DIR)))
 
 
+def generator_metadata(gen) -> dict:
+    """The generator's models and sampling settings as every shard records them: Hub ids or folder names, never
+    local paths (a shard's bytes must not depend on where the run folder or the weights live)."""
+    tiny = "tiny-random (built in code)"
+    if gen.kind == "noop":
+        return {"size": gen.size}
+    if gen.kind == "vec2face":
+        return {"checkpoint": tiny if gen.tiny else gen.checkpoint, "filename": gen.filename}
+    if gen.kind == "idiff_face":
+        return {"model": tiny if gen.tiny else Path(gen.model).name, "checkpoint_file": gen.checkpoint_file,
+                "sampler": gen.sampler, "steps": gen.steps, "eta": gen.eta, "guidance_scale": gen.guidance_scale}
+    models = {"model": tiny if gen.tiny else gen.model, "base_model": tiny if gen.tiny else gen.base_model}
+    if gen.sampler == "lcm":
+        models |= {"lcm_lora": tiny if gen.tiny else gen.lcm_lora, "sampler": "lcm"}
+    return models
+
+
 def file_metadata(cfg: RunConfig) -> dict:
     """What every shard records once (not per row): models, thresholds, run identity."""
     gen = cfg.generator
-    tiny = "tiny-random (built in code)"
-    models = (
-        {"size": gen.size} if gen.kind == "noop"
-        else {"checkpoint": tiny if gen.tiny else gen.checkpoint, "filename": gen.filename}
-        if gen.kind == "vec2face"
-        else {"model": tiny if gen.tiny else gen.model, "base_model": tiny if gen.tiny else gen.base_model}
-        | ({"lcm_lora": tiny if gen.tiny else gen.lcm_lora, "sampler": "lcm"} if gen.sampler == "lcm" else {})
-    )
     return {
         "run_id": run_id(cfg),
         "config_hash": cfg.config_hash(),
         "facefoundry_version": __version__,
-        # Hub ids, never local paths: a shard's bytes must not depend on where the run folder lives.
-        "generator": {"kind": gen.kind, **models, "revision": gen.revision},
+        "generator": {"kind": gen.kind, **generator_metadata(gen), "revision": gen.revision},
         "filter": cfg.filter.model_dump(mode="json"),
         # the identity filter's thresholds, with its model files by name only (no local paths)
         "id_filter": None if cfg.id_filter is None else cfg.id_filter.model_dump(mode="json")

@@ -33,6 +33,7 @@ from facefoundry.seeds import image_seeds
 GENERATORS = {
     "arc2face": "facefoundry.generators.arc2face:Arc2FaceGenerator",
     "vec2face": "facefoundry.generators.vec2face:Vec2FaceGenerator",
+    "idiff_face": "facefoundry.generators.idiff_face:IDiffFaceGenerator",
     "noop": "facefoundry.generators.noop:NoopGenerator",
 }
 
@@ -51,7 +52,8 @@ class ModelPaths:
     """Where the generator loads from: Hub ids or local folders (tiny builds live under <out>/models).
 
     Arc2Face: ``model`` holds arc2face/ and encoder/, ``base_model`` the SD-1.5 parts; Vec2Face:
-    ``model`` is the checkpoint (Hub id, folder or file) and ``base_model`` is unused."""
+    ``model`` is the checkpoint (Hub id, folder or file) and ``base_model`` is unused; IDiff-Face: ``model`` is
+    the released model folder and ``base_model`` the autoencoder folder."""
 
     model: str
     base_model: str | None = None

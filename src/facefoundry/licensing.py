@@ -82,6 +82,15 @@ UPSTREAM: dict[str, Upstream] = {
                              False),
     "vec2face": Upstream("Vec2Face", "mit (model card)",
                          "web-crawled face images (see the Vec2Face paper); no consent", False),
+    "idiff-face": Upstream("IDiff-Face", "cc-by-nc-sa-4.0 (fdbtrs/IDiff-Face code and released weights)",
+                           "FFHQ at 128 px (Flickr photos of real people; FFHQ is cc-by-nc-sa-4.0) with ElasticFace "
+                           "embeddings", False),
+    "ldm-ffhq-vq-f4": Upstream("CompVis LDM ffhq256 VQ-f4 autoencoder", "mit code (CompVis/latent-diffusion); "
+                               "weights trained on FFHQ (cc-by-nc-sa-4.0)", "FFHQ (Flickr photos of real people)",
+                               False),
+    "elasticface": Upstream("ElasticFace-Arc R100", "mit code (fdbtrs/ElasticFace); weights trained on MS1MV2 "
+                            "(non-commercial research terms)", "MS1MV2 (web-crawled celebrity faces, no consent)",
+                            False),
     "arcface-r100": Upstream("ArcFace R100", f"weights: {_GLINT_TERMS}", _GLINT, False),
     # code: MIT (IrvingMeng/MagFace LICENSE); the R100 weights Vec2Face ships are trained on Glint360K
     "magface": Upstream("MagFace R100", f"mit code (IrvingMeng/MagFace); weights: {_GLINT_TERMS}", _GLINT, False),
@@ -121,6 +130,14 @@ def run_components(cfg: RunConfig) -> list[Component]:
               if gen.sampler == "lcm" else []),
             component("arcface-onnx", "identity space (arcface.onnx; defines the vectors, not run here)",
                       f"{model} (arcface.onnx)", gen.revision),
+        ]
+    elif gen.kind == "idiff_face":
+        comps = [
+            component("idiff-face", f"generator (conditional latent DDPM, {gen.sampler} sampler)",
+                      f"fdbtrs/IDiff-Face ({Path(gen.model).name})"),
+            component("ldm-ffhq-vq-f4", "generator decoder (VQ-f4)", "CompVis/latent-diffusion (ffhq256 VQ-f4)"),
+            component("elasticface", "identity space (ElasticFace-Arc; defines the vectors, not run here)",
+                      "fdbtrs/ElasticFace (295672backbone.pth)"),
         ]
     else:
         comps = [

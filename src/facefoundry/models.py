@@ -86,6 +86,18 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
         "id_filter.encoder_model (arcface-r100-glint360k.pth); Vec2Face AttrOP (MagFace quality, 6DRepNet pose)",
         "Vec2Face's face models: ArcFace-R100 identity space, MagFace quality, 6DRepNet head pose"),
     ModelSpec(
+        "idiff-face", None, (".hydra/config.yaml", "checkpoints/ema_averaged_model.ckpt"),
+        "cc-by-nc-sa-4.0", ("idiff-face",), "generator.kind=idiff_face (generator.model)",
+        "IDiff-Face released model folder (25 % or 50 % CPD): training config and EMA weights; not on the Hub",
+        manual="request access with the form linked in the fdbtrs/IDiff-Face README, download the model folder "
+        "(e.g. unet-cond-ca-bs512-150K-cpd25, with its .hydra/ folder) and set generator.model to it"),
+    ModelSpec(
+        "idiff-face-autoencoder", None, ("first_stage_decoder_state_dict.pt",),
+        "mit", ("ldm-ffhq-vq-f4",), "generator.kind=idiff_face (generator.autoencoder)",
+        "Decoder half of the CompVis ffhq256 VQ-f4 autoencoder, as split by IDiff-Face; not on the Hub",
+        manual="download first_stage_decoder_state_dict.pt from the 'Encoder and decoder model weights' link in the "
+        "fdbtrs/IDiff-Face README into a folder and set generator.autoencoder to it"),
+    ModelSpec(
         "antelopev2", None, ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
         "other", ("scrfd",),
         "id_filter.detector_model (SCRFD detector)",

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 from facefoundry.card.build import CardContext, generator_name
 from facefoundry.card.markdown import num, table
 from facefoundry.card.references import SAMPLER_DOCS
 from facefoundry.card.user import EMPTY_USER_BLOCK
-from facefoundry.config import Arc2FaceConfig, IdentityFilterConfig, NoopConfig, RunConfig, Vec2FaceConfig
+from facefoundry.config import (
+    DDIM_DEFAULT_STEPS,
+    Arc2FaceConfig,
+    IdentityFilterConfig,
+    IDiffFaceConfig,
+    NoopConfig,
+    RunConfig,
+    Vec2FaceConfig,
+)
 from facefoundry.licensing import NONCOMMERCIAL_LICENSES, hub_id
 
 UNPINNED = "not pinned (latest at run time)"
-NATIVE_SIZE = {"arc2face": 512, "vec2face": 112}
+NATIVE_SIZE = {"arc2face": 512, "vec2face": 112, "idiff_face": 128}  # pixels
 
 
 def software(record: dict) -> dict[str, str]:
@@ -94,13 +103,16 @@ def _sampling(ctx: CardContext) -> list[str]:
     return ["### Identity sampling\n", "\n".join(lines) + "\n"]
 
 
-def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | NoopConfig, name: str) -> list[str]:
+def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | IDiffFaceConfig | NoopConfig, name: str) -> list[str]:
     if gen.kind == "noop":
         return [f"- Generator: the no-op generator ({gen.size} px noise from each image seed), a rehearsal of the "
                 "pipeline's orchestration; nothing in this run is a face."]
     if gen.tiny:
         model = (f"- Generator: tiny random weights in the official {name} on-disk layout; no published weights "
                  "were used.")
+    elif gen.kind == "idiff_face":
+        model = (f"- Generator: IDiff-Face, released model `{Path(gen.model).name}` (`{gen.checkpoint_file}`) "
+                 "with the CompVis ffhq256 VQ-f4 decoder (weights from the fdbtrs/IDiff-Face release).")
     elif gen.kind == "vec2face":
         model = (f"- Generator: Vec2Face, `{hub_id(gen.checkpoint, 'BooBooWu/Vec2Face')}` (`{gen.filename}`) at "
                  f"revision `{gen.revision or UNPINNED}`.")
@@ -116,6 +128,13 @@ def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | NoopConfig, name: st
                + (f" AttrOP (Adam on the input vector toward ArcFace-R100 cosine {attrop.min_id_similarity}, at "
                   f"most {attrop.max_iterations} steps per image; outcome per image in `attrop_*`)."
                   if attrop.enabled else ""))
+    elif gen.kind == "idiff_face":
+        how = ("- The published ancestral DDPM sampler over all of the model's timesteps (1000 for the releases)"
+               if gen.sampler == "ddpm" else
+               f"- **Not the published sampler**: DDIM with {gen.steps or DDIM_DEFAULT_STEPS} evenly spaced steps, "
+               f"eta {gen.eta} (the paper samples with the full DDPM)")
+        how += ("" if gen.guidance_scale is None else f", classifier-free guidance scale {gen.guidance_scale}") + (
+            "; the image seed draws the initial latent and every step's noise.")
     else:
         how = (f"- Prompt `{gen.prompt}` with the identity vector in the `id` token; "
                + (f"LCM-LoRA `{hub_id(gen.lcm_lora, 'latent-consistency/lcm-lora-sdv1-5')}` fused into the UNet, "

@@ -10,7 +10,7 @@ from facefoundry.config import RunConfig
 
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B",
                    "1B<n<10B", "10B<n<100B", "100B<n<1T", "n>1T")
-GENERATOR_NAMES = {"arc2face": "Arc2Face", "vec2face": "Vec2Face", "noop": "no-op"}
+GENERATOR_NAMES = {"arc2face": "Arc2Face", "vec2face": "Vec2Face", "idiff_face": "IDiff-Face", "noop": "no-op"}
 
 COLUMN_DOCS = {
     "image": "the encoded image (PNG or JPEG) as {bytes, path}; `path` is `<identity>_<index>.<ext>`",
@@ -111,8 +111,8 @@ def citation_keys(cfg: RunConfig) -> list[str]:
     ident = cfg.identities
     keys = []
     if not cfg.generator.tiny:
-        keys += ["vec2face"] if cfg.generator.kind == "vec2face" else ["arc2face", "sd", "dpmsolver", "arcface",
-                                                                       "webface"]
+        keys += {"vec2face": ["vec2face"], "idiff_face": ["idiffface"]}.get(
+            cfg.generator.kind, ["arc2face", "sd", "dpmsolver", "arcface", "webface"])
     keys.append("dlib")
     keys += {"gaussian_rejection": ["vec2face"], "pca_gaussian": ["vec2face"], "hyperface": ["hyperface"],
              "uniform_sphere": ["idiffface"]}.get(ident.sampler, [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from facefoundry.card.about import NATIVE_SIZE
 from facefoundry.card.build import CardContext
 from facefoundry.card.references import CITATIONS, citation_keys
 from facefoundry.layout import IDENTITIES_FILE
@@ -73,7 +74,7 @@ def licence(ctx: CardContext) -> list[str]:
 
 def limitations(ctx: CardContext) -> list[str]:
     cfg, tiny = ctx.cfg, ctx.tiny
-    size = cfg.generator.output_size or (112 if cfg.generator.kind == "vec2face" else 512)
+    size = cfg.generator.output_size or NATIVE_SIZE[cfg.generator.kind]
     out: list[str] = []
     add = out.append
     add("## Limitations\n")
