@@ -199,8 +199,8 @@ class IDiffFaceGenerator:
         if (norms == 0).any():
             raise ValueError(f"identity vectors must be non-zero (rows {np.where(norms[:, 0] == 0)[0][:5].tolist()})")
         arr = arr / norms
-        return in_microbatches(len(arr), self.cfg.batch_size, lambda i, j: self._sample(arr[i:j], seeds[i:j]),
-                               self.device)
+        return in_microbatches(len(arr), self.cfg.batch_size,
+                               lambda i, j: self.decode(self.sample_latents(arr[i:j], seeds[i:j])), self.device)
 
     def generate_output(self, vectors: np.ndarray, seeds: np.ndarray,
                         variations: list[dict[str, Any]] | None = None) -> GenerationOutput:
@@ -208,8 +208,9 @@ class IDiffFaceGenerator:
         return GenerationOutput(self.generate(vectors, seeds, variations))
 
     @torch.inference_mode()
-    def _sample(self, vectors: np.ndarray, seeds: np.ndarray) -> list[np.ndarray]:
-        assert self.diffusion is not None and self.decoder is not None and self.device is not None
+    def sample_latents(self, vectors: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
+        """The denoised latents (N x 3 x 32 x 32 for the releases, float32) of L2-normalised ``vectors``."""
+        assert self.diffusion is not None and self.device is not None
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         shape = self.latent_shape
 
@@ -235,7 +236,16 @@ class IDiffFaceGenerator:
                 x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
                 if self.cfg.eta > 0 and prev >= 0:
                     x = x + sigma * noise()
-        pixels = self.decoder(x.to(self.dtype)).float().clamp(-1, 1)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"IDiff-Face sampling produced NaN or inf latents (seeds {seeds[:5].tolist()}, "
+                                     f"dtype {self.dtype}); with float16 try generator.dtype=float32 or bfloat16")
+        return x
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        """Latents -> uint8 RGB images at ``output_size`` (native: the training image size)."""
+        assert self.decoder is not None
+        pixels = self.decoder(latents.to(self.dtype)).float().clamp(-1, 1)
         # As the official save_image: (x + 1) / 2 in [0, 1], then * 255 + 0.5 truncated to uint8.
         arr = ((pixels + 1) / 2 * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         out = list(arr)
