@@ -8,6 +8,8 @@ FLOPs; elementwise ops, norms and softmax are not counted, they are a few percen
 - Arc2Face's CLIP ViT-L/14 text encoder (77 tokens), meta device.
 - Vec2Face (``vec2face_vit_base_patch16``, generators/vec2face_model.py) at 112x112 px on the CPU (its
   token selection is data-dependent, so not on meta), with the minimum 5 of 49 tokens dropped.
+- IDiff-Face's ConditionalUNet at the released size (216,341,187 parameters, checked) on a 32x32x3 latent
+  (128 px images) with one 512-d context, and the ffhq256 VQ-f4 decoder (32x32x3 -> 128x128x3), meta device.
 
 Attention runs through diffusers' plain ``AttnProcessor`` (explicit matmuls) so that it is counted.
 
@@ -74,12 +76,34 @@ def vec2face() -> int:
         return count(lambda: model(rep, codes))
 
 
+def idiff_face_unet() -> int:
+    from facefoundry.generators.idiff_face_model import ConditionalUNet, UNetArch
+
+    with torch.device("meta"):
+        unet = ConditionalUNet(UNetArch())
+    assert sum(p.numel() for p in unet.parameters()) == 216_341_187  # configs/model/unet_cond_ca_cpd25.yaml
+    x, t, ctx = torch.empty(1, 3, 32, 32, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"), \
+        torch.empty(1, 512, device="meta")
+    return count(lambda: unet(x, t, ctx))
+
+
+def idiff_face_decode() -> int:
+    from facefoundry.generators.idiff_face_model import VQArch, VQDecoder
+
+    with torch.device("meta"):
+        decoder = VQDecoder(VQArch())
+    z = torch.empty(1, 3, 32, 32, device="meta")
+    return count(lambda: decoder(z))
+
+
 def main() -> None:
     torch.manual_seed(0)
     rows = {"SD-1.5 UNet forward, 512 px (1 image)": sd15_unet(),
             "SD-1.5 VAE decode, 512 px (1 image)": sd15_vae_decode(),
             "CLIP ViT-L/14 text encoder, 77 tokens": clip_text(),
-            "Vec2Face forward, 112 px (1 image)": vec2face()}
+            "Vec2Face forward, 112 px (1 image)": vec2face(),
+            "IDiff-Face UNet forward, 128 px (1 image)": idiff_face_unet(),
+            "IDiff-Face VQ-f4 decode, 128 px (1 image)": idiff_face_decode()}
     for name, flops in rows.items():
         print(f"{name:<42} {flops / 1e9:10.1f} GFLOP")
 

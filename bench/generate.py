@@ -9,6 +9,10 @@ Three comparisons, each printed as images/s of both sides and their ratio:
    identity, so every micro-batch straddles two identities) to separate the cost of mixing from that of batch size.
 3. Arc2Face fast mode (LCM-LoRA fused, LCMScheduler, 4 steps, guidance 1.0 = no CFG branch) vs
    DPM-Solver 25 steps with guidance 3.0, both on mixed batches.
+4. IDiff-Face (DDIM, as many steps as Arc2Face's DPM-Solver, no guidance): mixed-identity batches vs one
+   identity per call, then IDiff-Face vs Arc2Face (DPM-Solver 25, guidance 3.0) on the same workload. The tiny
+   builds are not to scale with each other, so the second ratio is about the code paths, not the published
+   models (section 1 of docs/generator-performance.md has those).
 
 Both sides of a comparison use the real generator classes on the same loaded weights (the tiny builds
 in the official layouts, loaded from disk). Every side is warmed up first; then the sides alternate,
@@ -30,9 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facefoundry.config import Arc2FaceConfig
+from facefoundry.config import Arc2FaceConfig, IDiffFaceConfig
 from facefoundry.generators.arc2face import Arc2FaceGenerator
+from facefoundry.generators.idiff_face import IDiffFaceGenerator
 from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path
+from facefoundry.generators.tiny_idiff_face import build_tiny_idiff_face
 from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
 from facefoundry.generators.vec2face import Vec2FaceGenerator, Vec2FaceSettings
 
@@ -79,7 +85,7 @@ def compare(name: str, a: tuple[str, Work], b: tuple[str, Work], rounds: int) ->
           f"{images[a[0]] // rounds} images per side per round)")
 
 
-def arc2face(root: Path, identities: int, k: int, batch: int, rounds: int) -> None:
+def arc2face(root: Path, identities: int, k: int, batch: int, rounds: int) -> Arc2FaceGenerator:
     model, base = build_tiny_arc2face(root / "arc2face", seed=0)
     dpm = Arc2FaceGenerator(Arc2FaceConfig(batch_size=batch), str(model), str(base))
     dpm.setup(device="cpu")
@@ -97,6 +103,24 @@ def arc2face(root: Path, identities: int, k: int, batch: int, rounds: int) -> No
             (f"LCM-LoRA {lcm.cfg.steps} steps, guidance {lcm.cfg.guidance_scale}", mixed(lcm, vectors, seeds)),
             (f"DPM-Solver {dpm.cfg.steps} steps, guidance {dpm.cfg.guidance_scale}", mixed(dpm, vectors, seeds)),
             rounds)
+    return dpm
+
+
+def idiff_face(root: Path, dpm: Arc2FaceGenerator, identities: int, k: int, batch: int, rounds: int) -> None:
+    model, autoencoder = build_tiny_idiff_face(root / "idiff-face", seed=0)
+    settings = IDiffFaceConfig(sampler="ddim", steps=dpm.cfg.steps, batch_size=batch)
+    gen = IDiffFaceGenerator(settings, str(model), str(autoencoder))
+    gen.setup(device="cpu")
+    official = IDiffFaceGenerator(settings.model_copy(update={"batch_size": max(k, 1)}), str(model), str(autoencoder))
+    official.set_models(gen.diffusion, gen.decoder, device="cpu")
+    vectors, seeds = workload(identities, k, norm=1.0)
+    compare(f"IDiff-Face DDIM {settings.steps} steps (tiny build, 128 px): {identities} identities x {k} images",
+            (f"mixed-identity batches of {batch}", mixed(gen, vectors, seeds)),
+            (f"one identity per call ({k} images)", per_identity(official, vectors, seeds, k)), rounds)
+    compare(f"IDiff-Face vs Arc2Face, tiny builds, mixed batches of {batch}",
+            (f"IDiff-Face DDIM {settings.steps} steps, no guidance", mixed(gen, vectors, seeds)),
+            (f"Arc2Face DPM-Solver {dpm.cfg.steps} steps, guidance {dpm.cfg.guidance_scale}",
+             mixed(dpm, vectors, seeds)), rounds)
 
 
 def vec2face(root: Path, identities: int, k: int, batch: int, rounds: int) -> None:
@@ -126,9 +150,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"CPU, tiny random-weight models (Arc2Face 64x64 px, Vec2Face 112x112 px)")
+          f"CPU, tiny random-weight models (Arc2Face 64x64 px, Vec2Face 112x112 px, IDiff-Face 128x128 px)")
     with tempfile.TemporaryDirectory(prefix="ffbench-gen-") as tmp:
-        arc2face(Path(tmp), args.identities, args.per_identity, args.batch, args.rounds)
+        dpm = arc2face(Path(tmp), args.identities, args.per_identity, args.batch, args.rounds)
+        idiff_face(Path(tmp), dpm, args.identities, args.per_identity, args.batch, args.rounds)
         vec2face(Path(tmp), args.vec2face_identities, args.per_identity, args.vec2face_batch, args.rounds)
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -86,3 +87,13 @@ def test_roundtrip_through_json():
     cfg = validate_config(MINIMAL)
     again = RunConfig.model_validate_json(json.dumps(cfg.model_dump(mode="json")))
     assert again.config_hash() == cfg.config_hash()
+
+
+def test_every_run_preset_validates():
+    """Each shipped run preset loads (evaluate-*.yaml are training recipes, kuberay-*.yaml a Kubernetes manifest)."""
+    presets = [p for p in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+               if not p.name.startswith(("evaluate", "kuberay"))]
+    names = {p.name for p in presets}
+    assert {"smoke.yaml", "smoke-vec2face.yaml", "smoke-idiff-face.yaml", "idiff-face.yaml"} <= names
+    for path in presets:
+        assert load_config(path).run.name, path
