@@ -17,11 +17,16 @@ import torch
 
 from facefoundry.resources import ModelFiles, Resources
 
-__all__ = ["IDENTITY_VECTOR", "GenerationOutput", "Generator", "ModelFiles", "Resources"]
+__all__ = ["IDENTITY_INDEX", "IDENTITY_VECTOR", "IMAGE_INDEX", "GenerationOutput", "Generator", "ModelFiles",
+           "Resources"]
 
 # Variation key every image gets from the pipeline: the identity vector it must show (before any
 # perturbation). A generator that steers toward the identity (Vec2Face AttrOP) reads it; others ignore it.
 IDENTITY_VECTOR = "identity_vector"
+# Variation keys every image also gets: its identity (row of identities.parquet) and its index within the identity.
+# A generator whose identities are more than a vector (DCFace's ID images) looks them up by IDENTITY_INDEX.
+IDENTITY_INDEX = "identity_index"
+IMAGE_INDEX = "image_index"
 
 
 @dataclass

@@ -146,9 +146,11 @@ class GenerateStage(Stage):
         indices = np.tile(np.arange(per, dtype=np.int32), unit.stop - unit.start)
         seeds = image_seeds(self.cfg.run.seed, identities, indices)
         vectors = self.vectors.rows(unit.start, unit.stop)[identities - unit.start]
-        from facefoundry.generators.base import IDENTITY_VECTOR
+        from facefoundry.generators.base import IDENTITY_INDEX, IDENTITY_VECTOR, IMAGE_INDEX
 
-        variations = [{IDENTITY_VECTOR: v} for v in vectors]  # what each image must show, before perturbation
+        # what each image must show (the vector before perturbation) and which image of which identity it is
+        variations = [{IDENTITY_VECTOR: v, IDENTITY_INDEX: int(i), IMAGE_INDEX: int(j)}
+                      for v, i, j in zip(vectors, identities, indices, strict=True)]
         extra = {}
         pcfg = self.cfg.images.perturbation
         if pcfg is not None:

@@ -9,7 +9,7 @@ import pytest
 
 from facefoundry.config import load_config, validate_config
 from facefoundry.dataset.manifest import Unit
-from facefoundry.generators.base import IDENTITY_VECTOR, GenerationOutput
+from facefoundry.generators.base import IDENTITY_INDEX, IDENTITY_VECTOR, IMAGE_INDEX, GenerationOutput
 from facefoundry.identities.store import write_identities
 from facefoundry.pipelines import executor, stages
 from facefoundry.pipelines.stage import units_per_task
@@ -144,12 +144,15 @@ class EchoGenerator:
         pass
 
     def extra_fields(self):
-        return [pa.field("echo_parity", pa.int8()), pa.field("echo_target_norm", pa.float32())]
+        return [pa.field("echo_parity", pa.int8()), pa.field("echo_target_norm", pa.float32()),
+                pa.field("echo_which", pa.string())]
 
     def generate_output(self, vectors, seeds, variations=None):
         images = [np.full((8, 8, 3), 100 * (s % 2), np.uint8) for s in seeds]
         norms = [float(np.linalg.norm(v[IDENTITY_VECTOR])) for v in variations]
-        return GenerationOutput(images, {"echo_parity": [int(s % 2) for s in seeds], "echo_target_norm": norms})
+        which = [f"{v[IDENTITY_INDEX]}/{v[IMAGE_INDEX]}" for v in variations]
+        return GenerationOutput(images, {"echo_parity": [int(s % 2) for s in seeds], "echo_target_norm": norms,
+                                         "echo_which": which})
 
 
 def test_a_new_generator_brings_its_columns_and_resources(tmp_path, monkeypatch):
@@ -159,7 +162,9 @@ def test_a_new_generator_brings_its_columns_and_resources(tmp_path, monkeypatch)
     stage = GenerateStage(cfg, str(tmp_path), ModelPaths(str(tmp_path)))
     assert stage.resources == Resources(num_cpus=2.0, num_gpus=1.0)
     table = stage(Unit(0, 2)).table
-    assert table.column_names == ["image", "identity", "image_index", "seed", "echo_parity", "echo_target_norm"]
+    assert table.column_names == ["image", "identity", "image_index", "seed", "echo_parity", "echo_target_norm",
+                                  "echo_which"]
+    assert table.column("echo_which").to_pylist() == ["0/0", "0/1", "0/2", "1/0", "1/1", "1/2"]
     assert table.schema.field("echo_parity").type == pa.int8()
     assert table.column("echo_parity").to_pylist() == [s % 2 for s in table.column("seed").to_pylist()]
     assert table.column("echo_target_norm").to_pylist() == pytest.approx([1.0] * 6, abs=1e-6)  # unit-sphere ids
