@@ -25,6 +25,7 @@ import yaml
 
 from .idiff_face import DECODER_CONFIG, DECODER_FILE, TRAIN_CONFIG
 from .idiff_face_model import SCHEDULE_BUFFERS, DiffusionModel, VQDecoder, arch_from_config, vq_arch_from_config
+from .tiny_weights import random_state_dict
 
 FOLDER = "idiff-face"
 MODEL_DIR = "unet-cond-ca-tiny"
@@ -61,24 +62,6 @@ def first_stage_config() -> dict:
                                     "out_ch": 3, "ch": 32, "ch_mult": [1, 2, 4], "num_res_blocks": 2,
                                     "attn_resolutions": [], "dropout": 0.0},
                        "lossconfig": {"target": "torch.nn.Identity"}}}
-
-
-def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Random weights for ``module``'s keys, deterministic in ``seed`` (global RNG untouched): weights
-    ~ N(0, 1/fan_in), biases ~ N(0, 0.02^2), norm scales ~ 1 + N(0, 0.1^2), codebook ~ N(0, 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for name, ref in module.state_dict().items():
-        noise = torch.randn(ref.shape, generator=gen)
-        if name.endswith("embedding.weight"):
-            out[name] = noise
-        elif name.endswith(".weight") and ref.ndim == 1:
-            out[name] = 1.0 + 0.1 * noise
-        elif name.endswith(".weight"):
-            out[name] = noise / ref[0].numel() ** 0.5
-        else:
-            out[name] = 0.02 * noise
-    return out
 
 
 def tiny_checkpoints(seed: int = 0, timesteps: int = 1000) -> tuple[dict, dict[str, torch.Tensor], dict,

@@ -35,9 +35,9 @@ from facefoundry.generators.tiny_idiff_face import (
     CHECKPOINT,
     build_tiny_idiff_face,
     first_stage_config,
-    random_state_dict,
     train_config,
 )
+from facefoundry.generators.tiny_weights import random_state_dict
 
 ATOL = 1e-4
 

@@ -282,6 +282,48 @@ class IDiffFaceConfig(StrictModel):
         return self
 
 
+class DCFaceConfig(StrictModel):
+    """DCFace (CVPR 2023) mixing stage: an ID image and a style image per generated image, DDIM as released."""
+
+    kind: Literal["dcface"] = "dcface"
+    checkpoint: str = Field(
+        "models/dcface/dcface_3x3.ckpt",
+        description="The released PyTorch-Lightning checkpoint (dcface_3x3.ckpt or dcface_5x5.ckpt; manual download).",
+    )
+    use_ema: bool = Field(True, description="Sample with the EMA UNet (ema_model.averaged_model), as the release does.")
+    id_set: str | None = Field(
+        None, description="ID set Parquet from `facefoundry dcface-ids` (ID images + their vectors); the run's "
+        "identities must be its vectors (identities.sampler: from_file, identities.file: the same file).",
+    )
+    style_bank: str | None = Field(
+        None, description="Aligned 112x112 style images: a folder, or Parquet with an `image` column.",
+    )
+    style_provenance: Literal["real", "synthetic"] = Field(
+        "real", description="What the style images are: real photos (the paper used CASIA-WebFace) or synthetic; "
+        "stated on the card and per row.",
+    )
+    style_sampling: Literal["random", "list"] = Field(
+        "random", description="random: the image seed picks a style; list: image index k takes style k (mod the "
+        "bank size), the official `list` method.",
+    )
+    steps: int = Field(50, ge=1, le=1000, description="DDIM steps (released: 50).")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM noise (released: 1.0, stochastic).")
+    tiny: bool = Field(False, description="Build tiny random weights, ID set and style bank under <out>/models.")
+    output_size: int | None = Field(None, ge=16, description="Square size of stored images; null = native 112.")
+    batch_size: int = Field(32, ge=1, description="Images per denoising batch (the official script: 256).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    revision: ClassVar[str | None] = None  # released on Google Drive, not on the Hub
+
+    @model_validator(mode="after")
+    def _check_inputs(self) -> DCFaceConfig:
+        if not self.tiny and (self.id_set is None or self.style_bank is None):
+            raise ValueError("generator.id_set and generator.style_bank are required for the dcface generator "
+                             "(build the ID set with `facefoundry dcface-ids`; the style bank is a folder of aligned "
+                             "112x112 faces)")
+        return self
+
+
 class NoopConfig(StrictModel):
     """A testing and benchmark tool, never a dataset: tiny deterministic noise images made instantly, so a run
     measures the pipeline's orchestration alone (``bench/scale.py``). Only ``generator.kind: noop`` selects it."""
@@ -299,7 +341,7 @@ class NoopConfig(StrictModel):
         return self.size
 
 
-GeneratorConfig = Annotated[Arc2FaceConfig | Vec2FaceConfig | IDiffFaceConfig | NoopConfig,
+GeneratorConfig = Annotated[Arc2FaceConfig | Vec2FaceConfig | IDiffFaceConfig | DCFaceConfig | NoopConfig,
                             Field(discriminator="kind")]
 
 
@@ -424,6 +466,14 @@ class RunConfig(StrictModel):
         if self.generator.kind == "idiff_face" and (self.identities.space != "unit" or self.identities.dim != 512):
             raise ValueError("identities.space must be 'unit' and identities.dim 512 for the idiff_face generator "
                              "(L2-normalised 512-d ElasticFace embeddings)")
+        gen = self.generator
+        if gen.kind == "dcface" and not gen.tiny:
+            ident = self.identities
+            if ident.sampler != "from_file" or ident.file is None or Path(ident.file) != Path(gen.id_set):
+                raise ValueError("the dcface generator's identities are its ID set: set identities.sampler: from_file "
+                                 f"and identities.file: {gen.id_set} (generator.id_set)")
+            if ident.space != "unit":
+                raise ValueError("identities.space must be 'unit' for the dcface generator (the ID set's unit vectors)")
         if self.generator.kind == "vec2face" and self.identities.space != "raw":
             raise ValueError("identities.space must be 'raw' (identities.norm about 22) for the vec2face generator")
         return self
@@ -455,7 +505,7 @@ def _strip_tag(loc: tuple) -> tuple[tuple, str]:
 
 
 _GENERATORS: dict[str, type[BaseModel]] = {"arc2face": Arc2FaceConfig, "vec2face": Vec2FaceConfig,
-                                           "idiff_face": IDiffFaceConfig, "noop": NoopConfig}
+                                           "idiff_face": IDiffFaceConfig, "dcface": DCFaceConfig, "noop": NoopConfig}
 
 
 def _format_error(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
