@@ -99,10 +99,14 @@ def arch_from_state(state: dict[str, torch.Tensor], unet_prefix: str) -> DCFaceA
         style_depths = _depths(state, f"{STYLE_PREFIX}backbone.")
     except KeyError as exc:
         raise CheckpointError(f"not a DCFace state dict: no {exc.args[0]!r}") from None
+    # num_res_blocks 1: input block 0 is the stem, then per level a ResBlock (odd index) and a downsample block
+    blocks = {int(k[len(unet_prefix):].split(".")[1]) for k in state if k.startswith(f"{unet_prefix}input_blocks.")}
+    mult = tuple(int(state[f"{unet_prefix}input_blocks.{i}.0.out_layers.3.weight"].shape[0]) // model_channels
+                 for i in range(1, len(blocks), 2))
     side = round((tokens - 1) ** 0.5)
     if side * side != tokens - 1:
         raise CheckpointError(f"{HEAD_PREFIX}pos_emb_0.0 has {tokens} rows; expected 1 + S*S (S = 3 or 5)")
-    unet = ADMArch(image_size=GMIX_ARCH.image_size, model_channels=model_channels,
+    unet = ADMArch(image_size=GMIX_ARCH.image_size, model_channels=model_channels, channel_mult=mult,
                    skip_downsample_level=GMIX_ARCH.skip_downsample_level, context_channels=context)
     return DCFaceArch(unet, side, id_depths, style_depths)
 

@@ -92,6 +92,13 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
 
         write_tiny_face_models(out / MODELS_DIR / "vec2face-face-models", seed=cfg.run.seed)
         return ModelPaths(str(checkpoint), face_models=str(out / MODELS_DIR / "vec2face-face-models"))
+    if gen.kind == "dcface":
+        if not gen.tiny:
+            return ModelPaths(gen.checkpoint, gen.id_set, style_bank=gen.style_bank)
+        from facefoundry.generators.tiny_dcface import build_tiny_dcface
+
+        checkpoint, id_set, bank = build_tiny_dcface(out / MODELS_DIR, seed=cfg.run.seed, count=cfg.identities.count)
+        return ModelPaths(str(checkpoint), str(id_set), style_bank=str(bank))
     if gen.kind == "idiff_face":
         if not gen.tiny:
             return ModelPaths(gen.model, gen.autoencoder)
@@ -118,6 +125,11 @@ def generator_metadata(gen) -> dict:
     if gen.kind == "idiff_face":
         return {"model": tiny if gen.tiny else Path(gen.model).name, "checkpoint_file": gen.checkpoint_file,
                 "sampler": gen.sampler, "steps": gen.steps, "eta": gen.eta, "guidance_scale": gen.guidance_scale}
+    if gen.kind == "dcface":
+        return {"checkpoint": tiny if gen.tiny else Path(gen.checkpoint).name, "use_ema": gen.use_ema,
+                "id_set": tiny if gen.tiny else Path(gen.id_set).name,
+                "style_bank": tiny if gen.tiny else Path(gen.style_bank).name, "style_provenance": gen.style_provenance,
+                "style_sampling": gen.style_sampling, "steps": gen.steps, "eta": gen.eta}
     models = {"model": tiny if gen.tiny else gen.model, "base_model": tiny if gen.tiny else gen.base_model}
     if gen.sampler == "lcm":
         models |= {"lcm_lora": tiny if gen.tiny else gen.lcm_lora, "sampler": "lcm"}

@@ -34,6 +34,7 @@ GENERATORS = {
     "arc2face": "facefoundry.generators.arc2face:Arc2FaceGenerator",
     "vec2face": "facefoundry.generators.vec2face:Vec2FaceGenerator",
     "idiff_face": "facefoundry.generators.idiff_face:IDiffFaceGenerator",
+    "dcface": "facefoundry.generators.dcface:DCFaceGenerator",
     "noop": "facefoundry.generators.noop:NoopGenerator",
 }
 
@@ -53,17 +54,19 @@ class ModelPaths:
 
     Arc2Face: ``model`` holds arc2face/ and encoder/, ``base_model`` the SD-1.5 parts; Vec2Face:
     ``model`` is the checkpoint (Hub id, folder or file) and ``base_model`` is unused; IDiff-Face: ``model`` is
-    the released model folder and ``base_model`` the autoencoder folder."""
+    the released model folder and ``base_model`` the autoencoder folder; DCFace: ``model`` is the checkpoint,
+    ``base_model`` the ID set and ``style_bank`` the style images."""
 
     model: str
     base_model: str | None = None
     lcm_lora: str | None = None  # Arc2Face fast mode: the LCM-LoRA (tiny builds); None = generator.lcm_lora
     face_models: str | None = None  # Vec2Face AttrOP's models (tiny builds); None = generator.attrop.models
+    style_bank: str | None = None  # DCFace's style images (tiny builds); None = generator.style_bank
 
     @property
     def extra(self) -> str | None:
         """The generator's third source (``from_paths``/``model_files``' ``extra``): whichever is set."""
-        return self.lcm_lora or self.face_models
+        return self.lcm_lora or self.face_models or self.style_bank
 
 
 def generator_class(cfg: RunConfig) -> Any:

@@ -91,6 +91,9 @@ UPSTREAM: dict[str, Upstream] = {
     "elasticface": Upstream("ElasticFace-Arc R100", "mit code (fdbtrs/ElasticFace); weights trained on MS1MV2 "
                             "(non-commercial research terms)", "MS1MV2 (web-crawled celebrity faces, no consent)",
                             False),
+    "dcface": Upstream("DCFace", "no licence file in mk-minchul/dcface (all rights reserved by default); built "
+                       "on AdaFace / TFace models", "CASIA-WebFace (web-crawled celebrity faces, no consent), FFHQ",
+                       False),
     "arcface-r100": Upstream("ArcFace R100", f"weights: {_GLINT_TERMS}", _GLINT, False),
     # code: MIT (IrvingMeng/MagFace LICENSE); the R100 weights Vec2Face ships are trained on Glint360K
     "magface": Upstream("MagFace R100", f"mit code (IrvingMeng/MagFace); weights: {_GLINT_TERMS}", _GLINT, False),
@@ -131,6 +134,9 @@ def run_components(cfg: RunConfig) -> list[Component]:
             component("arcface-onnx", "identity space (arcface.onnx; defines the vectors, not run here)",
                       f"{model} (arcface.onnx)", gen.revision),
         ]
+    elif gen.kind == "dcface":
+        comps = [component("dcface", "generator (ID encoder, style encoder, mixing UNet)",
+                           f"mk-minchul/dcface ({Path(gen.checkpoint).name})")]
     elif gen.kind == "idiff_face":
         comps = [
             component("idiff-face", f"generator (conditional latent DDPM, {gen.sampler} sampler)",

@@ -98,6 +98,13 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
         manual="download first_stage_decoder_state_dict.pt from the 'Encoder and decoder model weights' link in the "
         "fdbtrs/IDiff-Face README into a folder and set generator.autoencoder to it"),
     ModelSpec(
+        "dcface", None, ("dcface_3x3.ckpt",),
+        "other", ("dcface",), "generator.kind=dcface (generator.checkpoint)",
+        "DCFace mixing-stage checkpoint (PyTorch Lightning; dcface_5x5.ckpt is the 5x5 style-grid variant); "
+        "not on the Hub",
+        manual="download dcface_3x3.ckpt (or dcface_5x5.ckpt) from the Google Drive folder linked in the "
+        "mk-minchul/dcface README and set generator.checkpoint to it"),
+    ModelSpec(
         "antelopev2", None, ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
         "other", ("scrfd",),
         "id_filter.detector_model (SCRFD detector)",

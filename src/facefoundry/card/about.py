@@ -12,6 +12,7 @@ from facefoundry.card.user import EMPTY_USER_BLOCK
 from facefoundry.config import (
     DDIM_DEFAULT_STEPS,
     Arc2FaceConfig,
+    DCFaceConfig,
     IdentityFilterConfig,
     IDiffFaceConfig,
     NoopConfig,
@@ -21,7 +22,7 @@ from facefoundry.config import (
 from facefoundry.licensing import NONCOMMERCIAL_LICENSES, hub_id
 
 UNPINNED = "not pinned (latest at run time)"
-NATIVE_SIZE = {"arc2face": 512, "vec2face": 112, "idiff_face": 128}  # pixels
+NATIVE_SIZE = {"arc2face": 512, "vec2face": 112, "idiff_face": 128, "dcface": 112}  # pixels
 
 
 def software(record: dict) -> dict[str, str]:
@@ -103,13 +104,17 @@ def _sampling(ctx: CardContext) -> list[str]:
     return ["### Identity sampling\n", "\n".join(lines) + "\n"]
 
 
-def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | IDiffFaceConfig | NoopConfig, name: str) -> list[str]:
+def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | IDiffFaceConfig | DCFaceConfig | NoopConfig,
+                     name: str) -> list[str]:
     if gen.kind == "noop":
         return [f"- Generator: the no-op generator ({gen.size} px noise from each image seed), a rehearsal of the "
                 "pipeline's orchestration; nothing in this run is a face."]
     if gen.tiny:
         model = (f"- Generator: tiny random weights in the official {name} on-disk layout; no published weights "
                  "were used.")
+    elif gen.kind == "dcface":
+        model = (f"- Generator: DCFace mixing model `{Path(gen.checkpoint).name}` ("
+                 + ("EMA" if gen.use_ema else "non-EMA") + " UNet; weights from the mk-minchul/dcface release).")
     elif gen.kind == "idiff_face":
         model = (f"- Generator: IDiff-Face, released model `{Path(gen.model).name}` (`{gen.checkpoint_file}`) "
                  "with the CompVis ffhq256 VQ-f4 decoder (weights from the fdbtrs/IDiff-Face release).")
@@ -128,6 +133,15 @@ def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | IDiffFaceConfig | No
                + (f" AttrOP (Adam on the input vector toward ArcFace-R100 cosine {attrop.min_id_similarity}, at "
                   f"most {attrop.max_iterations} steps per image; outcome per image in `attrop_*`)."
                   if attrop.enabled else ""))
+    elif gen.kind == "dcface":
+        released = (gen.steps, gen.eta) == (50, 1.0)
+        style = " and the style" if gen.style_sampling == "random" else ""
+        how = (f"- Each image mixes its identity's ID image with a style image: DDIM {gen.steps} steps, eta "
+               f"{gen.eta} ({'the released sampler' if released else '**not** the released 50 steps, eta 1.0'}); "
+               f"the image seed draws the noise{style}. Per row: `style_source`, `id_source`.\n")
+        how += ("- **Style images are real photos** (`generator.style_provenance: real`): every image carries the "
+                "pose, expression, lighting and background of a real photo, though not its identity."
+                if gen.style_provenance == "real" else "- Style images are synthetic (`generator.style_provenance`).")
     elif gen.kind == "idiff_face":
         how = ("- The published ancestral DDPM sampler over all of the model's timesteps (1000 for the releases)"
                if gen.sampler == "ddpm" else

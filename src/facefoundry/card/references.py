@@ -10,7 +10,8 @@ from facefoundry.config import RunConfig
 
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B",
                    "1B<n<10B", "10B<n<100B", "100B<n<1T", "n>1T")
-GENERATOR_NAMES = {"arc2face": "Arc2Face", "vec2face": "Vec2Face", "idiff_face": "IDiff-Face", "noop": "no-op"}
+GENERATOR_NAMES = {"arc2face": "Arc2Face", "vec2face": "Vec2Face", "idiff_face": "IDiff-Face", "dcface": "DCFace",
+                   "noop": "no-op"}
 
 COLUMN_DOCS = {
     "image": "the encoded image (PNG or JPEG) as {bytes, path}; `path` is `<identity>_<index>.<ext>`",
@@ -29,6 +30,8 @@ COLUMN_DOCS = {
     "judge_other_distance": "Euclidean distance of the descriptor to the nearest other identity's centroid in the unit",
     "id_similarity": "cosine of the face's embedding (conditioning encoder) to its identity vector",
     "filter_reason": "null if the image passes the filter, else the rejection reason (kept rows in annotate mode)",
+    "style_source": "DCFace: the style image this image was mixed from (style bank file, or Parquet file:row)",
+    "id_source": "DCFace: where the identity's ID image came from (its ID-set `source`)",
 }
 SAMPLER_DOCS = {
     "gaussian_rejection": "Gaussian candidates, normalised, kept only if their cosine to every identity already "
@@ -111,7 +114,7 @@ def citation_keys(cfg: RunConfig) -> list[str]:
     ident = cfg.identities
     keys = []
     if not cfg.generator.tiny:
-        keys += {"vec2face": ["vec2face"], "idiff_face": ["idiffface"]}.get(
+        keys += {"vec2face": ["vec2face"], "idiff_face": ["idiffface"], "dcface": ["dcface"]}.get(
             cfg.generator.kind, ["arc2face", "sd", "dpmsolver", "arcface", "webface"])
     keys.append("dlib")
     keys += {"gaussian_rejection": ["vec2face"], "pca_gaussian": ["vec2face"], "hyperface": ["hyperface"],
