@@ -53,7 +53,7 @@ from .base import (
 )
 from .dcface_encoders import IDEncoder, RecognitionEncoder, StyleHead
 from .dcface_inputs import IdSet, ImageBank
-from .dcface_unet import GMIX_ARCH, ADMArch, ADMUNet
+from .dcface_unet import GMIX_ARCH, ADMArch, ADMUNet, adm_arch_from_state
 from .lightning_checkpoint import CheckpointError as LightningCheckpointError
 from .lightning_checkpoint import read_state_dict
 
@@ -92,22 +92,17 @@ def _depths(state: dict[str, torch.Tensor], prefix: str) -> tuple[int, ...]:
 def arch_from_state(state: dict[str, torch.Tensor], unet_prefix: str) -> DCFaceArch:
     """The architecture of a DCFace state dict (official widths for the release; tiny builds are narrower)."""
     try:
-        model_channels = int(state[f"{unet_prefix}input_blocks.0.0.weight"].shape[0])
-        context = int(state[f"{HEAD_PREFIX}cross_attn_adapter.weight"].shape[0])
+        unet = adm_arch_from_state(state, unet_prefix, image_size=GMIX_ARCH.image_size,
+                                   skip_downsample_level=GMIX_ARCH.skip_downsample_level,
+                                   context_channels=int(state[f"{HEAD_PREFIX}cross_attn_adapter.weight"].shape[0]))
         tokens = int(state[f"{HEAD_PREFIX}pos_emb_0.0"].shape[0])
         id_depths = _depths(state, f"{ID_PREFIX}backbone.backbone.")
         style_depths = _depths(state, f"{STYLE_PREFIX}backbone.")
     except KeyError as exc:
         raise CheckpointError(f"not a DCFace state dict: no {exc.args[0]!r}") from None
-    # num_res_blocks 1: input block 0 is the stem, then per level a ResBlock (odd index) and a downsample block
-    blocks = {int(k[len(unet_prefix):].split(".")[1]) for k in state if k.startswith(f"{unet_prefix}input_blocks.")}
-    mult = tuple(int(state[f"{unet_prefix}input_blocks.{i}.0.out_layers.3.weight"].shape[0]) // model_channels
-                 for i in range(1, len(blocks), 2))
     side = round((tokens - 1) ** 0.5)
     if side * side != tokens - 1:
         raise CheckpointError(f"{HEAD_PREFIX}pos_emb_0.0 has {tokens} rows; expected 1 + S*S (S = 3 or 5)")
-    unet = ADMArch(image_size=GMIX_ARCH.image_size, model_channels=model_channels, channel_mult=mult,
-                   skip_downsample_level=GMIX_ARCH.skip_downsample_level, context_channels=context)
     return DCFaceArch(unet, side, id_depths, style_depths)
 
 

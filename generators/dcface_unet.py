@@ -297,3 +297,14 @@ class ADMUNet(nn.Module):
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, cross_attn)
         return self.out(h).to(x.dtype)
+
+
+def adm_arch_from_state(state: dict[str, torch.Tensor], prefix: str = "", **fixed) -> ADMArch:
+    """An :class:`ADMArch` from a state dict's shapes: the base width and the channel multipliers (one ResBlock
+    per level: input block 0 is the stem, then a ResBlock at each odd index); ``fixed`` sets the other fields.
+    Raises ``KeyError`` naming a key the layout needs."""
+    width = int(state[f"{prefix}input_blocks.0.0.weight"].shape[0])
+    blocks = {int(k[len(prefix):].split(".")[1]) for k in state if k.startswith(f"{prefix}input_blocks.")}
+    mult = tuple(int(state[f"{prefix}input_blocks.{i}.0.out_layers.3.weight"].shape[0]) // width
+                 for i in range(1, len(blocks), 2))
+    return ADMArch(**{"model_channels": width, "channel_mult": mult, **fixed})

@@ -416,6 +416,45 @@ def config(config: ConfigArg, set_: SetOpt = None) -> None:
     typer.echo(json.dumps({"config_hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}, indent=2))
 
 
+@app.command("dcface-ids")
+def dcface_ids(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ID set to write (.parquet).")],
+    count: Annotated[int, typer.Option(help="Identities to keep.", min=1)],
+    encoder: Annotated[Path, typer.Option(help="Identity encoder: ArcFace .onnx (or pack folder) or a .pth IResNet; "
+                                                "use the run's id_filter.encoder_model.")],
+    folder: Annotated[Path | None, typer.Option(help="Source 1: aligned 112 px ID images (folder or Parquet).")] = None,
+    gid: Annotated[Path | None, typer.Option(help="Source 2: G_id, DCFace's ffhq_10m.pt (needs --detector).")] = None,
+    detector: Annotated[Path | None, typer.Option(help="SCRFD ONNX file or pack folder (aligns G_id images).")] = None,
+    max_cosine: Annotated[float, typer.Option(help="Uniqueness: at most this cosine to every kept identity.")] = 0.3,
+    max_yaw: Annotated[float, typer.Option(help="G_id: drop ID images turned further than this (degrees).")] = 30.0,
+    gallery: Annotated[list[Path] | None, typer.Option(help="Real-face embeddings (.npy/.parquet) to stay away "
+                                                            "from. Repeatable.")] = None,
+    gallery_max_cosine: Annotated[float, typer.Option(help="Drop a candidate above this cosine to a gallery "
+                                                           "vector.")] = 0.3,
+    seed: Annotated[int, typer.Option(help="G_id seed (candidate k uses a seed derived from it and k).")] = 0,
+    steps: Annotated[int, typer.Option(help="G_id respaced DDPM steps (the release: 100).", min=1)] = 100,
+    batch_size: Annotated[int, typer.Option(help="G_id images per batch.", min=1)] = 8,
+    max_candidates: Annotated[int | None, typer.Option(help="Give up after this many candidates.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """DCFace's identity stage: unique ID images (from a folder or G_id), embedded, written as an ID set.
+
+    A DCFace run then takes its identities from the file: generator.id_set, and identities.sampler from_file
+    with identities.file set to the same file (docs/models.md#dcface).
+    """
+    from facefoundry.generators.dcface_ids import IdStageSettings, build_id_set
+
+    settings = IdStageSettings(count, str(encoder), str(detector) if detector else None, max_cosine, max_yaw,
+                               [str(g) for g in gallery or []], gallery_max_cosine, seed, steps,
+                               batch_size=batch_size, device=device, max_candidates=max_candidates)
+    try:
+        build_id_set(out, settings, folder=folder, gid_model=gid)
+    except KeyboardInterrupt as exc:
+        _stopped(exc, f"nothing was written to {out} (rerun the same command)")
+    except Exception as exc:
+        _fail(_one_line(exc))
+
+
 models_app = typer.Typer(help="Model files in the Hugging Face cache: list them, fetch them (pre-warm nodes).",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
