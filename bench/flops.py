@@ -10,6 +10,8 @@ FLOPs; elementwise ops, norms and softmax are not counted, they are a few percen
   token selection is data-dependent, so not on meta), with the minimum 5 of 49 tokens dropped.
 - IDiff-Face's ConditionalUNet at the released size (216,341,187 parameters, checked) on a 32x32x3 latent
   (128 px images) with one 512-d context, and the ffhq256 VQ-f4 decoder (32x32x3 -> 128x128x3), meta device.
+- DCFace: the G_mix UNet at 112 px with its 1024 x 59 context (3x3 style grid), the two IR-50 encoders (ID and
+  style image) with the style head, and G_id (the FFHQ-256 ADM of the identity stage), meta device.
 
 Attention runs through diffusers' plain ``AttnProcessor`` (explicit matmuls) so that it is counted.
 
@@ -96,6 +98,36 @@ def idiff_face_decode() -> int:
     return count(lambda: decoder(z))
 
 
+def dcface_gmix() -> int:
+    from facefoundry.generators.dcface_unet import GMIX_ARCH, ADMUNet
+
+    with torch.device("meta"):
+        unet = ADMUNet(GMIX_ARCH)
+    x, t = torch.empty(1, 3, 112, 112, device="meta"), torch.zeros(1, dtype=torch.long, device="meta")
+    style, context = torch.empty(1, 512, device="meta"), torch.empty(1, 1024, 59, device="meta")
+    return count(lambda: unet(x, t, style, context))
+
+
+def dcface_conditions() -> int:
+    from facefoundry.generators.dcface import DCFaceArch, DCFaceNetworks
+    from facefoundry.generators.dcface_unet import GMIX_ARCH
+
+    arch = DCFaceArch(GMIX_ARCH, 3, (64, 128, 256, 512), (64, 128, 256, 512))  # the release's widths
+    with torch.device("meta"):
+        nets = DCFaceNetworks(arch).eval()
+    image = torch.empty(1, 3, 112, 112, device="meta")
+    return count(lambda: nets.conditions(image, image))
+
+
+def dcface_gid() -> int:
+    from facefoundry.generators.dcface_unet import GID_ARCH, ADMUNet
+
+    with torch.device("meta"):
+        unet = ADMUNet(GID_ARCH)
+    x, t = torch.empty(1, 3, 256, 256, device="meta"), torch.zeros(1, dtype=torch.long, device="meta")
+    return count(lambda: unet(x, t))
+
+
 def main() -> None:
     torch.manual_seed(0)
     rows = {"SD-1.5 UNet forward, 512 px (1 image)": sd15_unet(),
@@ -103,7 +135,10 @@ def main() -> None:
             "CLIP ViT-L/14 text encoder, 77 tokens": clip_text(),
             "Vec2Face forward, 112 px (1 image)": vec2face(),
             "IDiff-Face UNet forward, 128 px (1 image)": idiff_face_unet(),
-            "IDiff-Face VQ-f4 decode, 128 px (1 image)": idiff_face_decode()}
+            "IDiff-Face VQ-f4 decode, 128 px (1 image)": idiff_face_decode(),
+            "DCFace G_mix UNet forward, 112 px (1 image)": dcface_gmix(),
+            "DCFace ID + style encoders, 112 px (1 image)": dcface_conditions(),
+            "DCFace G_id UNet forward, 256 px (1 image)": dcface_gid()}
     for name, flops in rows.items():
         print(f"{name:<42} {flops / 1e9:10.1f} GFLOP")
 

@@ -86,9 +86,14 @@ def limitations(ctx: CardContext) -> list[str]:
         "- Identity consistency was judged by one independent model (dlib); its 0.6 threshold was calibrated on "
         "real photos, not generated faces.",
         "- Variation in pose, expression, illumination and age is whatever the generator produces from seeds"
-        + (" and vector noise." if cfg.images.perturbation is not None else "."),
+        + (" and style images." if cfg.generator.kind == "dcface" else
+           " and vector noise." if cfg.images.perturbation is not None else "."),
         "- Leakage screening covers identity vectors only, and only against the configured galleries.",
         "- No demographic labels, so balance cannot be audited from the data itself.",
+        *(["- Style images are real photos of people (DCFace `generator.style_provenance: real`): each image takes its "
+           "pose, expression, lighting and background from one (named in `style_source`), so those photos' "
+           "biases and consent terms carry over."]
+          if cfg.generator.kind == "dcface" and cfg.generator.style_provenance == "real" and not tiny else []),
         f"- Images are {size} px; models expecting aligned 112 px crops need the `landmarks` to align them.",
     ]
     if cfg.filter.mode == "annotate" or (cfg.id_filter is not None and cfg.id_filter.mode == "annotate"):
