@@ -13,6 +13,8 @@ Three comparisons, each printed as images/s of both sides and their ratio:
    identity per call, then IDiff-Face vs Arc2Face (DPM-Solver 25, guidance 3.0) on the same workload. The tiny
    builds are not to scale with each other, so the second ratio is about the code paths, not the published
    models (section 1 of docs/generator-performance.md has those).
+5. DCFace (DDIM, as many steps as Arc2Face's DPM-Solver, eta 1.0; tiny ID set and style bank): the same two
+   comparisons as IDiff-Face.
 
 Both sides of a comparison use the real generator classes on the same loaded weights (the tiny builds
 in the official layouts, loaded from disk). Every side is warmed up first; then the sides alternate,
@@ -34,10 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facefoundry.config import Arc2FaceConfig, IDiffFaceConfig
+from facefoundry.config import Arc2FaceConfig, DCFaceConfig, IDiffFaceConfig
 from facefoundry.generators.arc2face import Arc2FaceGenerator
+from facefoundry.generators.base import IDENTITY_INDEX, IMAGE_INDEX
+from facefoundry.generators.dcface import DCFaceGenerator
 from facefoundry.generators.idiff_face import IDiffFaceGenerator
 from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path
+from facefoundry.generators.tiny_dcface import build_tiny_dcface
 from facefoundry.generators.tiny_idiff_face import build_tiny_idiff_face
 from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
 from facefoundry.generators.vec2face import Vec2FaceGenerator, Vec2FaceSettings
@@ -123,6 +128,33 @@ def idiff_face(root: Path, dpm: Arc2FaceGenerator, identities: int, k: int, batc
              mixed(dpm, vectors, seeds)), rounds)
 
 
+def dcface(root: Path, dpm: Arc2FaceGenerator, identities: int, k: int, batch: int, rounds: int) -> None:
+    checkpoint, id_set, bank = build_tiny_dcface(root / "dcface", seed=0, count=identities)
+    settings = DCFaceConfig(tiny=True, steps=dpm.cfg.steps, batch_size=batch)
+    gen = DCFaceGenerator(settings, str(checkpoint), str(id_set), str(bank))
+    gen.setup(device="cpu")
+    official = DCFaceGenerator(settings.model_copy(update={"batch_size": max(k, 1)}), str(checkpoint), str(id_set),
+                               str(bank))
+    official.id_set, official.styles = gen.id_set, gen.styles
+    official.set_networks(gen.nets, device="cpu")
+    vectors, seeds = workload(identities, k, norm=1.0)
+    # identity i of the tiny build is row i of its ID set (the pipeline passes the index as a variation)
+    variations = [{IDENTITY_INDEX: i // k, IMAGE_INDEX: i % k} for i in range(len(seeds))]
+
+    def per_call(g: DCFaceGenerator) -> Work:
+        return lambda: sum(len(g.generate(vectors[i:i + k], seeds[i:i + k], variations[i:i + k]))
+                           for i in range(0, len(seeds), k))
+
+    compare(f"DCFace DDIM {settings.steps} steps, eta {settings.eta} (tiny build, 112 px): {identities} identities x "
+            f"{k} images",
+            (f"mixed-identity batches of {batch}", lambda: len(gen.generate(vectors, seeds, variations))),
+            (f"one identity per call ({k} images)", per_call(official)), rounds)
+    compare(f"DCFace vs Arc2Face, tiny builds, mixed batches of {batch}",
+            (f"DCFace DDIM {settings.steps} steps, no guidance", lambda: len(gen.generate(vectors, seeds, variations))),
+            (f"Arc2Face DPM-Solver {dpm.cfg.steps} steps, guidance {dpm.cfg.guidance_scale}",
+             mixed(dpm, vectors, seeds)), rounds)
+
+
 def vec2face(root: Path, identities: int, k: int, batch: int, rounds: int) -> None:
     checkpoint = build_tiny_vec2face(root / "vec2face", seed=0)
     gen = Vec2FaceGenerator(Vec2FaceSettings(tiny=True, batch_size=batch), checkpoint)
@@ -150,10 +182,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"CPU, tiny random-weight models (Arc2Face 64x64 px, Vec2Face 112x112 px, IDiff-Face 128x128 px)")
+          "CPU, tiny random-weight models (Arc2Face 64x64 px, Vec2Face 112x112 px, IDiff-Face 128x128 px, "
+          "DCFace 112x112 px)")
     with tempfile.TemporaryDirectory(prefix="ffbench-gen-") as tmp:
         dpm = arc2face(Path(tmp), args.identities, args.per_identity, args.batch, args.rounds)
         idiff_face(Path(tmp), dpm, args.identities, args.per_identity, args.batch, args.rounds)
+        dcface(Path(tmp), dpm, args.identities, args.per_identity, args.batch, args.rounds)
         vec2face(Path(tmp), args.vec2face_identities, args.per_identity, args.vec2face_batch, args.rounds)
 
 
