@@ -425,28 +425,34 @@ def dcface_ids(
     folder: Annotated[Path | None, typer.Option(help="Source 1: aligned 112 px ID images (folder or Parquet).")] = None,
     gid: Annotated[Path | None, typer.Option(help="Source 2: G_id, DCFace's ffhq_10m.pt (needs --detector).")] = None,
     detector: Annotated[Path | None, typer.Option(help="SCRFD ONNX file or pack folder (aligns G_id images).")] = None,
-    max_cosine: Annotated[float, typer.Option(help="Uniqueness: at most this cosine to every kept identity.")] = 0.3,
-    max_yaw: Annotated[float, typer.Option(help="G_id: drop ID images turned further than this (degrees).")] = 30.0,
+    max_cosine: Annotated[float | None, typer.Option(help="Uniqueness: at most this cosine to every kept identity "
+                                                          "(default: DCFace's threshold).")] = None,
+    max_yaw: Annotated[float | None, typer.Option(help="G_id: drop ID images turned further than this, "
+                                                       "degrees.")] = None,
     gallery: Annotated[list[Path] | None, typer.Option(help="Real-face embeddings (.npy/.parquet) to stay away "
                                                             "from. Repeatable.")] = None,
-    gallery_max_cosine: Annotated[float, typer.Option(help="Drop a candidate above this cosine to a gallery "
-                                                           "vector.")] = 0.3,
-    seed: Annotated[int, typer.Option(help="G_id seed (candidate k uses a seed derived from it and k).")] = 0,
-    steps: Annotated[int, typer.Option(help="G_id respaced DDPM steps (the release: 100).", min=1)] = 100,
-    batch_size: Annotated[int, typer.Option(help="G_id images per batch.", min=1)] = 8,
+    gallery_max_cosine: Annotated[float | None, typer.Option(help="Drop a candidate above this cosine to a "
+                                                                  "gallery vector.")] = None,
+    seed: Annotated[int | None, typer.Option(help="G_id seed (candidate k's seed derives from it and k).")] = None,
+    steps: Annotated[int | None, typer.Option(help="G_id respaced DDPM steps (default: the release's).",
+                                              min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="G_id images per batch.", min=1)] = None,
     max_candidates: Annotated[int | None, typer.Option(help="Give up after this many candidates.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """DCFace's identity stage: unique ID images (from a folder or G_id), embedded, written as an ID set.
 
     A DCFace run then takes its identities from the file: generator.id_set, and identities.sampler from_file
-    with identities.file set to the same file (docs/models.md#dcface).
+    with identities.file set to the same file (docs/models.md#dcface). Unset options take the defaults of
+    facefoundry.generators.dcface_ids.IdStageSettings (printed in the ID set's metadata).
     """
     from facefoundry.generators.dcface_ids import IdStageSettings, build_id_set
 
-    settings = IdStageSettings(count, str(encoder), str(detector) if detector else None, max_cosine, max_yaw,
-                               [str(g) for g in gallery or []], gallery_max_cosine, seed, steps,
-                               batch_size=batch_size, device=device, max_candidates=max_candidates)
+    given = {"detector": str(detector) if detector else None, "max_cosine": max_cosine, "max_yaw": max_yaw,
+             "galleries": [str(g) for g in gallery] if gallery else None, "gallery_max_cosine": gallery_max_cosine,
+             "seed": seed, "gid_steps": steps, "batch_size": batch_size, "max_candidates": max_candidates,
+             "device": device}
+    settings = IdStageSettings(count, str(encoder), **{k: v for k, v in given.items() if v is not None})
     try:
         build_id_set(out, settings, folder=folder, gid_model=gid)
     except KeyboardInterrupt as exc:

@@ -94,6 +94,9 @@ UPSTREAM: dict[str, Upstream] = {
     "dcface": Upstream("DCFace", "no licence file in mk-minchul/dcface (all rights reserved by default); built "
                        "on AdaFace / TFace models", "CASIA-WebFace (web-crawled celebrity faces, no consent), FFHQ",
                        False),
+    "dcface-gid": Upstream("DCFace G_id (guided-diffusion ADM on FFHQ 256, ffhq_10m.pt)", "no licence file in "
+                           "mk-minchul/dcface; guided-diffusion code mit; FFHQ cc-by-nc-sa-4.0",
+                           "FFHQ (Flickr photos of real people)", False),
     "arcface-r100": Upstream("ArcFace R100", f"weights: {_GLINT_TERMS}", _GLINT, False),
     # code: MIT (IrvingMeng/MagFace LICENSE); the R100 weights Vec2Face ships are trained on Glint360K
     "magface": Upstream("MagFace R100", f"mit code (IrvingMeng/MagFace); weights: {_GLINT_TERMS}", _GLINT, False),

@@ -105,6 +105,12 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
         manual="download dcface_3x3.ckpt (or dcface_5x5.ckpt) from the Google Drive folder linked in the "
         "mk-minchul/dcface README and set generator.checkpoint to it"),
     ModelSpec(
+        "dcface-gid", None, ("ffhq_10m.pt",),
+        "other", ("dcface-gid",), "facefoundry dcface-ids --gid",
+        "DCFace's identity-stage generator: unconditional ADM DDPM on FFHQ 256 px; not on the Hub",
+        manual="download ffhq_10m.pt from the Google Drive folder linked in the mk-minchul/dcface README and pass it "
+        "to `facefoundry dcface-ids --gid`"),
+    ModelSpec(
         "antelopev2", None, ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
         "other", ("scrfd",),
         "id_filter.detector_model (SCRFD detector)",
