@@ -7,8 +7,10 @@ A batch may mix identities; image ``i`` depends only on ``vectors[i]``, ``seeds[
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -129,6 +131,18 @@ def check_batch(
     if variations is not None and len(variations) != len(arr):
         raise ValueError(f"got {len(arr)} vectors but {len(variations)} variations")
     return arr, seeds
+
+
+def load_plain_state_dict(path: Path, error: type[Exception], what: str = "") -> dict[str, torch.Tensor]:
+    """A plain state dict from ``path`` with ``torch.load(weights_only=True)`` (no globals allowed; memory-mapped
+    when the file is a zip archive); ``error`` with the path and the cause when it cannot be read as one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:
+        raise error(f"cannot read {what}{' ' if what else ''}{path} as a weights-only state dict: {exc}") from exc
+    if not isinstance(state, dict):
+        raise error(f"{path} holds a {type(state).__name__}, expected a state dict")
+    return state
 
 
 def state_dict_mismatch(state: Any, expected: dict[str, torch.Tensor]) -> str | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import sys
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from facefoundry.seeds import derive_seed
 
-from .base import resolve_device, resolve_dtype, state_dict_mismatch
+from .base import load_plain_state_dict, resolve_device, resolve_dtype, state_dict_mismatch
 from .dcface_inputs import ALIGNED_SIZE, ImageBank, write_id_set
 from .dcface_unet import GID_ARCH, ADMUNet, adm_arch_from_state
 
@@ -79,12 +78,7 @@ def load_gid(path: str | Path, image_size: int = GID_ARCH.image_size) -> ADMUNet
     if not path.is_file():
         raise IdStageError(f"G_id checkpoint {path} does not exist — download ffhq_10m.pt from the Google Drive "
                            "folder linked in the mk-minchul/dcface README")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:
-        raise IdStageError(f"cannot read {path} as a weights-only state dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise IdStageError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    state = load_plain_state_dict(path, IdStageError)
     try:
         unet = ADMUNet(adm_arch_from_state(state, image_size=image_size)).to("meta")
     except KeyError as exc:

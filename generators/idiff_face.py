@@ -15,7 +15,6 @@ Decoding quantises the latent to the codebook, as the official ``VQDecoderInterf
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from .base import (
     Resources,
     check_batch,
     in_microbatches,
+    load_plain_state_dict,
     resolve_device,
     resolve_dtype,
     state_dict_mismatch,
@@ -67,13 +67,7 @@ def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     """A plain state dict from ``path`` with ``torch.load(weights_only=True)`` (no globals allowed)."""
     if not path.is_file():
         raise CheckpointNotFoundError(f"{what} {path} does not exist — {_DOWNLOAD}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {what} {path} as a weights-only state dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
-    return state
+    return load_plain_state_dict(path, CheckpointError, what)
 
 
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
