@@ -14,6 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (runfol
 
 
 @pytest.fixture
+def one_torch_thread():
+    """For tests of tiny models: one intra-op thread avoids OpenMP oversubscription stalls on a busy 2-core machine
+    (results do not depend on it). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def smoke_config_path() -> Path:
     return REPO / "configs" / "smoke.yaml"
 

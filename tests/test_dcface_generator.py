@@ -26,13 +26,7 @@ from facefoundry.generators.dcface import (
 from facefoundry.generators.dcface_inputs import IdSet, ImageBank, InputError, write_id_set
 from facefoundry.generators.tiny_dcface import TINY_ARCH, build_tiny_dcface, smooth_noise, tiny_state_dict
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ from facefoundry.generators.tiny_weights import random_state_dict
 TINY_GID = ADMArch(image_size=64, model_channels=32, channel_mult=(1, 1, 1, 1, 2, 2))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ SMALL_GMIX = ADMArch(image_size=112, model_channels=32, num_head_channels=32, sk
 SMALL_ADM = ADMArch(image_size=32, model_channels=32, num_head_channels=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread avoids OpenMP oversubscription stalls on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _meta_state(arch: ADMArch) -> dict[str, tuple[int, ...]]:

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import facefoundry.identities.hyperface as hyperface
 from facefoundry.config import HyperFaceConfig
 from facefoundry.identities.hyperface import HyperFaceResult, hyperface_pack
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids parallel-region overhead on a busy machine (results don't depend on it).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gaussian(n: int, d: int, seed: int = 0) -> np.ndarray:
