@@ -146,11 +146,12 @@ def load_networks(path: Path, use_ema: bool = True) -> DCFaceNetworks:
     targets = nets.prefixed_keys(unet_prefix)
     ignored = (other_unet, *UNUSED_PREFIXES)
     needed = {k: v for k, v in state.items() if not k.startswith(ignored)}
-    problem = state_dict_mismatch(needed, {k: m.state_dict()[own] for k, (m, own) in targets.items()})
+    own_states = {m: m.state_dict() for m in (nets.unet, nets.id_encoder, nets.style_encoder, nets.style_head)}
+    problem = state_dict_mismatch(needed, {k: own_states[m][own] for k, (m, own) in targets.items()})
     if problem is not None:
         raise CheckpointError(f"{path} does not match the DCFace networks ({len(targets)} keys used, "
                               f"{len(state) - len(needed)} ignored under {', '.join(ignored)}): {problem}")
-    for module in (nets.unet, nets.id_encoder, nets.style_encoder, nets.style_head):
+    for module in own_states:
         own = {own: needed[k] for k, (m, own) in targets.items() if m is module}
         module.load_state_dict(own, strict=True, assign=True)
     return nets

@@ -38,11 +38,14 @@ ID_SET = "id_set.parquet"
 STYLE_BANK = "style_bank"
 STYLE_IMAGES = 6
 MARKER = ".facefoundry-tiny-dcface.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TINY_ARCH = DCFaceArch(
     unet=ADMArch(image_size=GMIX_ARCH.image_size, model_channels=32, channel_mult=(1, 1, 1, 1, 2, 2),
                  skip_downsample_level=GMIX_ARCH.skip_downsample_level, context_channels=128),
     spatial_dim=3, id_depths=(16, 16, 32, 128), style_depths=(16, 16, 16, 16))
+
+RESIDUAL_OUT_SCALE = "res_layer.5.weight"  # the BatchNorm scale closing each IR residual branch
+ID_RESIDUAL_DAMPING = 0.2
 
 
 class TrainerConfig:
@@ -60,6 +63,10 @@ def tiny_state_dict(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
                                    (ID_PREFIX, nets.id_encoder, 2), (STYLE_PREFIX, nets.style_encoder, 3),
                                    (HEAD_PREFIX, nets.style_head, 4)):
         state.update((prefix + k, v) for k, v in random_state_dict(module, seed * 10 + offset).items())
+    for key in [k for k in state if k.startswith(ID_PREFIX) and k.endswith(RESIDUAL_OUT_SCALE)]:
+        # Random residual branches add up to ID tokens ~1e2 against layer-normalised style tokens ~1, and the
+        # cross-attention then ignores the style; damped, both conditions reach the image as in a trained model.
+        state[key] = state[key] * ID_RESIDUAL_DAMPING
     gen = torch.Generator().manual_seed(seed)
     state["recognition_model.center.weight"] = torch.randn(10, TINY_ARCH.id_depths[-1], generator=gen)
     state["recognition_model_eval.backbone.input_layer.0.weight"] = torch.randn(16, 3, 3, 3, generator=gen)
