@@ -205,8 +205,15 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
     pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
 
+    paths = resolve_model_paths(cfg, local)
+
     def announce() -> None:  # after the identities are there: the line names their separation
-        meta = write_identities(store, cfg, progress=log)
+        selector = None
+        if cfg.balance is not None:
+            from facefoundry.pipelines.balance import BalanceSelector
+
+            selector = BalanceSelector(cfg, store, paths, log)
+        meta = write_identities(store, cfg, progress=log, selector=selector)
         log.write(
             f"run {run_id(cfg)}: {cfg.identities.count} identities (nearest-neighbour cosine max "
             f"{meta['nn_cosine']['max']:.3f}), {len(units)} units"
@@ -218,7 +225,6 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
         announce()
         log.write("nothing to do: every unit is already written\n")
         return RunSummary(run_id(cfg), len(units), skipped, 0, 0, 0, 0, time.monotonic() - started)
-    paths = resolve_model_paths(cfg, local)
     from facefoundry.pipelines.preflight import check_before_start
 
     check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before Ray starts

@@ -185,7 +185,8 @@ class GenerateStage(Stage):
 class FilterStage(Stage):
     """Scores (and in ``drop`` mode removes) a unit's images: the dlib filter (an independent judge),
     then, when ``id_filter`` is configured, the conditioning-encoder identity and quality filter, which
-    decides last so its minimum-images-per-identity rule sees every earlier rejection."""
+    decides last so its minimum-images-per-identity rule sees every earlier rejection; then, when
+    ``attributes`` is configured, the attribute annotator adds its estimates to the rows left."""
 
     name = "filter"
 
@@ -193,6 +194,7 @@ class FilterStage(Stage):
         super().__init__(cfg, batch_size)
         self.out = out
         self.filters: list | None = None
+        self.annotator = None
 
     @property
     def resources(self) -> Resources:
@@ -204,6 +206,10 @@ class FilterStage(Stage):
             from facefoundry.filters.identity_filter import IdentityFilter
 
             resources = resources.merge(IdentityFilter.resources)
+        if self.cfg.attributes is not None:
+            from facefoundry.filters.attribute_annotator import AttributeAnnotator
+
+            resources = resources.merge(AttributeAnnotator.resources)
         return resources
 
     @property
@@ -211,12 +217,18 @@ class FilterStage(Stage):
         return self.cfg.ray.filter_actors
 
     def model_files(self) -> list[ModelFiles]:
-        """The ``id_filter``'s detector and encoder (the dlib filter's models ship with its package)."""
-        if self.cfg.id_filter is None:
-            return []
-        from facefoundry.filters.identity_filter import IdentityFilter
+        """The ``id_filter``'s detector and encoder and the attribute models (the dlib filter's models ship with
+        its package)."""
+        needs = []
+        if self.cfg.id_filter is not None:
+            from facefoundry.filters.identity_filter import IdentityFilter
 
-        return IdentityFilter.model_files(self.cfg.id_filter)
+            needs += IdentityFilter.model_files(self.cfg.id_filter)
+        if self.cfg.attributes is not None:
+            from facefoundry.filters.attribute_annotator import AttributeAnnotator
+
+            needs += AttributeAnnotator.model_files(self.cfg.attributes)
+        return needs
 
     def setup(self) -> None:
         if self.filters is not None:
@@ -230,6 +242,12 @@ class FilterStage(Stage):
             filters.append(IdentityFilter(self.cfg.id_filter, identity_vectors(self.out)))
         for f in filters:
             f.setup()
+        self.annotator = None
+        if self.cfg.attributes is not None:
+            from facefoundry.filters.attribute_annotator import AttributeAnnotator
+
+            self.annotator = AttributeAnnotator(self.cfg.attributes)
+            self.annotator.setup()
         self.filters = filters
 
     def __call__(self, result: UnitResult) -> UnitResult:
@@ -254,6 +272,8 @@ class FilterStage(Stage):
             for reason, count in counts.items():
                 drops[reason] = drops.get(reason, 0) + count
             earlier.append(f.reason_column)
+        if self.annotator is not None:  # last: it estimates the rows the filters kept, and drops none
+            table = self.annotator.process(table).table
         return UnitResult(result.unit, table, result.generated, drops)
 
 

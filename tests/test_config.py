@@ -97,3 +97,35 @@ def test_every_run_preset_validates():
     assert {"smoke.yaml", "smoke-vec2face.yaml", "smoke-idiff-face.yaml", "idiff-face.yaml"} <= names
     for path in presets:
         assert load_config(path).run.name, path
+
+
+BALANCED = {"identities": {"count": 10}, "images": {"per_identity": 2}, "attributes": {},
+            "balance": {"attributes": ["gender", "age_group"],
+                        "targets": {"gender": {"female": 0.5, "male": 0.5},
+                                    "age_group": {"0-19": 0.1, "20-39": 0.4, "40-59": 0.3, "60+": 0.2}}}}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"attributes": None}, "balance needs the attributes section"),
+    ({"balance": {"attributes": ["race"], "targets": {"race": {"White": 1.0}}}}, "'race' is not estimated"),
+    ({"balance": {"attributes": ["gender"], "targets": {"gender": {"woman": 0.5, "male": 0.5}}}},
+     "'woman' is not one the estimator gives"),
+    ({"balance": {"attributes": ["gender"], "targets": {"gender": {"female": 0.7, "male": 0.5}}}}, "sum to 1"),
+    ({"balance": {"attributes": ["gender"], "cells": {"female|20-39": 1.0}}}, "one per attribute"),
+    ({"attributes": {"estimator": "fairface", "age_edges": [25]}}, "bins starting at"),
+    ({"attributes": {"age_edges": [40, 20]}}, "increase strictly"),
+])
+def test_balance_and_attributes_errors_name_the_key(change, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config({**BALANCED, **change})
+
+
+def test_balance_config_and_hash_of_runs_without_it():
+    cfg = validate_config(BALANCED)
+    assert cfg.balance.oversample >= 1 and cfg.attributes.estimator == "genderage"
+    plain = validate_config({"identities": {"count": 10}, "images": {"per_identity": 2}})
+    off = validate_config({"identities": {"count": 10}, "images": {"per_identity": 2}, "attributes": None})
+    assert off.config_hash() == plain.config_hash() != cfg.config_hash()
+    fair = {**BALANCED, "attributes": {"estimator": "fairface", "age_edges": [20, 40, 60]},
+            "balance": {"attributes": ["race"], "targets": {"race": {"White": 0.5, "Black": 0.5}}}}
+    assert validate_config(fair).balance.attributes == ["race"]

@@ -15,6 +15,15 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from facefoundry.attributes import (
+    DEFAULT_AGE_EDGES,
+    ESTIMATOR_ATTRIBUTES,
+    FAIRFACE_AGES,
+    fairface_age_lower,
+    labels_of,
+)
+from facefoundry.identities.quotas import QuotaError, cell_targets
+
 Cosine = Annotated[float, Field(ge=-1.0, le=1.0)]
 
 
@@ -412,6 +421,53 @@ class IdentityFilterConfig(StrictModel):
     block_size: int = Field(65536, ge=1, description="Identity vectors per block of the nearest-other search.")
 
 
+class AttributesConfig(StrictModel):
+    """Per-image attribute estimates (gender, age group and, with FairFace, race): columns of every row, and what
+    ``balance`` steers by. Estimates of a model, labelled as such on the card; never ground truth."""
+
+    estimator: Literal["genderage", "fairface"] = Field(
+        "genderage", description="genderage: InsightFace genderage.onnx; fairface: the FairFace ResNet-34 (race too)."
+    )
+    model: str = Field(
+        "models/buffalo_l", description="genderage.onnx or an InsightFace pack folder holding it; FairFace: its .pt."
+    )
+    detector_model: str | None = Field(
+        "models/antelopev2", description="genderage: SCRFD file or pack for the face box; null: the whole image is "
+        "the face box (aligned crops). FairFace finds faces with dlib."
+    )
+    age_edges: list[Annotated[int, Field(gt=0)]] = Field(
+        list(DEFAULT_AGE_EDGES), min_length=1, description="age_group boundaries in years: [20, 40, 60] gives "
+        "0-19, 20-39, 40-59, 60+."
+    )
+    batch_size: int = Field(64, ge=1, description="Faces per estimator call.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_edges(self) -> AttributesConfig:
+        if list(self.age_edges) != sorted(set(self.age_edges)):
+            raise ValueError(f"attributes.age_edges must increase strictly, got {self.age_edges}")
+        if self.estimator == "fairface":
+            starts = {fairface_age_lower(b) for b in FAIRFACE_AGES}
+            if not set(self.age_edges) <= starts:
+                raise ValueError(f"attributes.age_edges {self.age_edges}: FairFace estimates age in bins starting at "
+                                 f"{sorted(starts)}; the edges must be among them")
+        return self
+
+
+class BalanceConfig(StrictModel):
+    """Identities accepted by quota so that the estimated attributes meet target proportions (docs/balance.md)."""
+
+    attributes: list[str] = Field(..., min_length=1, description="Attributes whose values form the cells.")
+    targets: dict[str, dict[str, Annotated[float, Field(ge=0, le=1)]]] = Field(
+        default_factory=dict, description="attribute -> value -> proportion (each sums to 1); cells are products."
+    )
+    cells: dict[str, Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, description='Joint targets instead: "female|20-39" -> proportion (values in `attributes` order).'
+    )
+    tolerance: float = Field(0.02, ge=0, le=1, description="Max |achieved - target| share of any cell.")
+    oversample: float = Field(4.0, ge=1, description="Candidates sampled per identity kept, at most.")
+
+
 FilterConfig = DlibFilterConfig
 
 
@@ -439,6 +495,9 @@ class RayConfig(StrictModel):
     )
 
 
+OPTIONAL_SECTIONS = ("attributes", "balance")  # sections added after runs existed; absent = off
+
+
 class RunConfig(StrictModel):
     run: RunSection = RunSection()
     identities: IdentitiesConfig
@@ -448,6 +507,10 @@ class RunConfig(StrictModel):
     id_filter: IdentityFilterConfig | None = Field(
         None, description="Conditioning-encoder identity and quality filter (SCRFD + ArcFace ONNX); null = off."
     )
+    attributes: AttributesConfig | None = Field(
+        None, description="Attribute estimates per image (gender, age group, race); null = none."
+    )
+    balance: BalanceConfig | None = Field(None, description="Accept identities by attribute quota; null = off.")
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
 
@@ -474,14 +537,42 @@ class RunConfig(StrictModel):
                                  f"and identities.file: {gen.id_set} (generator.id_set)")
             if ident.space != "unit":
                 raise ValueError("identities.space must be 'unit' for the dcface generator (the ID set's unit vectors)")
+        self._check_balance()
         if self.generator.kind == "vec2face" and self.identities.space != "raw":
             raise ValueError("identities.space must be 'raw' (identities.norm about 22) for the vec2face generator")
         return self
+
+    def _check_balance(self) -> None:
+        balance, attrs = self.balance, self.attributes
+        if balance is None:
+            return
+        if attrs is None:
+            raise ValueError("balance needs the attributes section (the estimator that measures the probes)")
+        given = ESTIMATOR_ATTRIBUTES[attrs.estimator]
+        for name in balance.attributes:
+            if name not in given:
+                raise ValueError(f"balance.attributes: {name!r} is not estimated by attributes.estimator "
+                                 f"{attrs.estimator} (it gives {', '.join(given)})")
+        if self.identities.sampler == "from_file":
+            raise ValueError("balance chooses among sampled candidates; identities.sampler from_file gives none")
+        try:
+            targets = cell_targets(balance.attributes, balance.targets, balance.cells)
+        except QuotaError as exc:
+            raise ValueError(f"balance: {exc}") from None
+        for cell in targets:
+            for name, value in zip(balance.attributes, cell, strict=True):
+                labels = labels_of(attrs.estimator, name, attrs.age_edges)
+                if value not in labels:
+                    raise ValueError(f"balance: {name} value {value!r} is not one the estimator gives "
+                                     f"({', '.join(labels)})")
 
     def config_hash(self) -> str:
         """Hash of everything that decides the dataset's content. The ``ray`` section only decides where
         and how fast it runs, so a run can resume on another cluster (or laptop) under the same id."""
         content = self.model_dump(mode="json", exclude={"ray"})
+        for section in OPTIONAL_SECTIONS:  # off: hashed as before the section existed (older runs keep their id)
+            if content.get(section) is None:
+                content.pop(section, None)
         return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

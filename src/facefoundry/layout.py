@@ -11,6 +11,7 @@
       eval/                     EVAL_DIR: evaluation results
       models/                   MODELS_DIR: tiny random weights built for test runs (never published)
       logs/                     LOG_DIR: one log per invocation (never published)
+      balance/                  BALANCE_DIR: a balanced run's probe records, one file per chunk of candidates
       orphans/                  ORPHANS_DIR: files no unit owns and corrupt shards, set aside by a rerun
       README.md                 CARD_FILE: the dataset card
 
@@ -29,6 +30,7 @@ MODELS_DIR = "models"
 LOG_DIR = "logs"
 CARD_FILE = "README.md"
 ORPHANS_DIR = "orphans"
+BALANCE_DIR = "balance"
 
 SHARD_PREFIX = "train-"
 SHARD_SUFFIX = ".parquet"
@@ -42,7 +44,7 @@ HUB_MAX_FILES_PER_FOLDER = 10_000
 
 # Everything a run writes into its folder; ``--fresh`` removes exactly these and nothing else.
 RUN_ENTRIES = (RUN_FILE, IDENTITIES_FILE, DATA_DIR, MANIFEST_DIR, MODELS_DIR, REPORT_DIR, EVAL_DIR, CARD_FILE, LOG_DIR,
-               ORPHANS_DIR)
+               ORPHANS_DIR, BALANCE_DIR)
 
 
 def shard_file(unit_name: str) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +24,20 @@ _META_KEY = b"facefoundry"
 IDENTITY_ROW_GROUP = 4096
 
 
-def identities_table(vectors: np.ndarray, sampler: str, leakage: LeakageResult | None = None) -> pa.Table:
-    """One row per identity: vector, nearest other identity and, when screened, top-2 gallery cosines."""
+class Selector(Protocol):
+    """Chooses the identities among more sampled candidates (a balanced run: pipelines.balance)."""
+
+    candidates: int
+
+    def __call__(self, vectors: np.ndarray) -> Any:
+        """-> an object with ``kept`` (candidate indices, increasing), ``columns`` (name -> Arrow array, one value
+        per kept identity) and ``summary`` (JSON-able, stored in the file's metadata)."""
+
+
+def identities_table(vectors: np.ndarray, sampler: str, leakage: LeakageResult | None = None,
+                     extra: dict[str, pa.Array] | None = None) -> pa.Table:
+    """One row per identity: vector, nearest other identity and, when screened, top-2 gallery cosines (then the
+    ``extra`` columns)."""
     nn_cos, nn_idx = nearest_neighbours(vectors)
     n, dim = vectors.shape
     missing = pa.nulls(n, pa.float64())
@@ -39,16 +52,19 @@ def identities_table(vectors: np.ndarray, sampler: str, leakage: LeakageResult |
             "gallery_top1": pa.array(leakage.top1, pa.float64()) if leakage else missing,
             "gallery_top2": pa.array(leakage.top2, pa.float64()) if leakage else missing,
             "possible_morph": pa.array(leakage.morph, pa.bool_()) if leakage else pa.nulls(n, pa.bool_()),
+            **(extra or {}),
         }
     )
 
 
-def write_identities(out: str | Path | RunStore, cfg: RunConfig, progress: TextIO | None = None) -> dict:
+def write_identities(out: str | Path | RunStore, cfg: RunConfig, progress: TextIO | None = None,
+                     selector: Selector | None = None) -> dict:
     """Sample and write ``identities.parquet`` unless a file of this run is already there.
 
     Returns the sampling summary (also stored in the file's metadata). The run refuses to go on if
     any pair of identities is closer than ``identities.max_cosine`` allows. Long sampling reports its
-    progress to the ``progress`` stream, if given.
+    progress to the ``progress`` stream, if given. With a ``selector``, ``selector.candidates`` vectors are
+    sampled and the identities are those it keeps, in candidate order.
     """
     store = open_store(out)
     raw = store.read_bytes(IDENTITIES_FILE)
@@ -59,8 +75,16 @@ def write_identities(out: str | Path | RunStore, cfg: RunConfig, progress: TextI
         raise RuntimeError(f"{store.name(IDENTITIES_FILE)} belongs to another config "
                            f"(hash {meta.get('config_hash')}); use a new --out")
     icfg = cfg.identities
-    sampled = sample_identities(icfg, cfg.run.seed, progress)
-    table = identities_table(sampled.vectors, icfg.sampler, sampled.leakage)
+    sampling = icfg if selector is None else icfg.model_copy(update={"count": selector.candidates})
+    sampled = sample_identities(sampling, cfg.run.seed, progress)
+    vectors, leakage, extra, selection = sampled.vectors, sampled.leakage, None, None
+    if selector is not None:
+        selection = selector(vectors)
+        vectors, extra = vectors[selection.kept], selection.columns
+        if leakage is not None:
+            leakage = replace(leakage, **{k: getattr(leakage, k)[selection.kept]
+                                          for k in ("top1", "top2", "leaked", "morph")})
+    table = identities_table(vectors, icfg.sampler, leakage, extra)
     nn = table.column("nn_cosine").to_numpy()
     if icfg.max_cosine is not None and len(nn) > 1 and nn.max() > icfg.max_cosine:
         pairs = int((nn > icfg.max_cosine).sum())
@@ -80,11 +104,12 @@ def write_identities(out: str | Path | RunStore, cfg: RunConfig, progress: TextI
         "nn_cosine": separation_summary(nn),
         # Timings stay out: the file's bytes must be the same on every rerun of the run.
         "sampler_details": {k: v for k, v in sampled.details.items() if not k.startswith("seconds")},
-        "leakage": sampled.leakage.summary() | {
+        "balance": selection.summary if selection is not None else None,
+        "leakage": leakage.summary() | {
             "rejected": sampled.details.get("leakage_rejected", 0),
             "max_cosine": icfg.leakage.max_cosine,
             "morph_cosine": icfg.leakage.morph_cosine,
-        } if sampled.leakage else None,
+        } if leakage else None,
     }
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
     with store.commit(IDENTITIES_FILE) as tmp:

@@ -1,0 +1,163 @@
+"""Attribute estimates of every image: the columns a run's rows get, and the probes a balanced run measures.
+
+The annotator finds the face itself (``genderage``: SCRFD, or the whole image when ``attributes.detector_model``
+is null; ``fairface``: dlib's detector and 5-point predictor, as FairFace's own ``predict.py``), estimates, and
+never drops a row: a row without a face gets nulls. Values are estimates of the named model, not ground truth.
+
+Columns (:data:`OUTPUT_FIELDS`, always all of them, always these types): ``age`` (years; genderage only),
+``age_group`` (``attributes.age_edges``), ``age_score`` (FairFace: probability of its age bin), ``gender`` and
+``gender_score`` (probability of the chosen gender), ``race`` and ``race_score`` (FairFace only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from facefoundry.attributes import GENDERS, age_group, fairface_age_lower
+from facefoundry.config import AttributesConfig
+from facefoundry.resources import ModelFiles, Resources
+
+from .face_filter import FilterResult, decode_image
+
+F32 = pa.float32()
+OUTPUT_FIELDS = [
+    pa.field("age", F32),
+    pa.field("age_group", pa.string()),
+    pa.field("age_score", F32),
+    pa.field("gender", pa.string()),
+    pa.field("gender_score", F32),
+    pa.field("race", pa.string()),
+    pa.field("race_score", F32),
+]
+COLUMNS = tuple(f.name for f in OUTPUT_FIELDS)
+SCRFD_INPUT = (256, 256)  # generated, tightly framed faces (as the identity filter's default)
+
+
+class AttributeAnnotator:
+    """``annotate(images) -> [row dict or None]`` and the filter-stage ``process(table)`` that appends columns."""
+
+    resources = Resources(num_cpus=0.5)
+
+    def __init__(self, cfg: AttributesConfig):
+        self.cfg = cfg
+        self.detector = None
+        self.estimator = None
+
+    @staticmethod
+    def output_schema() -> pa.Schema:
+        return pa.schema(OUTPUT_FIELDS)
+
+    @staticmethod
+    def model_files(cfg: AttributesConfig) -> list[ModelFiles]:
+        """The estimator's file (or pack folder) and, for genderage, the detector: checked before workers start."""
+        needs = []
+        for value, role in ((cfg.model, "attributes.model"), (cfg.detector_model, "attributes.detector_model")):
+            if value is None or (role == "attributes.detector_model" and cfg.estimator == "fairface"):
+                continue
+            path = Path(value).expanduser()
+            if path.suffix:
+                needs.append(ModelFiles(str(path.parent), ((path.name,),), None, None, role, hub=False))
+            else:
+                needs.append(ModelFiles(str(path), (), None, None, role, hub=False))
+        return needs
+
+    def _providers(self) -> list[str] | None:
+        return {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}.get(self.cfg.device)
+
+    def setup(self) -> None:
+        """Load the detector and the estimator once (idempotent)."""
+        if self.estimator is not None:
+            return
+        cfg = self.cfg
+        if cfg.estimator == "genderage":
+            from .genderage import GenderAgeEstimator
+
+            if cfg.detector_model is not None:
+                from .scrfd import ScrfdDetector
+
+                self.detector = ScrfdDetector(Path(cfg.detector_model), SCRFD_INPUT, providers=self._providers())
+            self.estimator = GenderAgeEstimator(Path(cfg.model), self._providers(), cfg.batch_size)
+        else:
+            from .dlib_models import DlibFaceModel
+            from .fairface import FairFaceEstimator
+
+            self.detector = DlibFaceModel("hog")
+            device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
+            self.estimator = FairFaceEstimator(Path(cfg.model), device)
+
+    def annotate(self, images: list[np.ndarray | None]) -> list[dict | None]:
+        """Estimates of each RGB image (None: undecodable, or no face found)."""
+        self.setup()
+        out: list[dict | None] = [None] * len(images)
+        if self.cfg.estimator == "genderage":
+            rows, boxes = self._genderage_boxes(images)
+            if rows:
+                result = self.estimator.estimate([images[i] for i in rows], np.stack(boxes))
+                for k, i in enumerate(rows):
+                    age = float(result.age[k])
+                    out[i] = {"age": age, "age_group": age_group(age, self.cfg.age_edges), "age_score": None,
+                              "gender": result.gender[k], "gender_score": float(result.gender_score[k]),
+                              "race": None, "race_score": None}
+            return out
+        rows, chips = [], []
+        for i, image in enumerate(images):
+            if image is None:
+                continue
+            found = self.detector.detect(image)
+            if found:
+                best = max(found, key=lambda d: d.area)
+                chips.append(self.estimator.chip(image, self.detector.shape(image, best)))
+                rows.append(i)
+        if rows:
+            result = self.estimator.estimate_chips(chips)
+            for k, i in enumerate(rows):
+                age_bin = result.age[k]
+                out[i] = {"age": None, "age_group": age_group(fairface_age_lower(age_bin), self.cfg.age_edges),
+                          "age_score": float(result.age_score[k]), "gender": _gender(result.gender[k]),
+                          "gender_score": float(result.gender_score[k]), "race": result.race[k],
+                          "race_score": float(result.race_score[k])}
+        return out
+
+    def _genderage_boxes(self, images: list[np.ndarray | None]) -> tuple[list[int], list[np.ndarray]]:
+        rows, boxes = [], []
+        present = [i for i, image in enumerate(images) if image is not None]
+        if self.detector is None:  # aligned crops: the image is the face box
+            for i in present:
+                h, w = images[i].shape[:2]
+                rows.append(i)
+                boxes.append(np.array([0, 0, w, h], np.float32))
+            return rows, boxes
+        for i, (found, _) in zip(present, self.detector.detect_batch([images[i] for i in present]), strict=True):
+            if len(found):
+                best = int(np.argmax((found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1])))
+                rows.append(i)
+                boxes.append(found[best, :4].astype(np.float32))
+        return rows, boxes
+
+    def process(self, table: pa.Table) -> FilterResult:
+        """``table`` with the attribute columns appended (replacing any of the same names); no row is dropped."""
+        values = table.column("image").to_pylist() if table.num_rows else []
+        found: list[dict | None] = []
+        for start in range(0, len(values), self.cfg.batch_size):  # decoded images live one micro-batch at a time
+            found += self.annotate([decode_image(v) for v in values[start:start + self.cfg.batch_size]])
+        out = table.drop_columns([c for c in COLUMNS if c in table.column_names])
+        for f in OUTPUT_FIELDS:
+            out = out.append_column(f, pa.array([row[f.name] if row else None for row in found], f.type))
+        return FilterResult(out, {})
+
+
+def _gender(label: str) -> str:
+    """FairFace's "Male"/"Female" as the project's labels."""
+    lowered = label.lower()
+    if lowered not in GENDERS:
+        raise ValueError(f"unknown gender label {label!r}")
+    return lowered
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
