@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from facefoundry.attributes import GENDERS, age_group, fairface_age_lower
+from facefoundry.attributes import age_group, fairface_age_lower
 from facefoundry.config import AttributesConfig
 from facefoundry.resources import ModelFiles, Resources
 
@@ -114,11 +114,10 @@ class AttributeAnnotator:
         if rows:
             result = self.estimator.estimate_chips(chips)
             for k, i in enumerate(rows):
-                age_bin = result.age[k]
-                out[i] = {"age": None, "age_group": age_group(fairface_age_lower(age_bin), self.cfg.age_edges),
-                          "age_score": float(result.age_score[k]), "gender": _gender(result.gender[k]),
+                out[i] = {"age": None, "age_group": age_group(fairface_age_lower(result.age[k]), self.cfg.age_edges),
+                          "age_score": float(result.age_score[k]), "gender": result.gender[k],
                           "gender_score": float(result.gender_score[k]), "race": result.race[k],
-                          "race_score": float(result.race_score[k])}
+                          "race_score": float(result.race_probs[k].max())}
         return out
 
     def _genderage_boxes(self, images: list[np.ndarray | None]) -> tuple[list[int], list[np.ndarray]]:
@@ -147,14 +146,6 @@ class AttributeAnnotator:
         for f in OUTPUT_FIELDS:
             out = out.append_column(f, pa.array([row[f.name] if row else None for row in found], f.type))
         return FilterResult(out, {})
-
-
-def _gender(label: str) -> str:
-    """FairFace's "Male"/"Female" as the project's labels."""
-    lowered = label.lower()
-    if lowered not in GENDERS:
-        raise ValueError(f"unknown gender label {label!r}")
-    return lowered
 
 
 def _cuda() -> bool:

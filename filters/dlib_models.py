@@ -144,11 +144,12 @@ class DlibFaceModel:
         return self.points(self.shape(image, det))
 
     @staticmethod
-    def chip(image: np.ndarray, shape) -> np.ndarray:
-        """The 150x150 aligned face crop the recognition network expects."""
+    def chip(image: np.ndarray, shape, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndarray:
+        """The aligned face crop ``dlib.get_face_chip`` cuts: by default the 150x150 one (padding 0.25) the
+        recognition network expects; FairFace uses ``size=300``."""
         import dlib
 
-        return np.asarray(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+        return np.asarray(dlib.get_face_chip(image, shape, size=int(size), padding=float(padding)))
 
     def descriptors(self, chips: list[np.ndarray], batch: int = DESCRIPTOR_BATCH) -> np.ndarray:
         """``(N, 128)`` float64 descriptors of aligned chips, computed ``batch`` chips per dlib call."""

@@ -18,6 +18,9 @@ FAIRFACE_AGES = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-
 # estimator -> the attributes it gives (the names of the row columns and of balance.targets' keys)
 ESTIMATOR_ATTRIBUTES = {"genderage": ("gender", "age_group"), "fairface": ("gender", "age_group", "race")}
 DEFAULT_AGE_EDGES = (20, 40, 60)
+# Row columns holding attribute labels: manifests count their values, so the card and the report show the
+# distribution without rescanning shards.
+LABEL_COLUMNS = ("gender", "age_group", "race")
 
 
 def age_group_labels(edges: Sequence[int]) -> tuple[str, ...]:

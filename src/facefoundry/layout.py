@@ -37,7 +37,7 @@ SHARD_SUFFIX = ".parquet"
 DATA_PATTERN = f"{DATA_DIR}/{SHARD_PREFIX}*{SHARD_SUFFIX}"
 SUMMARY_FILE = "summary.json"
 # facefoundry.report's plots, in reading order (the card shows them in this order).
-PLOTS = ("separation.png", "consistency.png", "funnel.png", "quality.png", "pose.png", "grid.png")
+PLOTS = ("separation.png", "consistency.png", "funnel.png", "quality.png", "pose.png", "attributes.png", "grid.png")
 
 # The Hugging Face Hub's recommended limit of files per folder: data/ and manifests/ hold one file per work unit.
 HUB_MAX_FILES_PER_FOLDER = 10_000

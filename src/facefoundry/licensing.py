@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from facefoundry.config import IdentityFilterConfig, RunConfig
+    from facefoundry.config import AttributesConfig, IdentityFilterConfig, RunConfig
 
 DEFAULT_LICENSE = "cc-by-nc-4.0"
 
@@ -104,6 +104,13 @@ UPSTREAM: dict[str, Upstream] = {
                          "weights", "300W-LP (synthesised from 300-W faces)", False),
     "scrfd": Upstream("SCRFD", "InsightFace pretrained packs: non-commercial research only",
                       "WIDER FACE (web images)", False),
+    "genderage": Upstream("InsightFace gender/age model (genderage.onnx)", "InsightFace pretrained packs "
+                          "(buffalo_l, antelopev2): non-commercial research only", "not stated by InsightFace",
+                          False),
+    "fairface": Upstream("FairFace ResNet-34 race/gender/age classifier (res34_fair_align_multi_7)",
+                         "no licence file in joojs/fairface or dchen236/FairFace; their READMEs give cc-by-4.0 "
+                         "for the data, the weights' licence is not stated",
+                         "FairFace: YFCC-100M Flickr photos of real people, race-balanced", None),
     "dlib-hog": Upstream("dlib HOG frontal face detector", "bsl-1.0 (dlib)", "built into dlib", True),
     "dlib-cnn": Upstream("dlib CNN (MMOD) face detector", "not recorded here: check dlib-models",
                          "face images annotated by the dlib author", None),
@@ -165,7 +172,21 @@ def run_components(cfg: RunConfig) -> list[Component]:
         component("dlib-5pt", "landmarks", "dlib-models (shape_predictor_5_face_landmarks)"),
         component("dlib-resnet", "identity judge", "dlib-models (dlib_face_recognition_resnet_model_v1)"),
     ]
-    return comps + id_filter_components(cfg.id_filter)
+    return comps + id_filter_components(cfg.id_filter) + attribute_components(cfg.attributes)
+
+
+ESTIMATOR_ROLE = "attribute estimator (estimates, not ground truth)"
+
+
+def attribute_components(attrs: AttributesConfig | None) -> list[Component]:
+    """The attribute estimator (and genderage's detector) of a run with an ``attributes`` section."""
+    if attrs is None:
+        return []
+    comps = [component(attrs.estimator, ESTIMATOR_ROLE, Path(attrs.model).name)]
+    if attrs.estimator == "genderage" and attrs.detector_model is not None:
+        comps.append(component("scrfd", "face detector (attributes)",
+                               f"InsightFace model pack ({Path(attrs.detector_model).name})"))
+    return comps
 
 
 def id_filter_components(idf: IdentityFilterConfig | None) -> list[Component]:

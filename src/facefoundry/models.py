@@ -111,6 +111,19 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
         manual="download ffhq_10m.pt from the Google Drive folder linked in the mk-minchul/dcface README and pass it "
         "to `facefoundry dcface-ids --gid`"),
     ModelSpec(
+        "buffalo_l", None, ("det_10g.onnx", "genderage.onnx"),
+        "other", ("scrfd", "genderage"),
+        "attributes.model (genderage.onnx); attributes.detector_model or id_filter.detector_model (det_10g.onnx)",
+        "InsightFace buffalo_l pack (SCRFD-10GF detector, gender/age model); not on the Hub",
+        manual="download buffalo_l.zip from github.com/deepinsight/insightface/releases/download/v0.7/ and unzip it "
+        "so that models/buffalo_l/genderage.onnx exists (non-commercial research licence)"),
+    ModelSpec(
+        "fairface", None, ("res34_fair_align_multi_7_20190809.pt",),
+        "other", ("fairface",), "attributes.estimator=fairface (attributes.model)",
+        "FairFace ResNet-34 race/gender/age classifier; not on the Hub",
+        manual="download res34_fair_align_multi_7_20190809.pt from the Google Drive link in the joojs/fairface "
+        "README and set attributes.model to it"),
+    ModelSpec(
         "antelopev2", None, ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
         "other", ("scrfd",),
         "id_filter.detector_model (SCRFD detector)",

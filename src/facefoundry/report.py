@@ -39,6 +39,7 @@ from facefoundry.layout import IDENTITIES_FILE, PLOTS, REPORT_DIR, SUMMARY_FILE
 from facefoundry.report_plots import (
     SIMILARITY_COLUMNS,
     describe,
+    plot_attributes,
     plot_consistency,
     plot_funnel,
     plot_grid,
@@ -82,6 +83,8 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
     plot_funnel(out_dir / "funnel.png", summary, title)
     plot_quality(out_dir / "quality.png", sample, title)
     summary["pose"] = plot_pose(out_dir / "pose.png", sample, title)
+    plot_attributes(out_dir / "attributes.png", summary["attributes"]["images"], summary["attributes"]["balance"],
+                    run_id)
     summary["grid"] = plot_grid(out_dir / "grid.png", run_dir, manifests, run_id)
     summary["intrinsic"] = report_intrinsic(run_dir, out_dir)  # independent-judge metrics, eval/intrinsic.json
     summary["train_verify"] = _train_verify(run_dir)
@@ -209,6 +212,8 @@ def _summary(facts: RunFacts, sample: dict) -> dict:
         },
         "drops": facts.drops(with_zeros=True),
         "columns": facts.column_stats(),
+        "attributes": {"estimator": cfg.attributes.estimator if cfg.attributes else None,
+                       "images": facts.label_counts(), "balance": ident_meta.get("balance")},
         "images_per_identity": {
             "target": cfg.images.per_identity,
             "mean_accepted": accepted / in_units if in_units else None,  # exact, from manifests

@@ -335,3 +335,40 @@ def plot_grid(path: Path, run_dir: Path, manifests: list[dict], run_id: str) -> 
                 spine.set_linewidth(2)
     _save(fig, path)
     return {"identities": len(picked), "images": sum(len(rows) for _, rows in picked)}
+
+
+def plot_attributes(path: Path, label_counts: dict[str, dict[str, int]], balance: dict | None, title: str) -> None:
+    """Estimated attributes: the images' shares per value (from the manifests) and, for a balanced run, each
+    cell's target against what the kept identities' probes achieved."""
+    fig, (left, right) = _figure(2, title, width=5.4)
+    name = "estimated attributes of the images (estimates, not ground truth)"
+    if label_counts:
+        labels, shares, starts = [], [], []
+        for column, values in label_counts.items():
+            total = sum(values.values())
+            starts.append(len(labels))
+            labels += [f"{column}: {v}" for v in values]
+            shares += [n / total for n in values.values()]
+        left.barh(range(len(labels)), shares, color="#3d6fb6")
+        left.set_yticks(range(len(labels)), labels, fontsize=8)
+        left.invert_yaxis()
+        left.set_xlim(0, 1)
+        left.set_xlabel("share of the images with a measured face")
+        left.set_title(name, fontsize=10)
+    else:
+        _no_data(left, name, "no attributes section, or no measurable face")
+    name = "balance: target vs achieved per cell (identities' probes)"
+    if balance:
+        cells = list(balance["target_cells"])
+        ys = np.arange(len(cells))
+        right.barh(ys - 0.2, [balance["target_cells"][c] for c in cells], height=0.4, color="#c9c9c9", label="target")
+        right.barh(ys + 0.2, [balance["achieved_cells"].get(c, 0.0) for c in cells], height=0.4, color=KEPT,
+                   label="achieved")
+        right.set_yticks(ys, cells, fontsize=8)
+        right.invert_yaxis()
+        right.set_xlabel(f"share of the identities (tolerance {balance['tolerance']})")
+        right.legend(fontsize=8)
+        right.set_title(name, fontsize=10)
+    else:
+        _no_data(right, name, "the run was not balanced (no balance section)")
+    _save(fig, path)

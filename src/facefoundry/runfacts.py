@@ -117,6 +117,15 @@ class RunFacts:
         return {c: {"count": a["count"], "mean": a["sum"] / a["count"], "min": a["min"], "max": a["max"]}
                 for c, a in sorted(acc.items())}
 
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """Images per value of each attribute label column (``gender``, ``age_group``, ``race``), over all units."""
+        acc: dict[str, dict[str, int]] = {}
+        for m in self.manifests:
+            for col, counts in (m.get("label_counts") or {}).items():
+                for value, n in counts.items():
+                    acc.setdefault(col, {})[value] = acc.get(col, {}).get(value, 0) + int(n)
+        return {c: dict(sorted(v.items())) for c, v in sorted(acc.items())}
+
     def filters(self) -> list[FilterDocs]:
         """The filters of this run in pipeline order, each with its own reason documentation."""
         from facefoundry.filters import face_filter

@@ -8,6 +8,7 @@ from facefoundry.card.build import CardContext
 from facefoundry.card.markdown import feature_type, num, table
 from facefoundry.card.references import COLUMN_DOCS
 from facefoundry.layout import DATA_PATTERN, IDENTITIES_FILE, MANIFEST_DIR, REPORT_DIR, RUN_FILE, SUMMARY_FILE
+from facefoundry.licensing import ESTIMATOR_ROLE
 from facefoundry.models import human_bytes
 
 
@@ -133,4 +134,38 @@ def leakage(ctx: CardContext) -> list[str]:
             "people in common benchmarks (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW, IJB).\n")
     add("Only identity vectors are screened; the generated images themselves were not searched against real "
         "faces.\n")
+    return out
+
+
+def demographics(ctx: CardContext) -> list[str]:
+    """Estimated attributes: the images' distribution (manifest label counts) and, for a balanced run, the
+    targets against what the identities' probes achieved."""
+    attrs, balance = ctx.cfg.attributes, ctx.facts.identities.get("balance")
+    out = ["## Demographic attributes (estimated)\n"]
+    if attrs is None:
+        out.append("Not measured: the run had no `attributes` section. Identities sampled in a face encoder's space "
+                   "can be skewed in age, gender and ethnicity the way the encoder's training data is; nothing here "
+                   "says whether this dataset is.\n")
+        return out
+    comp = next(c for c in ctx.comps if c.role == ESTIMATOR_ROLE)
+    out.append(f"Every image was annotated by **{comp.name}** (`{Path(attrs.model).name}`; licence: {comp.licence}). "
+               "These are **estimates of a model, not ground truth**: such models err more for some groups than "
+               "for others, and categories like gender and race are reduced to the labels the model was trained "
+               "with. Use them to audit the dataset's balance in aggregate, never to label a person.\n")
+    counts = ctx.facts.label_counts()
+    for column, values in counts.items():
+        total = sum(values.values())
+        out.append(table([f"`{column}`", "images", "share"],
+                         [[v, f"{n:,}", num(n / total, 3)] for v, n in values.items()]) + "\n")
+    if not counts:
+        out.append("No image had a face the estimator could measure.\n")
+    if balance:
+        out.append(f"**Balanced by quota** on {', '.join(f'`{a}`' for a in balance['attributes'])}: "
+                   f"{num(balance['candidates_probed'])} candidate identities were probed (one image each; "
+                   f"{num(balance['probes_without_face'])} without a face) to keep {ctx.cfg.identities.count:,}, "
+                   f"each kept only while its cell was below its quota (tolerance {balance['tolerance']}). "
+                   "Per identity, from its probe image:\n")
+        rows = [[cell, num(p, 3), num(balance["achieved_cells"].get(cell, 0.0), 3)]
+                for cell, p in balance["target_cells"].items()]
+        out.append(table(["cell", "target", "achieved"], rows) + "\n")
     return out

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from facefoundry.card.about import description, generation
-from facefoundry.card.data import filtering, leakage, statistics, structure
+from facefoundry.card.data import demographics, filtering, leakage, statistics, structure
 from facefoundry.card.evaluation import evaluation
 from facefoundry.card.use import citations, considerations, licence, limitations
 
-SECTIONS = (description, generation, structure, statistics, filtering, leakage, evaluation, considerations,
-            licence, limitations, citations)
+SECTIONS = (description, generation, structure, statistics, demographics, filtering, leakage, evaluation,
+            considerations, licence, limitations, citations)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facefoundry.attributes import LABEL_COLUMNS
 from facefoundry.dataset.manifest import DATA_DIR, Unit
 from facefoundry.dataset.schema import with_hf_metadata
 from facefoundry.dataset.storage import RunStore, open_store
@@ -40,6 +41,17 @@ def _column_stats(table: pa.Table) -> dict[str, dict[str, float]]:
                     "max": float(values.max()),
                 }
     return stats
+
+
+def _label_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    """Rows per value of the attribute label columns present (null values are left out)."""
+    counts = {}
+    for name in LABEL_COLUMNS:
+        if name in table.column_names:
+            values = pc.value_counts(table.column(name).drop_null()).to_pylist()
+            if values:
+                counts[name] = {v["values"]: int(v["counts"]) for v in sorted(values, key=lambda v: v["values"])}
+    return counts
 
 
 def write_unit(
@@ -81,6 +93,9 @@ def write_unit(
         "config_hash": config_hash,
         "stats": _column_stats(table),
     }
+    labels = _label_counts(table)
+    if labels:
+        manifest["label_counts"] = labels
     # Last: the manifest is what makes the unit done (dataset.manifest).
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     store.put_bytes(manifest_file(unit.name), text.encode())
