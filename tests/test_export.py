@@ -39,6 +39,7 @@ IDENTITIES, PER_IDENTITY, PER_UNIT = 5, 3, 2
 JPEG_UNIT = (2, 4)  # this unit stores JPEG (kept byte for byte); the others PNG (converted)
 EMPTY_IDENTITY = 3  # every image of it was dropped: label 3 is unused
 REJECTED = (1, 1)  # kept with a filter_reason (annotate mode): left out unless include_rejected
+ID_REJECTED = (4, 2)  # kept with only an id_filter_reason: left out as well
 
 
 def pixels(identity: int, index: int) -> np.ndarray:
@@ -81,6 +82,7 @@ def make_run(out: Path) -> tuple[Path, object]:
             "image_index": pa.array([j for _, j in rows], pa.int32()),
             "seed": pa.array([100 * i + j for i, j in rows], pa.int64()),
             "filter_reason": pa.array(["no_face" if r == REJECTED else None for r in rows], pa.string()),
+            "id_filter_reason": pa.array(["blurry" if r == ID_REJECTED else None for r in rows], pa.string()),
         })
         write_unit(out, unit, table, generated=len(rows), drops={}, config_hash=cfg.config_hash(),
                    file_metadata={"run_id": "export"}, row_group_size=2)
@@ -92,7 +94,8 @@ def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("run"))[0]
 
 
-EXPECTED = [(i, j) for i in range(IDENTITIES) if i != EMPTY_IDENTITY for j in range(PER_IDENTITY) if (i, j) != REJECTED]
+EXPECTED = [(i, j) for i in range(IDENTITIES) if i != EMPTY_IDENTITY for j in range(PER_IDENTITY)
+            if (i, j) not in (REJECTED, ID_REJECTED)]
 
 
 def check_image(jpeg: bytes, identity: int, index: int) -> None:
@@ -103,10 +106,10 @@ def check_image(jpeg: bytes, identity: int, index: int) -> None:
 
 
 def check_summary(summary: dict, out: Path, fmt: str) -> None:
-    assert summary["format"] == fmt and summary["images"] == len(EXPECTED) == 11
+    assert summary["format"] == fmt and summary["images"] == len(EXPECTED) == 10
     assert summary["identities"] == 4 and summary["num_classes"] == 5
-    assert summary["converted_to_jpeg"] == 8 and summary["kept_jpeg"] == 3
-    assert summary["skipped"] == {"rejected": 1} and summary["shards"] == 3
+    assert summary["converted_to_jpeg"] == 7 and summary["kept_jpeg"] == 3
+    assert summary["skipped"] == {"rejected": 2} and summary["shards"] == 3
     assert json.loads((out / "export.json").read_text()) == summary
     assert not list(out.rglob(".tmp-*"))
 
@@ -192,7 +195,7 @@ def test_include_rejected_and_partial(run_dir, tmp_path):
         export_run(run, tmp_path / "b", "lmdb")
     assert not (tmp_path / "b").exists()
     summary = export_run(run, tmp_path / "b", "lmdb", allow_partial=True)
-    assert summary["images"] == 5 + 3 and summary["units_exported"] == 2 and summary["units"] == 3
+    assert summary["images"] == 5 + 2 and summary["units_exported"] == 2 and summary["units"] == 3
 
 
 def test_refuses_bad_inputs(run_dir, tmp_path):

@@ -253,6 +253,31 @@ def export(
     typer.echo(f"{summary['images']} images of {summary['identities']} identities -> {out} ({summary['bytes']} bytes)")
 
 
+@app.command("export-pairs")
+def export_pairs(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.", callback=_local_run)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .bin file to write (and <out>.pairs.json).")],
+    cells: Annotated[str, typer.Option(help="Comma-separated columns whose values make a cell (none: one cell).")] = "",
+    pairs_per_cell: Annotated[int, typer.Option(help="Genuine pairs, and as many impostor pairs, per cell.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the pair choice and order.")] = 0,
+    allow_short: Annotated[bool, typer.Option(help="Take what a too-small cell has instead of failing.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    resize: Annotated[bool, typer.Option(help="Resize images that are not 112x112 instead of failing.")] = False,
+) -> None:
+    """Export balanced verification pairs as an InsightFace .bin set (the layout of lfw.bin)."""
+    from facefoundry.dataset.pairs import export_pairs as run_export
+
+    try:
+        summary = run_export(run_dir, out, [c.strip() for c in cells.split(",") if c.strip()], pairs_per_cell,
+                             seed, allow_short=allow_short, overwrite=overwrite, resize=resize)
+    except Exception as exc:
+        _fail(_one_line(exc))
+    short = sum(sum(c["shortfall"].values()) for c in summary["per_cell"].values())
+    typer.echo(f"{summary['pairs']} pairs ({summary['genuine']} genuine, {summary['impostor']} impostor) in "
+               f"{len(summary['per_cell'])} cells -> {out} ({summary['bytes']} bytes)"
+               + (f"; {short} short" if short else ""))
+
+
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).", callback=_local_run)],

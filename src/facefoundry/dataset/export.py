@@ -12,7 +12,7 @@ Formats (the label of an image is its ``identity``, unchanged, so it points back
 
 Images are JPEG in every format: stored JPEG bytes are kept as they are, other images (PNG) are
 encoded as RGB JPEG at ``jpeg_quality``. Rows that a filter rejected in ``annotate`` mode
-(``filter_reason`` set) are left out unless ``include_rejected``.
+(``filter_reason`` or ``id_filter_reason`` set) are left out unless ``include_rejected``.
 
 Shards are read one row group at a time in identity order, so memory stays bounded whatever the
 dataset size. The output folder must be new or empty; files are written under temporary names and
@@ -44,6 +44,8 @@ from facefoundry.runinfo import RunFolderError, read_run, run_id
 ExportFormat = Literal["imagefolder", "rec", "lmdb"]
 FORMATS: tuple[str, ...] = ("imagefolder", "rec", "lmdb")
 MARKER = "export.json"
+# The filters' reason columns: a row with any of them set was rejected (kept only in annotate mode).
+REASON_COLUMNS = ("filter_reason", "id_filter_reason")
 LMDB_FILE = "train.lmdb"
 JPEG_MAGIC = b"\xff\xd8\xff"
 Progress = Callable[[int, int], None]
@@ -158,13 +160,15 @@ def _rows(shards: list[Path], include_rejected: bool, counts: dict, progress: Pr
     for path in shards:  # one file open at a time: a big run has tens of thousands of shards
         with pq.ParquetFile(path) as parquet:
             names = parquet.schema_arrow.names
-            columns = ["image", "identity", "image_index"] + (["filter_reason"] if "filter_reason" in names else [])
+            reason_columns = [c for c in REASON_COLUMNS if c in names]
             for g in range(parquet.num_row_groups):
-                table = parquet.read_row_group(g, columns=columns)
+                table = parquet.read_row_group(g, columns=["image", "identity", "image_index", *reason_columns])
                 images = table.column("image").combine_chunks().field("bytes").to_pylist()
                 ids = table.column("identity").to_pylist()
                 idx = table.column("image_index").to_pylist()
-                reasons = table.column("filter_reason").to_pylist() if len(columns) == 4 else [None] * len(ids)
+                reasons = [next((r for r in rs if r is not None), None) for rs in
+                           zip(*(table.column(c).to_pylist() for c in reason_columns), strict=True)] \
+                    if reason_columns else [None] * len(ids)
                 for data, identity, index, reason in zip(images, ids, idx, reasons, strict=True):
                     if (identity, index) <= last:
                         raise ExportError(f"{path}: row ({identity}, {index}) is out of (identity, image_index) order")
