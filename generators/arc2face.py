@@ -15,12 +15,20 @@ Samplers (``cfg.sampler``): ``dpm``, DPM-Solver multistep from the base schedule
 default, 25 steps, guidance 3.0); ``lcm``, fast mode: the LCM-LoRA for SD-1.5 fused into the UNet
 (:mod:`facefoundry.generators.lcm_lora`) and ``LCMScheduler`` from the same base config (2-4 steps,
 guidance 1.0, i.e. one UNet pass per step and no CFG branch).
+
+Pose ControlNet (``cfg.controlnet``): Arc2Face's published ``controlnet/`` (a diffusers ``ControlNetModel``)
+runs through ``StableDiffusionControlNetPipeline`` built from the loaded components, with the same initial
+latents, per-image generators, identity embeddings and CFG branch as above. Condition images come from the
+user's ``cfg.pose_images`` folder (natural name order): image k of every identity (``IMAGE_INDEX`` of its
+variation, never its batch position) takes file k mod N, resized and scaled to [0, 1] by the pipeline's control
+image processor as in the official demo. Each row records the file in the ``pose_condition`` column.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,16 @@ from PIL import Image
 
 from facefoundry.config import Arc2FaceConfig
 
-from .base import GenerationOutput, ModelFiles, Resources, check_batch, in_microbatches, resolve_device, resolve_dtype
+from .base import (
+    IMAGE_INDEX,
+    GenerationOutput,
+    ModelFiles,
+    Resources,
+    check_batch,
+    in_microbatches,
+    resolve_device,
+    resolve_dtype,
+)
 from .lcm_lora import fuse_lcm_lora, resolve_lora_file
 
 ID_DIM = 512
@@ -48,6 +65,10 @@ _REQUIRED = {
     "vae": ("base", "vae", [("config.json",), _WEIGHTS]),
     "scheduler": ("base", "scheduler", [("scheduler_config.json",)]),
 }
+# Only with cfg.controlnet: Arc2Face's pose ControlNet, a subfolder of the same Hub repo.
+_CONTROLNET = ("controlnet", "controlnet", [("config.json",), _WEIGHTS])
+POSE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+POSE_COLUMN = "pose_condition"
 
 
 class ModelFilesError(FileNotFoundError):
@@ -55,6 +76,9 @@ class ModelFilesError(FileNotFoundError):
 
 
 def _hint(role: str) -> str:
+    if role == "controlnet":
+        return ("download controlnet/config.json and controlnet/diffusion_pytorch_model.safetensors from "
+                "FoivosPar/Arc2Face into generator.model, or set generator.controlnet=false")
     if role == "model":
         return ("run `facefoundry models fetch arc2face` (FoivosPar/Arc2Face: arc2face/, encoder/) "
                 "or set generator.model")
@@ -80,6 +104,39 @@ def _check_local(repo: str, role: str, subfolder: str, groups: list[tuple[str, .
             raise ModelFilesError(f"expected {want} — {_hint(role)}")
 
 
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders digit runs by value: ``pose_2.png`` before ``pose_10.png``."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part.lower()) for part in re.split(r"(\d+)", name) if part)
+
+
+def list_pose_images(folder: str | Path) -> list[Path]:
+    """The condition images of ``folder`` (:data:`POSE_SUFFIXES`) in natural name order; a missing or empty
+    folder raises :class:`ModelFilesError`."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ModelFilesError(f"generator.pose_images folder {path} does not exist: point it at a folder of "
+                              "condition images (e.g. normal maps rendered from a 3D face model)")
+    files = sorted((f for f in path.iterdir() if f.is_file() and f.suffix.lower() in POSE_SUFFIXES),
+                   key=lambda f: (natural_key(f.name), f.name))
+    if not files:
+        raise ModelFilesError(f"generator.pose_images folder {path} holds no {'/'.join(POSE_SUFFIXES)} image")
+    return files
+
+
+def pose_images_folder(cfg: Arc2FaceConfig, model: str | None = None) -> str | None:
+    """Where the condition images are: ``cfg.pose_images``, else for a tiny build the folder that
+    :func:`~facefoundry.generators.tiny_arc2face.build_tiny_arc2face_controlnet` writes next to ``model``."""
+    if not cfg.controlnet:
+        return None
+    if cfg.pose_images is not None:
+        return cfg.pose_images
+    if cfg.tiny:
+        from .tiny_arc2face import POSE_DIR
+
+        return str(Path(str(model or cfg.model)).expanduser().parent / POSE_DIR)
+    raise ValueError("generator.controlnet=true needs generator.pose_images")
+
+
 def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Additive (1, 1, L, L) mask: 0 on and below the diagonal, the dtype's minimum above it."""
     mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device)
@@ -101,12 +158,16 @@ class Arc2FaceGenerator:
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
         self._uncond: torch.Tensor | None = None
+        self.pose_images = pose_images_folder(cfg, self.model)
+        self.controlnet: Any = None
+        self.poses: list[Path] = []  # condition images in natural name order, read per batch
 
     @classmethod
     def model_files(cls, cfg: Arc2FaceConfig, model: str | None = None, base_model: str | None = None,
                     extra: str | None = None) -> list[ModelFiles]:
         """What :meth:`setup` loads: Arc2Face's UNet and encoder (``model``), SD-1.5's tokenizer, VAE and
-        scheduler (``base_model``), and with ``sampler=lcm`` the LCM-LoRA file (``extra``)."""
+        scheduler (``base_model``), with ``sampler=lcm`` the LCM-LoRA file (``extra``), and with ``controlnet``
+        the ControlNet (``model``'s ``controlnet/``) and the condition-image folder."""
         def groups(role: str) -> tuple[tuple[str, ...], ...]:
             return tuple(tuple(f"{sub}/{n}" for n in names)
                          for r, sub, alternatives in _REQUIRED.values() if r == role for names in alternatives)
@@ -118,6 +179,13 @@ class Arc2FaceGenerator:
             source, name = (str(lora.parent), lora.name) if lora.is_file() else (str(extra or cfg.lcm_lora),
                                                                                 cfg.lcm_lora_weight_name)
             files.append(ModelFiles(source, ((name,),), "lcm-lora", cfg.lcm_lora_revision, "generator.lcm_lora"))
+        if cfg.controlnet:
+            _, sub, alternatives = _CONTROLNET
+            files.append(ModelFiles(str(model or cfg.model), tuple(tuple(f"{sub}/{n}" for n in names)
+                                                                   for names in alternatives),
+                                    None, cfg.revision, "generator.model (controlnet)"))
+            files.append(ModelFiles(str(pose_images_folder(cfg, model)), (), None, None, "generator.pose_images",
+                                    hub=False))
         return files
 
     @classmethod
@@ -127,19 +195,23 @@ class Arc2FaceGenerator:
         return cls(cfg, model, base_model, extra)
 
     def extra_fields(self) -> list[pa.Field]:
-        """Arc2Face adds no per-image columns."""
-        return []
+        """With ``controlnet``: ``pose_condition``, the condition image's file name; otherwise none."""
+        return [pa.field(POSE_COLUMN, pa.string())] if self.cfg.controlnet else []
 
     # ------------------------------------------------------------------ loading
     def setup(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         """Load the five components with ``from_pretrained`` (once per worker) onto ``device``; with
-        ``sampler=lcm`` also fuse the LCM-LoRA into the UNet and use ``LCMScheduler``."""
+        ``sampler=lcm`` also fuse the LCM-LoRA into the UNet and use ``LCMScheduler``; with ``controlnet`` also
+        load ``controlnet/`` (``ControlNetModel``, same revision) and the condition images."""
         from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, LCMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         for role, sub, groups in _REQUIRED.values():
             _check_local(self.model if role == "model" else self.base, role, sub, groups,
                          self.cfg.revision if role == "model" else None)
+        if self.cfg.controlnet:  # before the slow loads: missing files fail fast
+            _check_local(self.model, *_CONTROLNET, self.cfg.revision)
+            list_pose_images(str(self.pose_images))
         lora_file = None
         if self.cfg.sampler == "lcm":  # before the slow loads: a missing LoRA fails fast
             lora_file = resolve_lora_file(self.lcm_lora, self.cfg.lcm_lora_weight_name, self.cfg.lcm_lora_revision)
@@ -161,18 +233,38 @@ class Arc2FaceGenerator:
         except (OSError, ValueError) as exc:
             raise ModelFilesError(f"cannot load {self.base} (tokenizer/, vae/, scheduler/): {exc} — "
                                   f"{_hint('base')}") from exc
-        self.set_components(unet, encoder, tokenizer, vae, scheduler, device, dtype)
+        controlnet = None
+        if self.cfg.controlnet:
+            from diffusers import ControlNetModel
+
+            try:
+                controlnet = ControlNetModel.from_pretrained(self.model, subfolder="controlnet", revision=rev,
+                                                             torch_dtype=dtype)
+            except (OSError, ValueError) as exc:
+                raise ModelFilesError(f"cannot load {self.model} (controlnet/): {exc} — "
+                                      f"{_hint('controlnet')}") from exc
+        self.set_components(unet, encoder, tokenizer, vae, scheduler, device, dtype, controlnet=controlnet)
         if lora_file is not None:  # fused on the target device and dtype
             fuse_lcm_lora(self.unet, self.text_encoder, self.tokenizer, self.vae, self.scheduler, lora_file)
 
     def set_components(self, unet: Any, text_encoder: Any, tokenizer: Any, vae: Any, scheduler: Any,
-                       device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                       device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                       controlnet: Any = None) -> None:
         """Use already-built components (what :meth:`setup` does after loading). Taken as they are: for
-        ``sampler=lcm`` pass a UNet with the LCM-LoRA fused and an ``LCMScheduler``."""
+        ``sampler=lcm`` pass a UNet with the LCM-LoRA fused and an ``LCMScheduler``. ``controlnet`` (a
+        ``ControlNetModel``) is required with ``cfg.controlnet`` and refused without it; the condition-image
+        folder is listed here (the images are read per batch)."""
+        if (controlnet is None) == self.cfg.controlnet:
+            raise ValueError("generator.controlnet=true needs a ControlNet model" if self.cfg.controlnet
+                             else "a ControlNet was given but generator.controlnet is false")
         self.device = resolve_device(device if device is not None else self.cfg.device)
         self.dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, self.device)
         self.unet, self.text_encoder, self.vae = (self._place(m) for m in (unet, text_encoder, vae))
         self.tokenizer, self.scheduler = tokenizer, scheduler
+        self.controlnet = None if controlnet is None else self._place(controlnet)
+        self.poses = []
+        if controlnet is not None:
+            self.poses = list_pose_images(str(self.pose_images))
         self._text = getattr(text_encoder, "text_model", text_encoder)  # transformers 4.x nests it
         width = self._text.embeddings.token_embedding.weight.shape[1]
         if width < ID_DIM:
@@ -248,23 +340,41 @@ class Arc2FaceGenerator:
 
     def generate(self, vectors: np.ndarray, seeds: np.ndarray,
                  variations: list[dict[str, Any]] | None = None) -> list[np.ndarray]:
-        """One HxWx3 uint8 RGB image per (vector, seed); ``variations`` are accepted and unused.
+        """One HxWx3 uint8 RGB image per (vector, seed). Without ``controlnet`` ``variations`` are accepted and
+        unused; with it each one's ``IMAGE_INDEX`` picks the condition image (:meth:`pose_indices`).
 
         Works in micro-batches of ``cfg.batch_size``; an out-of-memory error halves the micro-batch and
         retries (down to 1 image) before it propagates.
         """
-        arr, seeds = check_batch(vectors, seeds, variations, ID_DIM)
-        self._require_setup()
-        return in_microbatches(len(arr), self.cfg.batch_size,
-                               lambda i, j: self._generate_batch(arr[i:j], seeds[i:j]), self.device)
+        return self.generate_output(vectors, seeds, variations).images
 
     def generate_output(self, vectors: np.ndarray, seeds: np.ndarray,
                         variations: list[dict[str, Any]] | None = None) -> GenerationOutput:
-        """The images of :meth:`generate`; no extra columns."""
-        return GenerationOutput(self.generate(vectors, seeds, variations))
+        """The images of :meth:`generate`; with ``controlnet`` also the ``pose_condition`` column."""
+        arr, seeds = check_batch(vectors, seeds, variations, ID_DIM)
+        self._require_setup()
+        if not self.cfg.controlnet:
+            return GenerationOutput(in_microbatches(len(arr), self.cfg.batch_size,
+                                                    lambda i, j: self._generate_batch(arr[i:j], seeds[i:j]),
+                                                    self.device))
+        picks = self.pose_indices(variations, len(arr))
+        images = in_microbatches(len(arr), self.cfg.batch_size,
+                                 lambda i, j: self._generate_batch(arr[i:j], seeds[i:j], picks[i:j]), self.device)
+        return GenerationOutput(images, {POSE_COLUMN: [self.poses[k].name for k in picks]})
+
+    def pose_indices(self, variations: list[dict[str, Any]] | None, n: int) -> list[int]:
+        """Condition image of each image: its ``IMAGE_INDEX`` (index within its identity) mod the number of
+        condition images. Missing indices are an error (the batch position would make images batch-dependent)."""
+        if variations is None or any(v is None or v.get(IMAGE_INDEX) is None for v in variations):
+            raise ValueError(f"generator.controlnet needs each image's index within its identity "
+                             f"(variations[i][{IMAGE_INDEX!r}], which the pipeline sets) to pick its condition image")
+        if len(variations) != n:
+            raise ValueError(f"got {n} vectors but {len(variations)} variations")
+        return [int(v[IMAGE_INDEX]) % len(self.poses) for v in variations]
 
     @torch.inference_mode()
-    def _generate_batch(self, vectors: np.ndarray, seeds: np.ndarray) -> list[np.ndarray]:
+    def _generate_batch(self, vectors: np.ndarray, seeds: np.ndarray,
+                        poses: list[int] | None = None) -> list[np.ndarray]:
         n, cfg = len(vectors), self.cfg
         embeds = self.encode_identities(torch.from_numpy(vectors))
         guided = cfg.guidance_scale > 1.0
@@ -276,15 +386,19 @@ class Arc2FaceGenerator:
         latents = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
         scheduler = copy.deepcopy(self.scheduler)  # solver state is per call
         scheduler.set_timesteps(cfg.steps, device=self.device)
-        latents = (latents * scheduler.init_noise_sigma).to(self.device, self.dtype)
-        for t in scheduler.timesteps:
-            inp = torch.cat([latents, latents]) if guided else latents
-            inp = scheduler.scale_model_input(inp, t)
-            noise = self.unet(inp, t, encoder_hidden_states=embeds).sample
-            if guided:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + cfg.guidance_scale * (cond - uncond)
-            latents = scheduler.step(noise, t, latents, generator=gens).prev_sample
+        if poses is not None:  # the pipeline scales by init_noise_sigma itself
+            latents = self._controlnet_latents(embeds, latents.to(self.device, self.dtype), gens, scheduler,
+                                               [_load_rgb(self.poses[k]) for k in poses])
+        else:
+            latents = (latents * scheduler.init_noise_sigma).to(self.device, self.dtype)
+            for t in scheduler.timesteps:
+                inp = torch.cat([latents, latents]) if guided else latents
+                inp = scheduler.scale_model_input(inp, t)
+                noise = self.unet(inp, t, encoder_hidden_states=embeds).sample
+                if guided:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + cfg.guidance_scale * (cond - uncond)
+                latents = scheduler.step(noise, t, latents, generator=gens).prev_sample
         pixels = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         pixels = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         out = list(pixels.permute(0, 2, 3, 1).cpu().numpy())
@@ -292,3 +406,32 @@ class Arc2FaceGenerator:
             size = (cfg.output_size, cfg.output_size)
             out = [np.asarray(Image.fromarray(im).resize(size, Image.Resampling.LANCZOS)) for im in out]
         return out
+
+    def _controlnet_latents(self, embeds: torch.Tensor, latents: torch.Tensor, gens: list[torch.Generator],
+                            scheduler: Any, conditions: list[Image.Image]) -> torch.Tensor:
+        """Denoise the initial noise ``latents`` (unscaled: the pipeline multiplies by ``init_noise_sigma``) with
+        ``StableDiffusionControlNetPipeline`` over the loaded components and ``scheduler`` (a per-call copy);
+        ``embeds`` as built by :meth:`_generate_batch` ([uncond; cond] when guided)."""
+        from diffusers import StableDiffusionControlNetPipeline
+
+        pipe = StableDiffusionControlNetPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            controlnet=self.controlnet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        guided = self.cfg.guidance_scale > 1.0
+        uncond, cond = embeds.chunk(2) if guided else (None, embeds)
+        side = self.image_size
+        return pipe(
+            prompt_embeds=cond, negative_prompt_embeds=uncond, image=conditions, height=side, width=side,
+            num_inference_steps=self.cfg.steps, guidance_scale=self.cfg.guidance_scale,
+            controlnet_conditioning_scale=self.cfg.controlnet_scale, generator=gens,
+            latents=latents, output_type="latent",
+        ).images
+
+
+def _load_rgb(path: Path) -> Image.Image:
+    """``path`` read fully into memory as an RGB image."""
+    with Image.open(path) as im:
+        return im.convert("RGB")

@@ -16,6 +16,13 @@ The LoRA has the published LCM-LoRA's format (``lora_unet_*.lora_down.weight`` /
 ``.alpha`` for every module of :data:`~facefoundry.generators.lcm_lora.LCM_TARGETS`), so diffusers loads
 it through the same kohya conversion as ``latent-consistency/lcm-lora-sdv1-5``.
 
+:func:`build_tiny_arc2face_controlnet` adds, only when asked, the pose ControlNet in the published layout and
+a few condition images (not touched by :func:`build_tiny_arc2face`, so the plain build's bytes do not depend
+on it)::
+
+    <root>/Arc2Face/controlnet/{config.json, diffusion_pytorch_model.safetensors}  ControlNetModel
+    <root>/arc2face-pose-images/pose_{0,1,2}.png                                  normal-map-style conditions
+
 The encoder keeps the real hidden size (768) so the 512-d identity vector is zero-padded exactly as
 with the published weights; everything else is shrunk (64x64 images, 2 encoder layers).
 """
@@ -29,6 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 MODEL_DIR = "Arc2Face"
@@ -36,6 +44,10 @@ BASE_DIR = "stable-diffusion-v1-5"
 LCM_DIR = "lcm-lora-sdv1-5"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 MARKER = ".facefoundry-tiny-arc2face.json"
+CONTROLNET_MARKER = ".facefoundry-tiny-arc2face-controlnet.json"
+POSE_DIR = "arc2face-pose-images"
+EMBED_STD, ZERO_CONV_STD = 4.0, 0.3  # init of the parts a fresh ControlNet zeroes (see make_tiny_controlnet)
+POSE_YAWS = (0.0, 0.5, -0.5)  # one condition image per entry: a head-like ellipsoid turned by this much
 FORMAT_VERSION = 2
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Whole words of the vocabulary (each one BPE token); anything else falls back to byte-level pieces.
@@ -182,9 +194,9 @@ def _model_index() -> dict[str, Any]:
     }
 
 
-def _is_complete(root: Path, seed: int) -> bool:
+def _is_complete(root: Path, seed: int, marker_name: str = MARKER) -> bool:
     try:
-        marker = json.loads((root / MARKER).read_text())
+        marker = json.loads((root / marker_name).read_text())
     except (OSError, ValueError):
         return False
     if marker.get("seed") != seed or marker.get("format") != FORMAT_VERSION:
@@ -233,3 +245,89 @@ def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model_path, base_path
+
+
+def make_tiny_controlnet(unet: Any, seed: int = 0, vae_scale_factor: int = 2) -> Any:
+    """A ControlNet for the tiny ``unet`` (``ControlNetModel.from_unet``: same blocks, UNet weights copied).
+
+    The conditioning embedding downsamples by ``vae_scale_factor`` (image side / latent side: 2 for the tiny
+    VAE), as the published one does by SD's 8.
+    The parts a fresh ControlNet zero-initialises get random weights (the embedding's last conv: std
+    :data:`EMBED_STD`; the zero convs: std :data:`ZERO_CONV_STD`; biases zero), deterministic in ``seed`` like
+    the rest: a fresh ControlNet adds exactly nothing, and the tests need the condition image to matter.
+    """
+    from diffusers import ControlNetModel
+
+    channels = tuple(16 * 2**i for i in range(vae_scale_factor.bit_length()))  # one stride-2 conv per halving
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)  # the conditioning embedding's other convs are initialised at random here
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+        net.controlnet_cond_embedding.conv_out.weight.normal_(0.0, EMBED_STD)
+        net.controlnet_cond_embedding.conv_out.bias.zero_()
+        for conv in (*net.controlnet_down_blocks, net.controlnet_mid_block):
+            conv.weight.normal_(0.0, ZERO_CONV_STD)
+            conv.bias.zero_()
+    return net.eval()
+
+
+def make_pose_image(yaw: float, size: int = 64) -> np.ndarray:
+    """A size x size uint8 RGB normal map of an ellipsoid turned by ``yaw`` (radians), black background.
+
+    Encoded the way Arc2Face's ControlNet demo encodes the rendered normals: ``(n * 0.5 + 0.5) * 255``.
+    """
+    coords = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    a, b = 0.6, 0.8  # half-width, half-height
+    inside = (x / a) ** 2 + (y / b) ** 2 < 1.0
+    z = np.sqrt(np.clip(1.0 - (x / a) ** 2 - (y / b) ** 2, 0.0, None))
+    normal = np.stack([x / a**2, -y / b**2, z], axis=-1)
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True) + 1e-12
+    c, s = np.cos(yaw), np.sin(yaw)
+    turned = normal @ np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]]).T
+    rgb = np.round((turned * 0.5 + 0.5) * 255.0).astype(np.uint8)
+    return np.where(inside[..., None], rgb, 0).astype(np.uint8)
+
+
+def tiny_pose_images_path(root: Path) -> Path:
+    """The condition-image folder of a :func:`build_tiny_arc2face_controlnet` build under ``root``."""
+    return Path(root) / POSE_DIR
+
+
+def build_tiny_arc2face_controlnet(root: Path, seed: int = 0) -> tuple[Path, Path, Path]:
+    """Build (once) the tiny Arc2Face plus its pose ControlNet and condition images under ``root``; return
+    ``(model_path, base_path, pose_images_path)``.
+
+    Calls :func:`build_tiny_arc2face` first (whose files are unchanged), then writes ``<model>/controlnet/``
+    (a :func:`make_tiny_controlnet` of the saved tiny UNet, ``save_pretrained``) and one 64 x 64 PNG per
+    :data:`POSE_YAWS` entry. Idempotent like the plain build (its own marker, written last); the same seed gives
+    byte-identical files.
+    """
+    from diffusers import UNet2DConditionModel
+    from PIL import Image
+
+    root = Path(root)
+    model_path, base_path = build_tiny_arc2face(root, seed)
+    poses = tiny_pose_images_path(root)
+    if _is_complete(root, seed, CONTROLNET_MARKER):
+        return model_path, base_path, poses
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model_path, subfolder="arc2face")
+        vae_blocks = json.loads((base_path / "vae" / "config.json").read_text())["block_out_channels"]
+        make_tiny_controlnet(unet, seed + 2, 2 ** (len(vae_blocks) - 1)).save_pretrained(tmp / "controlnet")
+        (tmp / POSE_DIR).mkdir()
+        for k, yaw in enumerate(POSE_YAWS):
+            Image.fromarray(make_pose_image(yaw)).save(tmp / POSE_DIR / f"pose_{k}.png")
+        (root / CONTROLNET_MARKER).unlink(missing_ok=True)
+        files = []
+        for src, dst in ((tmp / "controlnet", model_path / "controlnet"), (tmp / POSE_DIR, poses)):
+            files += [(dst / p.relative_to(src)).relative_to(root).as_posix() for p in src.rglob("*") if p.is_file()]
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+        marker_tmp = tmp / CONTROLNET_MARKER
+        _write_json(marker_tmp, {"format": FORMAT_VERSION, "seed": seed, "files": sorted(files)})
+        os.replace(marker_tmp, root / CONTROLNET_MARKER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model_path, base_path, poses

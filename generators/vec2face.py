@@ -32,6 +32,7 @@ from facefoundry.config import Vec2FaceConfig
 
 from .base import (
     IDENTITY_VECTOR,
+    IMAGE_INDEX,
     GenerationOutput,
     ModelFiles,
     Resources,
@@ -345,14 +346,35 @@ class Vec2FaceGenerator:
         # AttrOP's target is the identity (``IDENTITY_VECTOR`` in the variation, else the input vector itself).
         targets = np.stack([(variations[i] or {}).get(IDENTITY_VECTOR, arr[i]) if variations else arr[i]
                             for i in range(len(arr))]).astype(np.float32)
+        pose = self._pose_targets(variations, len(arr))
         done = in_microbatches(len(arr), self.cfg.batch_size,
-                               lambda i, j: self._optimised(arr[i:j], codes[i:j], targets[i:j]), self.device)
+                               lambda i, j: self._optimised(arr[i:j], codes[i:j], targets[i:j],
+                                                            None if pose is None else (pose[0][i:j], pose[1][i:j])),
+                               self.device)
         for row, (_, outcome) in zip(info, done, strict=True):
             row.update({f"attrop_{k}": v for k, v in vars(outcome).items()})
         return [image for image, _ in done], info
 
-    def _optimised(self, vectors: np.ndarray, codes: np.ndarray, targets: np.ndarray) -> list[tuple]:
-        """AttrOP on one micro-batch, then the images of the optimised vectors, with each image's outcome."""
+    def _pose_targets(self, variations: list[dict[str, Any]] | None, n: int
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With ``attrop.pose_schedule``: each image's (target yaw, target pitch) from its ``IMAGE_INDEX``."""
+        if self.attrop_cfg is None or self.attrop_cfg.pose_schedule is None:
+            return None
+        from .attrop import pose_targets
+
+        indices = []
+        for i in range(n):
+            var = (variations[i] if variations is not None else None) or {}
+            if var.get(IMAGE_INDEX) is None:
+                raise ValueError(f"image {i}: generator.attrop.pose_schedule needs each image's index within its "
+                                 f"identity (variations[i][{IMAGE_INDEX!r}], which the pipeline sets); got none")
+            indices.append(int(var[IMAGE_INDEX]))
+        return pose_targets(self.attrop_cfg, indices)
+
+    def _optimised(self, vectors: np.ndarray, codes: np.ndarray, targets: np.ndarray,
+                   pose: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[tuple]:
+        """AttrOP on one micro-batch, then the images of the optimised vectors, with each image's outcome
+        (``pose``: the images' target yaw and pitch under a pose schedule)."""
         codes_t = torch.from_numpy(codes).to(self.device)
         start = torch.from_numpy(vectors).to(self.device, torch.float32)
         goal = torch.from_numpy(targets).to(self.device, torch.float32)
@@ -362,7 +384,8 @@ class Vec2FaceGenerator:
         # depend on its neighbours. Alone, each image's result is the same in every batch.
         for k in range(len(vectors)):
             x, (outcome,) = self.attrop.optimise(lambda x, rows, k=k: self.model(x, codes_t[k : k + 1]),
-                                                 start[k : k + 1], goal[k : k + 1])
+                                                 start[k : k + 1], goal[k : k + 1],
+                                                 *((pose[0][k : k + 1], pose[1][k : k + 1]) if pose else ()))
             moved.append(x)
             outcomes.append(outcome)
         images = self._forward(torch.cat(moved).cpu().numpy(), codes)

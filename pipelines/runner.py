@@ -108,9 +108,16 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
         return ModelPaths(str(model), str(autoencoder))
     if not gen.tiny:
         return ModelPaths(gen.model, gen.base_model)
-    from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path
+    from facefoundry.generators.tiny_arc2face import (
+        build_tiny_arc2face,
+        build_tiny_arc2face_controlnet,
+        tiny_lcm_lora_path,
+    )
 
-    model, base = build_tiny_arc2face(out / MODELS_DIR, seed=cfg.run.seed)
+    if gen.controlnet:  # also <model>/controlnet/ and the condition images the generator finds next to <model>
+        model, base, _ = build_tiny_arc2face_controlnet(out / MODELS_DIR, seed=cfg.run.seed)
+    else:
+        model, base = build_tiny_arc2face(out / MODELS_DIR, seed=cfg.run.seed)
     return ModelPaths(str(model), str(base), str(tiny_lcm_lora_path(out / MODELS_DIR)))
 
 
@@ -133,6 +140,9 @@ def generator_metadata(gen) -> dict:
     models = {"model": tiny if gen.tiny else gen.model, "base_model": tiny if gen.tiny else gen.base_model}
     if gen.sampler == "lcm":
         models |= {"lcm_lora": tiny if gen.tiny else gen.lcm_lora, "sampler": "lcm"}
+    if gen.controlnet:  # pose ControlNet: <model>/controlnet; condition images by folder name
+        models |= {"controlnet": "controlnet", "controlnet_scale": gen.controlnet_scale,
+                   "pose_images": tiny if gen.pose_images is None else Path(gen.pose_images).name}
     return models
 
 

@@ -72,7 +72,8 @@ def test_generator_columns_come_from_its_declared_fields(tmp_path):
     table = stage(Unit(0, 1)).table
     declared = stage.generator.extra_fields()
     assert [f.name for f in declared] == ["mask_ratio", "token_mask", "attrop_iterations", "attrop_converged",
-                                          "attrop_id_similarity", "attrop_quality", "attrop_yaw"]
+                                          "attrop_id_similarity", "attrop_quality", "attrop_yaw", "attrop_pitch",
+                                          "attrop_target_yaw", "attrop_target_pitch"]
     assert list(table.schema)[6:] == declared and table.column_names[4:6] == ["perturbation_sigma", "vector_cosine"]
     assert set(table.column("attrop_iterations").to_pylist()) <= {0, 1}
     arc_stage, _ = stage_for(tmp_path / "arc", ARC2FACE)

@@ -176,6 +176,34 @@ class Arc2FaceConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="Images per generator forward (micro-batch).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    controlnet: bool = Field(
+        False, description="Arc2Face's pose ControlNet (<model>/controlnet): every image follows a condition image "
+        "from `pose_images` (tiny: a built folder)."
+    )
+    pose_images: str | None = Field(
+        None, description="controlnet: folder of condition images (the official ones are rendered 3D-face normal "
+        "maps); image k of every identity takes file k mod N in natural name order."
+    )
+    controlnet_scale: float = Field(
+        1.0, ge=0.0, description="controlnet: ControlNet conditioning scale (official demo: diffusers' default 1.0)."
+    )
+
+
+
+    @model_validator(mode="after")
+    def _check_controlnet(self) -> Arc2FaceConfig:
+        if self.controlnet and self.pose_images is None and not self.tiny:
+            raise ValueError("generator.controlnet=true needs generator.pose_images: a folder of condition images "
+                             "(image k of every identity takes file k mod N), e.g. normal maps rendered from a 3D "
+                             "face model as Arc2Face's demo does")
+        if not self.controlnet and self.pose_images is not None:
+            raise ValueError(f"generator.pose_images={self.pose_images!r} without generator.controlnet=true: the "
+                             "condition images are read only by the pose ControlNet; set generator.controlnet=true "
+                             "or remove pose_images")
+        if not self.controlnet and self.controlnet_scale != 1.0:
+            raise ValueError(f"generator.controlnet_scale={self.controlnet_scale} without generator.controlnet=true; "
+                             "set generator.controlnet=true or remove controlnet_scale")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -195,8 +223,15 @@ class Arc2FaceConfig(StrictModel):
         return self
 
 
+class PoseTarget(StrictModel):
+    """One entry of :attr:`AttrOpConfig.pose_schedule`: signed 6DRepNet yaw and, optionally, pitch (degrees)."""
+
+    yaw: float = Field(..., ge=-90, le=90, description="Signed target yaw in degrees (6DRepNet's sign).")
+    pitch: float | None = Field(None, ge=-90, le=90, description="Signed target pitch in degrees; null = no term.")
+
+
 class AttrOpConfig(StrictModel):
-    """Vec2Face AttrOP: Adam on each image's input vector toward identity similarity, quality and yaw."""
+    """Vec2Face AttrOP: Adam on each image's input vector toward identity similarity, quality and pose."""
 
     enabled: bool = Field(False, description="Run AttrOP on every image (costs up to max_iterations x 3 forwards).")
     max_iterations: int = Field(20, ge=0, le=1000, description="Cap on Adam steps per image (official: no cap).")
@@ -210,10 +245,24 @@ class AttrOpConfig(StrictModel):
     quality_tolerance: float = Field(1.0, ge=0, description="Accepted quality shortfall (official 1).")
     target_yaw: float | None = Field(None, ge=0, le=90, description="Target |yaw| in degrees; null = no pose term.")
     yaw_tolerance: float = Field(5.0, gt=0, description="Accepted |yaw| error, degrees (official 5).")
+    pose_schedule: list[PoseTarget] | None = Field(
+        None, min_length=1, description="Per-image signed pose targets: image k of every identity takes entry "
+        "k mod len (e.g. [{yaw: 0}, {yaw: 30}, {yaw: -30}]); excludes target_yaw; null = none."
+    )
+    pitch_tolerance: float = Field(5.0, gt=0, description="Accepted pitch error, degrees (pose_schedule only).")
     models: str = Field(
         "BooBooWu/Vec2Face", description="Hub id or folder holding weights/{arcface-r100,magface-r100}-glint360k.pth "
         "and weights/6DRepNet_300W_LP_AFLW2000.pth (tiny generator: built under <out>/models)."
     )
+
+
+    @model_validator(mode="after")
+    def _check_pose(self) -> AttrOpConfig:
+        if self.pose_schedule is not None and self.target_yaw is not None:
+            raise ValueError("generator.attrop: set either target_yaw (one |yaw| target for every image, the "
+                             "official term) or pose_schedule (signed yaw/pitch per image index), not both")
+        return self
+
 
 
 class Vec2FaceConfig(StrictModel):
@@ -495,7 +544,17 @@ class RayConfig(StrictModel):
     )
 
 
-OPTIONAL_SECTIONS = ("attributes", "balance")  # sections added after runs existed; absent = off
+# Keys added after runs existed, with the value that means "as before": at that value they are left out of the
+# config hash, so a run made before the key existed resumes under the same id (dotted paths into the dump).
+LATER_KEYS: dict[str, Any] = {
+    "attributes": None,
+    "balance": None,
+    "generator.attrop.pose_schedule": None,
+    "generator.attrop.pitch_tolerance": 5.0,
+    "generator.controlnet": False,
+    "generator.pose_images": None,
+    "generator.controlnet_scale": 1.0,
+}
 
 
 class RunConfig(StrictModel):
@@ -570,9 +629,13 @@ class RunConfig(StrictModel):
         """Hash of everything that decides the dataset's content. The ``ray`` section only decides where
         and how fast it runs, so a run can resume on another cluster (or laptop) under the same id."""
         content = self.model_dump(mode="json", exclude={"ray"})
-        for section in OPTIONAL_SECTIONS:  # off: hashed as before the section existed (older runs keep their id)
-            if content.get(section) is None:
-                content.pop(section, None)
+        for path, default in LATER_KEYS.items():  # at its default, a later key hashes as before it existed
+            *parents, key = path.split(".")
+            node = content
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and key in node and node[key] == default:
+                del node[key]
         return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

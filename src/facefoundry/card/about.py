@@ -134,7 +134,13 @@ def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | IDiffFaceConfig | DC
                "and the token mask, both stored per image (`mask_ratio`, `token_mask`)."
                + (f" AttrOP (Adam on the input vector toward ArcFace-R100 cosine {attrop.min_id_similarity}, at "
                   f"most {attrop.max_iterations} steps per image; outcome per image in `attrop_*`)."
-                  if attrop.enabled else ""))
+                  if attrop.enabled else "")
+               + (" Pose schedule (image k of every identity, entry k): "
+                  + ", ".join(f"yaw {t.yaw:g}°" + ("" if t.pitch is None else f" pitch {t.pitch:g}°")
+                              for t in attrop.pose_schedule)
+                  + "; each row records its target (`attrop_target_yaw`, `attrop_target_pitch`) and the 6DRepNet "
+                  "yaw and pitch reached (`attrop_yaw`, `attrop_pitch`)."
+                  if attrop.enabled and attrop.pose_schedule else ""))
     elif gen.kind == "dcface":
         released = (gen.steps, gen.eta) == (50, 1.0)
         style = " and the style" if gen.style_sampling == "random" else ""
@@ -155,7 +161,11 @@ def _generator_lines(gen: Arc2FaceConfig | Vec2FaceConfig | IDiffFaceConfig | DC
         how = (f"- Prompt `{gen.prompt}` with the identity vector in the `id` token; "
                + (f"LCM-LoRA `{hub_id(gen.lcm_lora, 'latent-consistency/lcm-lora-sdv1-5')}` fused into the UNet, "
                   "LCM scheduler" if gen.sampler == "lcm" else "DPM-Solver multistep")
-               + f", {gen.steps} steps, guidance scale {gen.guidance_scale}.")
+               + f", {gen.steps} steps, guidance scale {gen.guidance_scale}."
+               + (f" Arc2Face's pose ControlNet (scale {gen.controlnet_scale}) with condition images from "
+                  f"{f'`{Path(gen.pose_images).name}`' if gen.pose_images else 'the tiny build'}: image k of every "
+                  "identity follows condition image k (name order, cycling); each row names its own "
+                  "(`pose_condition`)." if gen.controlnet else ""))
     return [model, how]
 
 
