@@ -6,7 +6,9 @@ never drops a row: a row without a face gets nulls. Values are estimates of the 
 
 Columns (:data:`OUTPUT_FIELDS`, always all of them, always these types): ``age`` (years; genderage only),
 ``age_group`` (``attributes.age_edges``), ``age_score`` (FairFace: probability of its age bin), ``gender`` and
-``gender_score`` (probability of the chosen gender), ``race`` and ``race_score`` (FairFace only).
+``gender_score`` (probability of the chosen gender), ``race`` and ``race_score`` (FairFace only), and with
+``attributes.pose_model`` the head pose measured by 6DRepNet (``head_yaw``, ``head_pitch``, ``head_roll``, degrees,
+6DRepNet's signs) on the crop its ``demo.py`` cuts around the same face box.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ OUTPUT_FIELDS = [
     pa.field("gender_score", F32),
     pa.field("race", pa.string()),
     pa.field("race_score", F32),
+    pa.field("head_yaw", F32),
+    pa.field("head_pitch", F32),
+    pa.field("head_roll", F32),
 ]
 COLUMNS = tuple(f.name for f in OUTPUT_FIELDS)
 SCRFD_INPUT = (256, 256)  # generated, tightly framed faces (as the identity filter's default)
@@ -45,6 +50,7 @@ class AttributeAnnotator:
         self.cfg = cfg
         self.detector = None
         self.estimator = None
+        self.pose = None  # 6DRepNet, with attributes.pose_model
 
     @staticmethod
     def output_schema() -> pa.Schema:
@@ -54,7 +60,8 @@ class AttributeAnnotator:
     def model_files(cfg: AttributesConfig) -> list[ModelFiles]:
         """The estimator's file (or pack folder) and, for genderage, the detector: checked before workers start."""
         needs = []
-        for value, role in ((cfg.model, "attributes.model"), (cfg.detector_model, "attributes.detector_model")):
+        for value, role in ((cfg.model, "attributes.model"), (cfg.detector_model, "attributes.detector_model"),
+                            (cfg.pose_model, "attributes.pose_model")):
             if value is None or (role == "attributes.detector_model" and cfg.estimator == "fairface"):
                 continue
             path = Path(value).expanduser()
@@ -72,6 +79,10 @@ class AttributeAnnotator:
         if self.estimator is not None:
             return
         cfg = self.cfg
+        if cfg.pose_model is not None:
+            from .sixdrepnet import load_sixdrepnet
+
+            self.pose = load_sixdrepnet(cfg.pose_model, self._torch_device())
         if cfg.estimator == "genderage":
             from .genderage import GenderAgeEstimator
 
@@ -85,8 +96,14 @@ class AttributeAnnotator:
             from .fairface import FairFaceEstimator
 
             self.detector = DlibFaceModel("hog")
-            device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
-            self.estimator = FairFaceEstimator(Path(cfg.model), device)
+            self.estimator = FairFaceEstimator(Path(cfg.model), self._torch_device())
+
+    def _torch_device(self) -> str:
+        if self.cfg.device != "auto":
+            return self.cfg.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def annotate(self, images: list[np.ndarray | None]) -> list[dict | None]:
         """Estimates of each RGB image (None: undecodable, or no face found)."""
@@ -101,8 +118,9 @@ class AttributeAnnotator:
                     out[i] = {"age": age, "age_group": age_group(age, self.cfg.age_edges), "age_score": None,
                               "gender": result.gender[k], "gender_score": float(result.gender_score[k]),
                               "race": None, "race_score": None}
+                self._head_pose(images, rows, boxes, out)
             return out
-        rows, chips = [], []
+        rows, chips, boxes = [], [], []
         for i, image in enumerate(images):
             if image is None:
                 continue
@@ -111,6 +129,7 @@ class AttributeAnnotator:
                 best = max(found, key=lambda d: d.area)
                 chips.append(self.estimator.chip(image, self.detector.shape(image, best)))
                 rows.append(i)
+                boxes.append(np.asarray(best.box, np.float32))
         if rows:
             result = self.estimator.estimate_chips(chips)
             for k, i in enumerate(rows):
@@ -118,7 +137,24 @@ class AttributeAnnotator:
                           "age_score": float(result.age_score[k]), "gender": result.gender[k],
                           "gender_score": float(result.gender_score[k]), "race": result.race[k],
                           "race_score": float(result.race_probs[k].max())}
+            self._head_pose(images, rows, boxes, out)
         return out
+
+    def _head_pose(self, images: list, rows: list[int], boxes: list[np.ndarray], out: list[dict | None]) -> None:
+        """6DRepNet's (yaw, pitch, roll) of each measured face, on the crop its demo cuts around the box."""
+        for row in (out[i] for i in rows):
+            row |= {"head_yaw": None, "head_pitch": None, "head_roll": None}
+        if self.pose is None or not rows:
+            return
+        import torch
+
+        from .sixdrepnet import demo_crop, demo_input, euler_from_rotation
+
+        crops = [demo_crop(images[i], box) for i, box in zip(rows, boxes, strict=True)]
+        with torch.inference_mode():
+            angles = euler_from_rotation(self.pose(demo_input(crops).to(next(self.pose.parameters()).device)))
+        for i, (pitch, yaw, roll) in zip(rows, angles.cpu().numpy().tolist(), strict=True):
+            out[i] |= {"head_yaw": yaw, "head_pitch": pitch, "head_roll": roll}
 
     def _genderage_boxes(self, images: list[np.ndarray | None]) -> tuple[list[int], list[np.ndarray]]:
         rows, boxes = [], []
@@ -148,7 +184,3 @@ class AttributeAnnotator:
         return FilterResult(out, {})
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

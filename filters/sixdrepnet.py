@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from facefoundry.filters.face_weights import (
@@ -139,6 +141,33 @@ def sixdrepnet_input(images: torch.Tensor, size: int = 224) -> torch.Tensor:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     return (x - mean) / x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def demo_crop(image: np.ndarray, box) -> np.ndarray:
+    """The face crop of 6DRepNet's ``demo.py``: the detector box widened by 0.2 x its *height* on the left and right
+    and 0.2 x its *width* above and below (as written there), clipped at the top-left image border only."""
+    x0, y0, x1, y1 = (int(v) for v in box[:4])
+    w, h = abs(x1 - x0), abs(y1 - y0)
+    x0, y0 = max(0, x0 - int(0.2 * h)), max(0, y0 - int(0.2 * w))
+    x1, y1 = x1 + int(0.2 * h), y1 + int(0.2 * w)
+    return image[y0:y1, x0:x1]
+
+
+def demo_input(crops: list[np.ndarray], size: int = 224) -> torch.Tensor:
+    """6DRepNet's demo transform of RGB uint8 crops: ``Resize(224)`` (shorter side, bilinear, antialiased as
+    torchvision does on PIL images), ``CenterCrop(224)``, ``ToTensor``, ImageNet mean/std. (The demo feeds the
+    BGR frame of OpenCV as if it were RGB; training read RGB images, which is what this takes.)"""
+    out = torch.zeros(len(crops), 3, size, size)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for i, crop in enumerate(crops):
+        h, w = crop.shape[:2]
+        long = int(size * max(h, w) / min(h, w))  # torchvision: the longer side truncated
+        resized = Image.fromarray(np.ascontiguousarray(crop)).resize(
+            (long, size) if w >= h else (size, long), Image.Resampling.BILINEAR)
+        left, top = int(round((resized.width - size) / 2.0)), int(round((resized.height - size) / 2.0))  # CenterCrop
+        patch = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+        out[i] = (torch.from_numpy(patch).permute(2, 0, 1) - mean) / std
+    return out
 
 
 def head_pose(model: SixDRepNet, images: torch.Tensor, preprocessing: str = "vec2face") -> torch.Tensor:

@@ -80,3 +80,39 @@ def test_model_files_name_what_setup_loads(tmp_path):
     assert [f.role for f in fair] == ["attributes.model"]
     with pytest.raises(FileNotFoundError, match="genderage"):
         AttributeAnnotator(AttributesConfig(model=str(tmp_path / "nowhere"), detector_model=None)).setup()
+
+
+def test_demo_crop_and_input_as_6drepnet_demo():
+    from facefoundry.filters.sixdrepnet import demo_crop, demo_input
+
+    image = np.arange(200 * 150 * 3, dtype=np.uint32).reshape(200, 150, 3).astype(np.uint8)
+    # box 40 wide, 80 high: x widened by 0.2 * 80 = 16, y by 0.2 * 40 = 8 (demo.py's crossed terms), clipped at 0
+    crop = demo_crop(image, np.array([10, 20, 50, 100, 0.9]))
+    assert np.array_equal(crop, image[12:108, 0:66])
+    square = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    x = demo_input([square, crop])
+    assert x.shape == (2, 3, 224, 224)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = (square / 255.0 - mean) / std  # 224 x 224: Resize and CenterCrop change nothing
+    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+def test_head_pose_columns_from_6drepnet(tmp_path):
+    import torch
+
+    from facefoundry.filters.sixdrepnet import demo_input, euler_from_rotation, load_sixdrepnet
+    from facefoundry.filters.tiny_face_models import write_tiny_sixdrepnet
+
+    pose = write_tiny_sixdrepnet(tmp_path / "6DRepNet_300W_LP_AFLW2000.pth", seed=3)
+    model = write_tiny_genderage(tmp_path / "genderage.onnx", seed=1)
+    cfg = AttributesConfig(model=str(model), detector_model=None, pose_model=str(pose), device="cpu")
+    crops = [np.random.default_rng(s).integers(0, 256, (112, 112, 3), dtype=np.uint8) for s in range(3)]
+    rows = AttributeAnnotator(cfg).process(unit_table([png(c) for c in crops])).table.to_pylist()
+    with torch.inference_mode():  # the whole image is the box; demo.py's widening is clipped to the image
+        want = euler_from_rotation(load_sixdrepnet(pose)(demo_input(crops))).numpy()
+    for row, (pitch, yaw, roll) in zip(rows, want, strict=True):
+        assert row["head_yaw"] == pytest.approx(yaw, abs=1e-3) and row["head_pitch"] == pytest.approx(pitch, abs=1e-3)
+        assert row["head_roll"] == pytest.approx(roll, abs=1e-3)
+    assert len({round(r["head_yaw"], 3) for r in rows}) == 3
+    without = AttributeAnnotator(AttributesConfig(model=str(model), detector_model=None))
+    assert all(r["head_yaw"] is None for r in without.process(unit_table([png(crops[0])])).table.to_pylist())

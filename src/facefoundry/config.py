@@ -488,6 +488,10 @@ class AttributesConfig(StrictModel):
         list(DEFAULT_AGE_EDGES), min_length=1, description="age_group boundaries in years: [20, 40, 60] gives "
         "0-19, 20-39, 40-59, 60+."
     )
+    pose_model: str | None = Field(
+        None, description="6DRepNet weights (Vec2Face's weights/6DRepNet_300W_LP_AFLW2000.pth, or a folder holding "
+        "it): measured head pose per row (head_yaw, head_pitch, head_roll); null = not measured."
+    )
     batch_size: int = Field(64, ge=1, description="Faces per estimator call.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
