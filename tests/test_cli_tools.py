@@ -47,3 +47,14 @@ def test_sample_prints_separation_and_leakage(tmp_path):
     assert (tmp_path / "out" / "identities.parquet").exists()
     bad = invoke("sample", config, "--out", tmp_path / "out2", "--set", "identities.leakage.galleries=[/nope.npy]")
     assert bad.exit_code == 1 and "gallery file not found: /nope.npy" in bad.output
+
+
+def test_sample_refuses_a_balanced_config(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "identities": {"count": 4}, "images": {"per_identity": 1}, "attributes": {},
+        "balance": {"attributes": ["gender"], "targets": {"gender": {"female": 0.5, "male": 0.5}}},
+    }))
+    result = invoke("sample", config, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "facefoundry run" in result.output
+    assert not (tmp_path / "out").exists()

@@ -182,6 +182,9 @@ def stop(run_id: RunIdArg, address: AddressOpt) -> None:
 def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshOpt = False) -> None:
     """Sample identities only: write identities.parquet and print the separation summary."""
     cfg = _load(config, set_)
+    if cfg.balance is not None:
+        _fail("sample: this config balances identities by probe images (balance section), which needs the generator "
+              "and the attribute models; `facefoundry run` samples, probes and keeps them", code=2)
     from facefoundry.identities.store import write_identities
     from facefoundry.runinfo import prepare_run_folder
     from facefoundry.runlock import run_lock
