@@ -81,6 +81,8 @@ def test_balanced_run_end_to_end(tmp_path):
     manifests = [json.loads(p.read_text()) for p in (out / "manifests").glob("*.json")]
     assert sum(sum(m["label_counts"]["gender"].values()) for m in manifests) == COUNT * 2
 
+    verified = CliRunner().invoke(app, ["verify", str(out)])
+    assert verified.exit_code == 0, verified.output
     assert CliRunner().invoke(app, ["report", str(out)]).exit_code == 0
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["attributes"]["balance"]["target_cells"] == {young: 0.5, old: 0.5}
