@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facefoundry.filters.batching import embed_in_batches
+from facefoundry.filters.batching import embed_in_batches, run_onnx_padded
 from facefoundry.filters.scrfd import OnnxModelError, is_recognizer, open_session, resolve_model
 
 CROP_SIZE = 112
@@ -107,15 +107,12 @@ class ArcFaceEmbedder:
         return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
 
     def _run(self, blob: np.ndarray) -> np.ndarray:
-        n = len(blob)
-        if self.fixed_batch and n < self.fixed_batch:
-            blob = np.concatenate([blob, np.zeros((self.fixed_batch - n, *blob.shape[1:]), blob.dtype)])
-        out = np.asarray(self.session.run([self.output_name], {self.input_name: blob})[0], dtype=np.float32)
+        out = run_onnx_padded(self.session, self.input_name, self.output_name, blob, self.fixed_batch)
         if out.shape != (len(blob), self.embedding_dim):
             raise OnnxModelError(
                 f"{self.model_path}: expected output [{len(blob)}, {self.embedding_dim}], got {list(out.shape)}"
             )
-        return out[:n]
+        return out
 
     def embed(self, crops) -> np.ndarray:
         """Raw float32 ``(N, 512)`` features of aligned RGB crops, ``batch_size`` crops per session call."""

@@ -32,3 +32,14 @@ def embed_in_batches(
             continue
         start += size
     return out, batch_size
+
+
+def run_onnx_padded(session, input_name: str, output_name: str, blob: np.ndarray, fixed_batch: int | None,
+                    ) -> np.ndarray:
+    """One ONNX Runtime call on ``blob``; a model whose batch axis is fixed at ``fixed_batch`` gets the blob padded
+    with zero rows to that size, and only the real rows' outputs come back (float32)."""
+    n = len(blob)
+    if fixed_batch and n < fixed_batch:
+        blob = np.concatenate([blob, np.zeros((fixed_batch - n, *blob.shape[1:]), blob.dtype)])
+    out = np.asarray(session.run([output_name], {input_name: blob})[0], dtype=np.float32)
+    return out[:n] if len(out) == len(blob) else out  # a wrong row count is left for the caller to report

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from facefoundry.filters.arcface import OOM_MARKERS, normalisation_of
-from facefoundry.filters.batching import embed_in_batches
+from facefoundry.filters.batching import embed_in_batches, run_onnx_padded
 from facefoundry.filters.scrfd import MissingModelError, OnnxModelError, open_session
 
 GENDERAGE_FILE = "genderage.onnx"
@@ -184,13 +184,10 @@ class GenderAgeEstimator:
         return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
 
     def _run(self, blob: np.ndarray) -> np.ndarray:
-        n = len(blob)
-        if self.fixed_batch and n < self.fixed_batch:
-            blob = np.concatenate([blob, np.zeros((self.fixed_batch - n, *blob.shape[1:]), blob.dtype)])
-        out = np.asarray(self.session.run([self.output_name], {self.input_name: blob})[0], dtype=np.float32)
+        out = run_onnx_padded(self.session, self.input_name, self.output_name, blob, self.fixed_batch)
         if out.shape != (len(blob), OUTPUTS):
             raise GenderAgeModelError(f"{self.model_path}: expected output [{len(blob)}, 3], got {list(out.shape)}")
-        return out[:n]
+        return out
 
     def predict(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
         """Raw ``(N, 3)`` float32 outputs (two gender logits, age / 100) for one face box per image."""
