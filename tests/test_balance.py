@@ -9,6 +9,7 @@ import pytest
 
 from facefoundry.config import validate_config
 from facefoundry.dataset.storage import open_store
+from facefoundry.filters.attribute_annotator import COLUMNS as ANNOTATOR_COLUMNS
 from facefoundry.filters.attribute_annotator import AttributeAnnotator
 from facefoundry.identities.quotas import QuotaError
 from facefoundry.identities.store import read_metadata, write_identities
@@ -45,8 +46,8 @@ class FakeProber:
             return None
         age = float((7 * c) % 80)
         group = "0-19" if age < 20 else "20-39" if age < 40 else "40-59" if age < 60 else "60+"
-        return {"age": age, "age_group": group, "age_score": None, "gender": "male" if c % 5 == 0 else "female",
-                "gender_score": 0.9, "race": None, "race_score": None}
+        return dict.fromkeys(ANNOTATOR_COLUMNS) | {"age": age, "age_group": group,
+                                                   "gender": "male" if c % 5 == 0 else "female", "gender_score": 0.9}
 
     def __call__(self, vectors: np.ndarray, candidates: list[int]) -> list[dict | None]:
         if self.die_on_call is not None and len(self.calls) + 1 == self.die_on_call:
