@@ -153,6 +153,13 @@ def test_one_cell_without_columns(run_dir, tmp_path):
     assert load_benchmark(tmp_path / "all.bin").num_pairs == 40
 
 
+def test_include_rejected_pairs_the_rejected_rows_too(run_dir, tmp_path):
+    summary = export_pairs(run_dir, tmp_path / "all.bin", CELLS, PAIRS, include_rejected=True)
+    assert summary["per_cell"]["gender=male,age_group=20-39"]["images"] == 12
+    assert summary["per_cell"]["gender=male,age_group=40-59"]["images"] == 12
+    assert "rejected" not in summary["skipped"] and summary["include_rejected"]
+
+
 def test_errors(run_dir, exported, tmp_path):
     with pytest.raises(PairsError, match=r"no column 'race'; available: .*age_group"):
         export_pairs(run_dir, tmp_path / "x.bin", ["gender", "race"], PAIRS)

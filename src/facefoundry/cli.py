@@ -266,13 +266,15 @@ def export_pairs(
     allow_short: Annotated[bool, typer.Option(help="Take what a too-small cell has instead of failing.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     resize: Annotated[bool, typer.Option(help="Resize images that are not 112x112 instead of failing.")] = False,
+    include_rejected: Annotated[bool, typer.Option(help="Also pair rows the filter marked.")] = False,
 ) -> None:
     """Export balanced verification pairs as an InsightFace .bin set (the layout of lfw.bin)."""
     from facefoundry.dataset.pairs import export_pairs as run_export
 
     try:
         summary = run_export(run_dir, out, [c.strip() for c in cells.split(",") if c.strip()], pairs_per_cell,
-                             seed, allow_short=allow_short, overwrite=overwrite, resize=resize)
+                             seed, allow_short=allow_short, overwrite=overwrite, resize=resize,
+                             include_rejected=include_rejected)
     except Exception as exc:
         _fail(_one_line(exc))
     short = sum(sum(c["shortfall"].values()) for c in summary["per_cell"].values())

@@ -4,7 +4,8 @@ The output has the layout of ``lfw.bin`` / ``agedb_30.bin`` (see :mod:`facefound
 other people's face-recognition models can be evaluated on it with their usual 10-fold code.
 
 - Rows a filter rejected (``filter_reason``, or ``id_filter_reason`` where that column exists, set) and rows
-  without image bytes are left out, as ``export`` leaves them out.
+  without image bytes are left out, as ``export`` leaves them out (``include_rejected`` keeps the rejected rows,
+  as ``export --include-rejected`` does).
 - ``cells`` are columns (``gender``, ``age_group``, ...). An identity's cell is the tuple of their values on
   its first accepted image (lowest ``image_index``); a null value is the value ``"unknown"`` (a literal
   ``"unknown"`` is the same cell). No columns: one cell, ``all``.
@@ -69,7 +70,8 @@ def _label(cells: Sequence[str], values: tuple[str, ...]) -> str:
     return ",".join(f"{c}={v}" for c, v in zip(cells, values, strict=True)) or "all"
 
 
-def _scan(shards: list[Path], cells: Sequence[str]) -> tuple[dict[int, dict[int, tuple]], dict[int, tuple], dict]:
+def _scan(shards: list[Path], cells: Sequence[str],
+          include_rejected: bool) -> tuple[dict[int, dict[int, tuple]], dict[int, tuple], dict]:
     """Accepted images ``{identity: {image_index: (shard, row group)}}``, each identity's cell values, skips."""
     images: dict[int, dict[int, tuple]] = {}
     first: dict[int, tuple[int, tuple]] = {}
@@ -81,7 +83,7 @@ def _scan(shards: list[Path], cells: Sequence[str]) -> tuple[dict[int, dict[int,
             if missing:
                 raise PairsError(f"{path.name} has no column {', '.join(map(repr, missing))}; "
                                  f"available: {', '.join(n for n in names if n != 'image')}")
-            reasons = [c for c in REASON_COLUMNS if c in names]
+            reasons = [] if include_rejected else [c for c in REASON_COLUMNS if c in names]
             for g in range(parquet.num_row_groups):
                 table = parquet.read_row_group(g, columns=["image", "identity", "image_index", *reasons, *cells])
                 data = table.column("image").combine_chunks().field("bytes").to_pylist()
@@ -181,12 +183,13 @@ def _read_images(shards: list[Path], where: dict[Image, tuple], resize: bool) ->
 
 def export_pairs(run_dir: str | Path, out_path: str | Path, cells: Sequence[str], pairs_per_cell: int,
                  seed: int = 0, *, allow_short: bool = False, overwrite: bool = False,
-                 resize: bool = False) -> dict:
+                 resize: bool = False, include_rejected: bool = False) -> dict:
     """Write balanced verification pairs of the finished run ``run_dir`` to ``out_path`` (see module doc).
 
     Returns the summary, which ``<out_path>.pairs.json`` holds too, with every pair in file order.
     ``allow_short`` takes what a cell has when it cannot give ``pairs_per_cell`` of a kind (else an error);
-    ``overwrite`` replaces an existing output; ``resize`` resizes images that are not 112x112.
+    ``overwrite`` replaces an existing output; ``resize`` resizes images that are not 112x112;
+    ``include_rejected`` pairs rows a filter rejected too.
     """
     run_dir, out, cells = Path(run_dir), Path(out_path), list(cells)
     sidecar = sidecar_path(out)
@@ -199,12 +202,13 @@ def export_pairs(run_dir: str | Path, out_path: str | Path, cells: Sequence[str]
             raise PairsError(f"{path} exists; pass overwrite to replace it" if not path.is_dir()
                              else f"{path} is a folder")
     shards, info = _shards(run_dir, allow_partial=False)
-    images, cell_of, skipped = _scan(shards, cells)
+    images, cell_of, skipped = _scan(shards, cells, include_rejected)
     members: dict[tuple[str, ...], dict[int, list[int]]] = {}
     for identity in sorted(cell_of):
         members.setdefault(cell_of[identity], {})[identity] = sorted(images[identity])
     if not members:
-        raise PairsError(f"{run_dir} has no accepted images (skipped: {skipped})")
+        hint = "; add include_rejected to pair them too" if skipped["rejected"] else ""
+        raise PairsError(f"{run_dir} has no accepted images (skipped: {skipped}){hint}")
     per_cell, genuine, impostor = {}, [], []
     for values in sorted(members):
         label, cell = _label(cells, values), members[values]
@@ -234,7 +238,8 @@ def export_pairs(run_dir: str | Path, out_path: str | Path, cells: Sequence[str]
     summary = {
         "output": str(out), "pairs": len(pairs), "genuine": sum(p[2] for p in pairs),
         "impostor": sum(not p[2] for p in pairs), "bytes": out.stat().st_size, "seed": seed, "cells": cells,
-        "pairs_per_cell": pairs_per_cell, "allow_short": allow_short, "resize": resize, "per_cell": per_cell,
+        "pairs_per_cell": pairs_per_cell, "allow_short": allow_short, "resize": resize,
+        "include_rejected": include_rejected, "per_cell": per_cell,
         "null_value": UNKNOWN, "unknown_identities": {c: sum(v[n] == UNKNOWN for v in cell_of.values())
                                                       for n, c in enumerate(cells)},
         "skipped": {k: v for k, v in skipped.items() if v}, "shards": len(shards), **info,
