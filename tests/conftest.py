@@ -25,6 +25,18 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One embedded Ray for a module's in-process runs, which use a Ray already up as is (its start and shutdown
+    cost about 7 s a run here). Not for tests of a run's own Ray (its resources, start, signals) or of workers
+    that need an environment set after it started. Use with ``pytest.mark.usefixtures("shared_ray")``."""
+    from facefoundry.config import RayConfig
+    from facefoundry.pipelines.local_ray import ray_session
+
+    with ray_session(RayConfig(num_cpus=2)):
+        yield
+
+
 @pytest.fixture
 def smoke_config_path() -> Path:
     return REPO / "configs" / "smoke.yaml"

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from facefoundry.cli import app
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 SMALL = ["--set", "identities.count=4", "--set", "images.per_identity=2"]
 
 

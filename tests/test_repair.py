@@ -48,7 +48,7 @@ def test_verify_on_a_folder_that_is_not_a_run_says_so(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, shared_ray):  # the repair run below uses the same Ray
     out = tmp_path_factory.mktemp("repair") / "run"
     result = CliRunner().invoke(app, ["run", str(SMOKE), "--out", str(out), *SMALL])
     assert result.exit_code == 0, result.output
