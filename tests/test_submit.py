@@ -69,11 +69,13 @@ def head_node(log_path: Path, **env_extra: str):
             _wait_port(agent, deadline)  # the Jobs API needs the node's dashboard agent
             yield f"http://127.0.0.1:{dash}"
         finally:
-            # The whole cluster lives in this process group: stop exactly it, never other Rays on the machine.
+            # `ray start --block` stops an idle node on SIGTERM in about 3 s (the whole group hit at once took
+            # 15 s and more); a node that ran jobs may drain for 30 s, so it gets 5. Then the group (this
+            # cluster, never other Rays on the machine) is killed for what is left.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
+                proc.wait(timeout=5)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=15)
