@@ -72,7 +72,8 @@ def _label(cells: Sequence[str], values: tuple[str, ...]) -> str:
 
 def _scan(shards: list[Path], cells: Sequence[str],
           include_rejected: bool) -> tuple[dict[int, dict[int, tuple]], dict[int, tuple], dict]:
-    """Accepted images ``{identity: {image_index: (shard, row group)}}``, each identity's cell values, skips."""
+    """Accepted images (every image with ``include_rejected``) ``{identity: {image_index: (shard, row group)}}``,
+    each identity's cell values, skips."""
     images: dict[int, dict[int, tuple]] = {}
     first: dict[int, tuple[int, tuple]] = {}
     skipped = {"rejected": 0, "no_image": 0}
@@ -207,7 +208,7 @@ def export_pairs(run_dir: str | Path, out_path: str | Path, cells: Sequence[str]
     for identity in sorted(cell_of):
         members.setdefault(cell_of[identity], {})[identity] = sorted(images[identity])
     if not members:
-        hint = "; add include_rejected to pair them too" if skipped["rejected"] else ""
+        hint = "; rejected rows are left out: add --include-rejected to pair them too" if skipped["rejected"] else ""
         raise PairsError(f"{run_dir} has no accepted images (skipped: {skipped}){hint}")
     per_cell, genuine, impostor = {}, [], []
     for values in sorted(members):
