@@ -5,7 +5,7 @@ per call.
     python bench/filters.py --arch r50      # only iresnet50 (w600k_r50's architecture)
     python bench/filters.py --faces 48 --batch 16
 
-No model is downloaded: the ArcFace model is the project's iresnet (``filters/iresnet.py``, official
+No model is downloaded: the ArcFace model is the project's iresnet (``faces/iresnet.py``, official
 arcface_torch layout) with random weights, exported to ONNX (dynamo=False) with InsightFace's interface
 (``[N, 3, 112, 112] -> [N, 512]``, dynamic batch). Its architecture, and so its arithmetic, matches the
 published model of the same depth, so the timings stand for the real one (weights' values do not change
@@ -36,7 +36,7 @@ def random_iresnet(arch: str):
     activations neither overflow nor go denormal."""
     import torch
 
-    from facefoundry.filters.iresnet import iresnet
+    from facefoundry.faces.iresnet import iresnet
 
     torch.manual_seed(0)
     net = iresnet(DEPTHS[arch]).eval()
@@ -63,7 +63,7 @@ def group_faces() -> tuple[np.ndarray, list, list]:
     """The sample photo's faces: RGB image, dlib detections and 5-point landmarks."""
     from PIL import Image
 
-    from facefoundry.filters.dlib_models import DlibFaceModel
+    from facefoundry.faces.dlib_models import DlibFaceModel
 
     spec = importlib.util.find_spec("insightface")
     path = Path(spec.submodule_search_locations[0]) / "data" / "images" / "t1.jpg"
@@ -89,8 +89,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime intra-op threads")
     args = parser.parse_args()
 
-    from facefoundry.filters.alignment import align, dlib_to_arcface
-    from facefoundry.filters.arcface import ArcFaceEmbedder
+    from facefoundry.faces.alignment import align, dlib_to_arcface
+    from facefoundry.faces.arcface import ArcFaceEmbedder
 
     t0 = time.perf_counter()
     image, dlib_model, dets = group_faces()
@@ -116,7 +116,7 @@ def main() -> None:
     if args.arch in ("all", "r100"):  # Vec2Face's ArcFace-R100 in PyTorch, through the real .pth loader
         import torch
 
-        from facefoundry.filters.torch_embedder import TorchArcFaceEmbedder
+        from facefoundry.faces.torch_embedder import TorchArcFaceEmbedder
 
         torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:

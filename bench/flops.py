@@ -6,7 +6,7 @@ FLOPs; elementwise ops, norms and softmax are not counted, they are a few percen
   meta device (no memory, no compute), one image, 64x64x4 latent, 77x768 conditioning.
 - SD-1.5 VAE decoder (64x64x4 -> 512x512x3), meta device.
 - Arc2Face's CLIP ViT-L/14 text encoder (77 tokens), meta device.
-- Vec2Face (``vec2face_vit_base_patch16``, generators/vec2face_model.py) at 112x112 px on the CPU (its
+- Vec2Face (``vec2face_vit_base_patch16``, generators/vec2face/model.py) at 112x112 px on the CPU (its
   token selection is data-dependent, so not on meta), with the minimum 5 of 49 tokens dropped.
 - IDiff-Face's ConditionalUNet at the released size (216,341,187 parameters, checked) on a 32x32x3 latent
   (128 px images) with one 512-d context, and the ffhq256 VQ-f4 decoder (32x32x3 -> 128x128x3), meta device.
@@ -68,7 +68,7 @@ def clip_text() -> int:
 
 
 def vec2face() -> int:
-    from facefoundry.generators.vec2face_model import BASE_ARCH, DROPPED, KEEP, MASKED, build_model
+    from facefoundry.generators.vec2face.model import BASE_ARCH, DROPPED, KEEP, MASKED, build_model
 
     model = build_model(BASE_ARCH).eval()
     codes = torch.full((1, BASE_ARCH.num_tokens), KEEP, dtype=torch.long)
@@ -79,7 +79,7 @@ def vec2face() -> int:
 
 
 def idiff_face_unet() -> int:
-    from facefoundry.generators.idiff_face_model import ConditionalUNet, UNetArch
+    from facefoundry.generators.idiff_face.model import ConditionalUNet, UNetArch
 
     with torch.device("meta"):
         unet = ConditionalUNet(UNetArch())
@@ -90,7 +90,7 @@ def idiff_face_unet() -> int:
 
 
 def idiff_face_decode() -> int:
-    from facefoundry.generators.idiff_face_model import VQArch, VQDecoder
+    from facefoundry.generators.idiff_face.model import VQArch, VQDecoder
 
     with torch.device("meta"):
         decoder = VQDecoder(VQArch())
@@ -99,7 +99,7 @@ def idiff_face_decode() -> int:
 
 
 def dcface_gmix() -> int:
-    from facefoundry.generators.dcface_unet import GMIX_ARCH, ADMUNet
+    from facefoundry.generators.dcface.unet import GMIX_ARCH, ADMUNet
 
     with torch.device("meta"):
         unet = ADMUNet(GMIX_ARCH)
@@ -109,8 +109,8 @@ def dcface_gmix() -> int:
 
 
 def dcface_conditions() -> int:
-    from facefoundry.generators.dcface import DCFaceArch, DCFaceNetworks
-    from facefoundry.generators.dcface_unet import GMIX_ARCH
+    from facefoundry.generators.dcface.generator import DCFaceArch, DCFaceNetworks
+    from facefoundry.generators.dcface.unet import GMIX_ARCH
 
     arch = DCFaceArch(GMIX_ARCH, 3, (64, 128, 256, 512), (64, 128, 256, 512))  # the release's widths
     with torch.device("meta"):
@@ -120,7 +120,7 @@ def dcface_conditions() -> int:
 
 
 def dcface_gid() -> int:
-    from facefoundry.generators.dcface_unet import GID_ARCH, ADMUNet
+    from facefoundry.generators.dcface.unet import GID_ARCH, ADMUNet
 
     with torch.device("meta"):
         unet = ADMUNet(GID_ARCH)

@@ -37,15 +37,15 @@ import numpy as np
 import torch
 
 from facefoundry.config import Arc2FaceConfig, DCFaceConfig, IDiffFaceConfig
-from facefoundry.generators.arc2face import Arc2FaceGenerator
+from facefoundry.generators.arc2face.generator import Arc2FaceGenerator
+from facefoundry.generators.arc2face.tiny import build_tiny_arc2face, tiny_lcm_lora_path
 from facefoundry.generators.base import IDENTITY_INDEX, IMAGE_INDEX
-from facefoundry.generators.dcface import DCFaceGenerator
-from facefoundry.generators.idiff_face import IDiffFaceGenerator
-from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path
-from facefoundry.generators.tiny_dcface import build_tiny_dcface
-from facefoundry.generators.tiny_idiff_face import build_tiny_idiff_face
-from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
-from facefoundry.generators.vec2face import Vec2FaceGenerator, Vec2FaceSettings
+from facefoundry.generators.dcface.generator import DCFaceGenerator
+from facefoundry.generators.dcface.tiny import build_tiny_dcface
+from facefoundry.generators.idiff_face.generator import IDiffFaceGenerator
+from facefoundry.generators.idiff_face.tiny import build_tiny_idiff_face
+from facefoundry.generators.vec2face.generator import Vec2FaceGenerator, Vec2FaceSettings
+from facefoundry.generators.vec2face.tiny import build_tiny_vec2face
 
 Work = Callable[[], int]  # runs one full workload, returns the number of images made
 

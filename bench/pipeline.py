@@ -26,13 +26,13 @@ from pathlib import Path
 
 from facefoundry.config import load_config
 from facefoundry.dataset.manifest import plan_units
-from facefoundry.generators.tiny_arc2face import build_tiny_arc2face
+from facefoundry.generators.arc2face.tiny import build_tiny_arc2face
 from facefoundry.identities.store import write_identities
 from facefoundry.pipelines import progress as progress_module
 from facefoundry.pipelines.runner import run
 from facefoundry.pipelines.stage import units_per_task
 from facefoundry.pipelines.stages import GenerateStage, ModelPaths
-from facefoundry.runinfo import prepare_run_folder
+from facefoundry.runfolder.runinfo import prepare_run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PER_IDENTITY = 4

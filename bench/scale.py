@@ -1,6 +1,6 @@
 """Scale rehearsal: the whole pipeline at 10^3, 10^4 and 10^5 work units with the no-op generator.
 
-With ``generator.kind: noop`` (noise images, no model; see ``facefoundry.generators.noop.rehearsal_config``:
+With ``generator.kind: noop`` (noise images, no model; see ``facefoundry.generators.noop.generator.rehearsal_config``:
 one identity per unit, one 8 px image per identity, dlib filter in annotate mode) a run costs only what the
 pipeline itself costs: planning, scheduling the units through Ray, filtering, writing shards and manifests,
 resuming, and the finished-run tools. For each size and store (a local folder; the loopback S3 server, moto,
@@ -37,7 +37,7 @@ import psutil
 import yaml
 
 from facefoundry.dataset.manifest import plan_units
-from facefoundry.generators.noop import rehearsal_config
+from facefoundry.generators.noop.generator import rehearsal_config
 from facefoundry.layout import MANIFEST_DIR
 
 REPO = Path(__file__).resolve().parents[1]

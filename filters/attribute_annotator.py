@@ -20,9 +20,8 @@ import pyarrow as pa
 
 from facefoundry.attributes import age_group, fairface_age_lower
 from facefoundry.config import AttributesConfig
+from facefoundry.filters.face_filter import FilterResult, decode_image
 from facefoundry.resources import ModelFiles, Resources
-
-from .face_filter import FilterResult, decode_image
 
 F32 = pa.float32()
 OUTPUT_FIELDS = [
@@ -80,20 +79,20 @@ class AttributeAnnotator:
             return
         cfg = self.cfg
         if cfg.pose_model is not None:
-            from .sixdrepnet import load_sixdrepnet
+            from facefoundry.faces.sixdrepnet import load_sixdrepnet
 
             self.pose = load_sixdrepnet(cfg.pose_model, self._torch_device())
         if cfg.estimator == "genderage":
-            from .genderage import GenderAgeEstimator
+            from facefoundry.faces.genderage import GenderAgeEstimator
 
             if cfg.detector_model is not None:
-                from .scrfd import ScrfdDetector
+                from facefoundry.faces.scrfd import ScrfdDetector
 
                 self.detector = ScrfdDetector(Path(cfg.detector_model), SCRFD_INPUT, providers=self._providers())
             self.estimator = GenderAgeEstimator(Path(cfg.model), self._providers(), cfg.batch_size)
         else:
-            from .dlib_models import DlibFaceModel
-            from .fairface import FairFaceEstimator
+            from facefoundry.faces.dlib_models import DlibFaceModel
+            from facefoundry.faces.fairface import FairFaceEstimator
 
             self.detector = DlibFaceModel("hog")
             self.estimator = FairFaceEstimator(Path(cfg.model), self._torch_device())
@@ -148,7 +147,7 @@ class AttributeAnnotator:
             return
         import torch
 
-        from .sixdrepnet import demo_crop, demo_input, euler_from_rotation
+        from facefoundry.faces.sixdrepnet import demo_crop, demo_input, euler_from_rotation
 
         crops = [demo_crop(images[i], box) for i, box in zip(rows, boxes, strict=True)]
         with torch.inference_mode():

@@ -27,7 +27,7 @@ Score columns (:meth:`FaceFilter.output_schema`) are appended after the input co
 types whatever the data, so shards concatenate. ``face_count`` is the number of faces scoring
 ``>= min_face_score`` (0 for ``no_face`` and ``low_face_score``, null for ``no_identity`` and ``undecodable``).
 Boxes and landmarks are in pixels of the image as stored (no EXIF rotation). Landmark order:
-:data:`facefoundry.filters.dlib_models.LANDMARK_ORDER`, flattened as x0, y0, ..., x4, y4.
+:data:`facefoundry.faces.dlib_models.LANDMARK_ORDER`, flattened as x0, y0, ..., x4, y4.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facefoundry.config import DlibFilterConfig
+from facefoundry.faces.dlib_models import LANDMARK_ORDER, Detection, DlibFaceModel
+from facefoundry.faces.image_decode import (
+    decode_image as decode_image,  # re-exported: the identity filter and evaluation use it
+)
+from facefoundry.faces.image_decode import decode_with_reason
 from facefoundry.resources import Resources
-
-from .dlib_models import LANDMARK_ORDER, Detection, DlibFaceModel
-from .image_decode import decode_image as decode_image  # re-exported: the identity filter and evaluation use it
-from .image_decode import decode_with_reason
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ Per image (decision order; the first that applies is the row's ``id_filter_reaso
 
 Score columns are computed for every row with a face (also for rejected ones) and are null otherwise; the
 columns (:data:`OUTPUT_FIELDS`) always have the same types. Boxes and landmarks are in pixels of the image as
-stored; landmarks are in ArcFace order (:data:`facefoundry.filters.alignment.KEYPOINT_ORDER`), x0, y0, ..., x4, y4.
+stored; landmarks are in ArcFace order (:data:`facefoundry.faces.alignment.KEYPOINT_ORDER`), x0, y0, ..., x4, y4.
 Both vectors are L2-normalised before any cosine, so raw-norm spaces (Vec2Face) work unchanged.
 """
 
@@ -34,13 +34,12 @@ import numpy as np
 import pyarrow as pa
 
 from facefoundry.config import IdentityFilterConfig
+from facefoundry.faces.alignment import AlignmentError, align
+from facefoundry.faces.arcface import ArcFaceEmbedder, l2_normalize
+from facefoundry.faces.quality import laplacian_variance, near_duplicates, pose_from_landmarks
+from facefoundry.faces.scrfd import ScrfdDetector
+from facefoundry.filters.face_filter import UNDECODABLE, FilterResult, decode_image
 from facefoundry.resources import ModelFiles, Resources
-
-from .alignment import AlignmentError, align
-from .arcface import ArcFaceEmbedder, l2_normalize
-from .face_filter import UNDECODABLE, FilterResult, decode_image
-from .quality import laplacian_variance, near_duplicates, pose_from_landmarks
-from .scrfd import ScrfdDetector
 
 NO_FACE, MULTIPLE_FACES, LOW_FACE_SCORE, SMALL_FACE = "no_face", "multiple_faces", "low_face_score", "small_face"
 BLURRY, EXTREME_POSE, LOW_FEATURE_NORM = "blurry", "extreme_pose", "low_feature_norm"
@@ -92,7 +91,7 @@ def make_encoder(cfg: IdentityFilterConfig, providers: list | None, dim: int):
     PyTorch (Vec2Face's ``weights/arcface-r100-glint360k.pth``, the space Vec2Face is conditioned in)."""
     path = Path(cfg.encoder_model)
     if path.suffix in (".pth", ".pt"):
-        from facefoundry.filters.torch_embedder import TorchArcFaceEmbedder
+        from facefoundry.faces.torch_embedder import TorchArcFaceEmbedder
 
         embedder = TorchArcFaceEmbedder(path, {"auto": "auto"}.get(cfg.device, cfg.device), cfg.batch_size)
         if embedder.embedding_dim != dim:

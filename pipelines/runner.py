@@ -26,11 +26,11 @@ from facefoundry.identities.store import write_identities
 from facefoundry.layout import HUB_MAX_FILES_PER_FOLDER, MODELS_DIR
 from facefoundry.pipelines.local_ray import ray_session
 from facefoundry.pipelines.progress import Progress, StartupTicker
-from facefoundry.pipelines.runlog import LOG_DIR, new_log_path, run_log
 from facefoundry.pipelines.stages import ModelPaths
-from facefoundry.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
-from facefoundry.runinfo import prepare_run_folder, run_id
-from facefoundry.runlock import run_lock
+from facefoundry.runfolder.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
+from facefoundry.runfolder.runinfo import prepare_run_folder, run_id
+from facefoundry.runfolder.runlock import run_lock
+from facefoundry.runfolder.runlog import LOG_DIR, new_log_path, run_log
 
 
 @dataclass
@@ -83,32 +83,32 @@ def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
     if gen.kind == "vec2face":
         if not gen.tiny:
             return ModelPaths(gen.checkpoint)
-        from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
+        from facefoundry.generators.vec2face.tiny import build_tiny_vec2face
 
         checkpoint = build_tiny_vec2face(out / MODELS_DIR, seed=cfg.run.seed)
         if not gen.attrop.enabled:
             return ModelPaths(str(checkpoint))
-        from facefoundry.filters.tiny_face_models import write_tiny_face_models
+        from facefoundry.faces.tiny_face_models import write_tiny_face_models
 
         write_tiny_face_models(out / MODELS_DIR / "vec2face-face-models", seed=cfg.run.seed)
         return ModelPaths(str(checkpoint), face_models=str(out / MODELS_DIR / "vec2face-face-models"))
     if gen.kind == "dcface":
         if not gen.tiny:
             return ModelPaths(gen.checkpoint, gen.id_set, style_bank=gen.style_bank)
-        from facefoundry.generators.tiny_dcface import build_tiny_dcface
+        from facefoundry.generators.dcface.tiny import build_tiny_dcface
 
         checkpoint, id_set, bank = build_tiny_dcface(out / MODELS_DIR, seed=cfg.run.seed, count=cfg.identities.count)
         return ModelPaths(str(checkpoint), str(id_set), style_bank=str(bank))
     if gen.kind == "idiff_face":
         if not gen.tiny:
             return ModelPaths(gen.model, gen.autoencoder)
-        from facefoundry.generators.tiny_idiff_face import build_tiny_idiff_face
+        from facefoundry.generators.idiff_face.tiny import build_tiny_idiff_face
 
         model, autoencoder = build_tiny_idiff_face(out / MODELS_DIR, seed=cfg.run.seed)
         return ModelPaths(str(model), str(autoencoder))
     if not gen.tiny:
         return ModelPaths(gen.model, gen.base_model)
-    from facefoundry.generators.tiny_arc2face import (
+    from facefoundry.generators.arc2face.tiny import (
         build_tiny_arc2face,
         build_tiny_arc2face_controlnet,
         tiny_lcm_lora_path,
@@ -168,7 +168,7 @@ def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None
 
     Units with a valid manifest are skipped untouched; with ``repair`` a unit is valid only if its
     shard's sha256 matches the manifest. The folder is locked for the whole call (one writer at a
-    time, see :mod:`facefoundry.runlock`); a second writer gets :class:`RunLockedError`."""
+    time, see :mod:`facefoundry.runfolder.runlock`); a second writer gets :class:`RunLockedError`."""
     started = time.monotonic()
     store = open_store(out)
     terminal = log or sys.stderr

@@ -31,11 +31,11 @@ from facefoundry.seeds import image_seeds
 # generator.kind -> the class implementing facefoundry.generators.base.Generator ("module:Class", imported on use:
 # filter and writer workers never import a generator). A new generator is its module plus one line here.
 GENERATORS = {
-    "arc2face": "facefoundry.generators.arc2face:Arc2FaceGenerator",
-    "vec2face": "facefoundry.generators.vec2face:Vec2FaceGenerator",
-    "idiff_face": "facefoundry.generators.idiff_face:IDiffFaceGenerator",
-    "dcface": "facefoundry.generators.dcface:DCFaceGenerator",
-    "noop": "facefoundry.generators.noop:NoopGenerator",
+    "arc2face": "facefoundry.generators.arc2face.generator:Arc2FaceGenerator",
+    "vec2face": "facefoundry.generators.vec2face.generator:Vec2FaceGenerator",
+    "idiff_face": "facefoundry.generators.idiff_face.generator:IDiffFaceGenerator",
+    "dcface": "facefoundry.generators.dcface.generator:DCFaceGenerator",
+    "noop": "facefoundry.generators.noop.generator:NoopGenerator",
 }
 
 

@@ -37,7 +37,7 @@ from typing import TextIO
 from facefoundry import __version__
 from facefoundry.config import RunConfig, load_config
 from facefoundry.dataset.storage import is_remote
-from facefoundry.runinfo import run_id as compute_run_id
+from facefoundry.runfolder.runinfo import run_id as compute_run_id
 
 CONFIG_NAME = "facefoundry-run.json"
 ACTIVE = ("PENDING", "RUNNING")

@@ -17,7 +17,7 @@ from facefoundry.dataset.manifest import plan_units
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.identities.store import write_identities
-from facefoundry.runinfo import prepare_run_folder, run_id
+from facefoundry.runfolder.runinfo import prepare_run_folder, run_id
 
 SECTIONS = [
     "Dataset description", "Intended uses", "Out-of-scope uses", "How it was generated", "Identity sampling",

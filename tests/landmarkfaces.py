@@ -43,8 +43,8 @@ def landmarked_faces() -> list[LandmarkedFace]:
     """Every face of :data:`PHOTOS`, unmirrored and mirrored (8 people, 16 faces)."""
     import dlib
 
-    from facefoundry.filters.alignment import arcface_from_dlib68
-    from facefoundry.filters.dlib_models import SHAPE_68_FILE, DlibFaceModel, model_path
+    from facefoundry.faces.alignment import arcface_from_dlib68
+    from facefoundry.faces.dlib_models import SHAPE_68_FILE, DlibFaceModel, model_path
 
     model = DlibFaceModel("hog")
     predictor = dlib.shape_predictor(str(model_path(SHAPE_68_FILE)))

@@ -19,7 +19,7 @@ from facefoundry.identities.store import write_identities
 from facefoundry.pipelines.runner import file_metadata, resolve_model_paths
 from facefoundry.pipelines.stage import Stage
 from facefoundry.pipelines.stages import pipeline
-from facefoundry.runinfo import prepare_run_folder
+from facefoundry.runfolder.runinfo import prepare_run_folder
 
 
 def png(seed: int, size: int = 16) -> bytes:

@@ -8,7 +8,7 @@ from landmarkfaces import AVAILABLE, landmarked_faces
 from PIL import Image
 from realfaces import GROUP_PHOTO
 
-from facefoundry.filters.alignment import (
+from facefoundry.faces.alignment import (
     ARCFACE_TEMPLATE,
     DLIB_TEMPLATE,
     AlignmentError,
@@ -38,7 +38,7 @@ def photo() -> np.ndarray:
 @pytest.fixture(scope="module")
 def faces(photo) -> list[np.ndarray]:
     """ArcFace-ordered 5 points of the six people, from dlib's 5-point landmarks (approximate but plausible)."""
-    from facefoundry.filters.dlib_models import DlibFaceModel
+    from facefoundry.faces.dlib_models import DlibFaceModel
 
     model = DlibFaceModel("hog")
     dets = model.detect(photo, upsample=1)
@@ -107,7 +107,7 @@ def test_align_equals_insightface_norm_crop(photo, faces, size):
 
 @needs_insightface
 def test_dlib_points_map_to_ordered_arcface_points_and_one_crop(photo, faces):
-    from facefoundry.filters.dlib_models import DlibFaceModel
+    from facefoundry.faces.dlib_models import DlibFaceModel
 
     model = DlibFaceModel("hog")
     for det in model.detect(photo, upsample=1):

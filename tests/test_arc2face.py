@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from facefoundry.config import Arc2FaceConfig
-from facefoundry.generators.arc2face import Arc2FaceGenerator, ModelFilesError
+from facefoundry.generators.arc2face.generator import Arc2FaceGenerator, ModelFilesError
+from facefoundry.generators.arc2face.tiny import MARKER, build_tiny_arc2face, make_tiny_components
 from facefoundry.generators.base import Generator
-from facefoundry.generators.tiny_arc2face import MARKER, build_tiny_arc2face, make_tiny_components
 
 CFG = Arc2FaceConfig(steps=2, guidance_scale=3.0, batch_size=4)
 

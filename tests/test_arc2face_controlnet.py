@@ -15,9 +15,8 @@ from pydantic import ValidationError
 from test_arc2face import vectors
 
 from facefoundry.config import Arc2FaceConfig, validate_config
-from facefoundry.generators.arc2face import Arc2FaceGenerator, ModelFilesError, list_pose_images
-from facefoundry.generators.base import IMAGE_INDEX
-from facefoundry.generators.tiny_arc2face import (
+from facefoundry.generators.arc2face.generator import Arc2FaceGenerator, ModelFilesError, list_pose_images
+from facefoundry.generators.arc2face.tiny import (
     CONTROLNET_MARKER,
     POSE_DIR,
     POSE_YAWS,
@@ -25,6 +24,7 @@ from facefoundry.generators.tiny_arc2face import (
     build_tiny_arc2face_controlnet,
     tiny_lcm_lora_path,
 )
+from facefoundry.generators.base import IMAGE_INDEX
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from test_arc2face import variant, vectors
 
 from facefoundry.config import Arc2FaceConfig
-from facefoundry.generators import lcm_lora
-from facefoundry.generators.arc2face import Arc2FaceGenerator
-from facefoundry.generators.lcm_lora import LCM_TARGETS, LoraFileError, kohya_key, resolve_lora_file
-from facefoundry.generators.tiny_arc2face import build_tiny_arc2face, tiny_lcm_lora_path
+from facefoundry.generators.arc2face import lcm_lora
+from facefoundry.generators.arc2face.generator import Arc2FaceGenerator
+from facefoundry.generators.arc2face.lcm_lora import LCM_TARGETS, LoraFileError, kohya_key, resolve_lora_file
+from facefoundry.generators.arc2face.tiny import build_tiny_arc2face, tiny_lcm_lora_path
 
 LCM = Arc2FaceConfig(sampler="lcm", steps=2, batch_size=4)
 
@@ -161,7 +161,7 @@ def test_missing_lora_file_is_named(tiny: tuple[Path, Path, Path], tmp_path: Pat
 def test_uncached_hub_lora_offline_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
-    import facefoundry.models as models
+    import facefoundry.publishing.models as models
 
     monkeypatch.setattr(models, "offline", lambda: True)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)

@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from realfaces import GROUP_PHOTO
 
-from facefoundry.filters.alignment import align, dlib_to_arcface
-from facefoundry.filters.arcface import ArcFaceEmbedder, l2_normalize
-from facefoundry.filters.scrfd import MissingModelError, OnnxModelError
+from facefoundry.faces.alignment import align, dlib_to_arcface
+from facefoundry.faces.arcface import ArcFaceEmbedder, l2_normalize
+from facefoundry.faces.scrfd import MissingModelError, OnnxModelError
 
 CPU = ["CPUExecutionProvider"]
 
@@ -91,7 +91,7 @@ def crops() -> np.ndarray:
     noise = rng.integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
     if GROUP_PHOTO is None:
         return noise
-    from facefoundry.filters.dlib_models import DlibFaceModel
+    from facefoundry.faces.dlib_models import DlibFaceModel
 
     photo = np.asarray(Image.open(GROUP_PHOTO).convert("RGB"))
     model = DlibFaceModel("hog")

@@ -14,9 +14,9 @@ from realfaces import needs_photo, open_group_photo
 from facefoundry.attributes import FAIRFACE_RACES, age_group_labels
 from facefoundry.config import AttributesConfig
 from facefoundry.dataset.schema import image_struct
+from facefoundry.faces.genderage import GenderAgeEstimator
+from facefoundry.faces.tiny_face_models import write_tiny_fairface, write_tiny_genderage
 from facefoundry.filters.attribute_annotator import OUTPUT_FIELDS, AttributeAnnotator
-from facefoundry.filters.genderage import GenderAgeEstimator
-from facefoundry.filters.tiny_face_models import write_tiny_fairface, write_tiny_genderage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,7 +83,7 @@ def test_model_files_name_what_setup_loads(tmp_path):
 
 
 def test_demo_crop_and_input_as_6drepnet_demo():
-    from facefoundry.filters.sixdrepnet import demo_crop, demo_input
+    from facefoundry.faces.sixdrepnet import demo_crop, demo_input
 
     image = np.arange(200 * 150 * 3, dtype=np.uint32).reshape(200, 150, 3).astype(np.uint8)
     # box 40 wide, 80 high: x widened by 0.2 * 80 = 16, y by 0.2 * 40 = 8 (demo.py's crossed terms), clipped at 0
@@ -100,8 +100,8 @@ def test_demo_crop_and_input_as_6drepnet_demo():
 def test_head_pose_columns_from_6drepnet(tmp_path):
     import torch
 
-    from facefoundry.filters.sixdrepnet import demo_input, euler_from_rotation, load_sixdrepnet
-    from facefoundry.filters.tiny_face_models import write_tiny_sixdrepnet
+    from facefoundry.faces.sixdrepnet import demo_input, euler_from_rotation, load_sixdrepnet
+    from facefoundry.faces.tiny_face_models import write_tiny_sixdrepnet
 
     pose = write_tiny_sixdrepnet(tmp_path / "6DRepNet_300W_LP_AFLW2000.pth", seed=3)
     model = write_tiny_genderage(tmp_path / "genderage.onnx", seed=1)

@@ -14,17 +14,17 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from realfaces import needs_photo
 
-from facefoundry.filters import fairface, genderage
-from facefoundry.filters.dlib_models import DlibFaceModel
-from facefoundry.filters.face_weights import FaceWeightsError, FaceWeightsNotFoundError
-from facefoundry.filters.fairface import FairFaceEstimator, FairFaceResNet, load_fairface
-from facefoundry.filters.genderage import (
+from facefoundry.faces import fairface, genderage
+from facefoundry.faces.dlib_models import DlibFaceModel
+from facefoundry.faces.face_weights import FaceWeightsError, FaceWeightsNotFoundError
+from facefoundry.faces.fairface import FairFaceEstimator, FairFaceResNet, load_fairface
+from facefoundry.faces.genderage import (
     GenderAgeEstimator,
     GenderAgeModelError,
     GenderAgeModelNotFoundError,
     crop_face,
 )
-from facefoundry.filters.tiny_face_models import write_tiny_fairface, write_tiny_genderage
+from facefoundry.faces.tiny_face_models import write_tiny_fairface, write_tiny_genderage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = ["CPUExecutionProvider"]

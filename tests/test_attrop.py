@@ -9,10 +9,10 @@ import torch
 from pydantic import ValidationError
 
 from facefoundry.config import Vec2FaceConfig
-from facefoundry.filters.tiny_face_models import write_tiny_face_models
-from facefoundry.generators.attrop import AttrOp, Scorers
-from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
-from facefoundry.generators.vec2face import Vec2FaceGenerator
+from facefoundry.faces.tiny_face_models import write_tiny_face_models
+from facefoundry.generators.vec2face.attrop import AttrOp, Scorers
+from facefoundry.generators.vec2face.generator import Vec2FaceGenerator
+from facefoundry.generators.vec2face.tiny import build_tiny_vec2face
 
 
 def config(**attrop) -> Vec2FaceConfig:

@@ -11,11 +11,18 @@ import torch
 from pydantic import ValidationError
 
 from facefoundry.config import AttrOpConfig, Vec2FaceConfig
-from facefoundry.filters.tiny_face_models import write_tiny_face_models
-from facefoundry.generators.attrop import OUTCOME_FIELDS, POSE_FILE, AttrOp, Scorers, needed_files, pose_targets
+from facefoundry.faces.tiny_face_models import write_tiny_face_models
 from facefoundry.generators.base import IDENTITY_VECTOR, IMAGE_INDEX
-from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
-from facefoundry.generators.vec2face import Vec2FaceGenerator
+from facefoundry.generators.vec2face.attrop import (
+    OUTCOME_FIELDS,
+    POSE_FILE,
+    AttrOp,
+    Scorers,
+    needed_files,
+    pose_targets,
+)
+from facefoundry.generators.vec2face.generator import Vec2FaceGenerator
+from facefoundry.generators.vec2face.tiny import build_tiny_vec2face
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

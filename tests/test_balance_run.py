@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from facefoundry.attributes import age_group_labels
 from facefoundry.cli import app
 from facefoundry.config import validate_config
-from facefoundry.filters.tiny_face_models import write_tiny_genderage
+from facefoundry.faces.tiny_face_models import write_tiny_genderage
 from facefoundry.identities.sampling import sample_identities
 from facefoundry.pipelines.balance import PROBE_CHUNK, Prober
 from facefoundry.pipelines.runner import resolve_model_paths

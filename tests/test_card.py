@@ -13,12 +13,12 @@ from cardrun import SECTIONS, make_run, sections
 from hubstub import validate_card_yaml
 from PIL import Image
 
-from facefoundry import card as card_mod
-from facefoundry import licensing, models
-from facefoundry.card.user import USER_END, USER_START
 from facefoundry.config import validate_config
 from facefoundry.filters import face_filter, identity_filter
-from facefoundry.runfacts import read_run_facts
+from facefoundry.publishing import card as card_mod
+from facefoundry.publishing import licensing, models
+from facefoundry.publishing.card.user import USER_END, USER_START
+from facefoundry.runfolder.runfacts import read_run_facts
 
 base_run, run, stub = cardrun.base_run, cardrun.run, cardrun.stub  # the shared fixtures
 
@@ -141,7 +141,7 @@ def test_card_reads_the_typed_config_not_restated_defaults(tmp_path):
 
 
 def test_card_and_report_share_the_run_facts(run):
-    from facefoundry.report import build_report
+    from facefoundry.publishing.report import build_report
 
     summary = build_report(run, run / "report-test", max_rows=100)
     facts = read_run_facts(run)
@@ -253,7 +253,7 @@ def test_evaluation_section_shows_measured_results_and_the_anchors(run):
     assert f"| r50 (iresnet50 + arcface, 26 ep) | {100 * lfw['accuracy']:.2f} | – | – | – | – | – |" in rows
     for anchor in ANCHORS:
         assert f"| {anchor.system} | {anchor.average:.2f} |" in rows
-    from facefoundry.report import _train_verify
+    from facefoundry.publishing.report import _train_verify
 
     in_report = _train_verify(run)
     assert in_report["results"]["r50"] == {"lfw": lfw["accuracy"], "standard_average": None}

@@ -110,7 +110,7 @@ def test_failing_unit_is_recorded_and_redone(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from facefoundry.verify import verify_run
+    from facefoundry.runfolder.verify import verify_run
 
     config = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
     out = tmp_path / "faulty"

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facefoundry.generators.dcface_encoders import IDEncoder, IRBackbone, RecognitionEncoder, StyleHead
+from facefoundry.generators.dcface.encoders import IDEncoder, IRBackbone, RecognitionEncoder, StyleHead
 from facefoundry.generators.lightning_checkpoint import (
     CheckpointError,
     PickledGlobal,

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from facefoundry.config import ConfigError, DCFaceConfig, validate_config
 from facefoundry.generators.base import IDENTITY_INDEX, IDENTITY_VECTOR, IMAGE_INDEX
-from facefoundry.generators.dcface import (
+from facefoundry.generators.dcface.generator import (
     EMA_PREFIX,
     LIVE_PREFIX,
     CheckpointError,
@@ -31,8 +31,8 @@ from facefoundry.generators.dcface import (
     load_networks,
     to_model_input,
 )
-from facefoundry.generators.dcface_inputs import IdSet, ImageBank, InputError, write_id_set
-from facefoundry.generators.tiny_dcface import TINY_ARCH, build_tiny_dcface, tiny_state_dict
+from facefoundry.generators.dcface.inputs import IdSet, ImageBank, InputError, write_id_set
+from facefoundry.generators.dcface.tiny import TINY_ARCH, build_tiny_dcface, tiny_state_dict
 
 SIZE = 112
 ID_COUNT = 8

@@ -9,8 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from facefoundry.cli import app
-from facefoundry.filters.tiny_face_models import write_tiny_arcface
-from facefoundry.generators.dcface_ids import (
+from facefoundry.faces.tiny_face_models import write_tiny_arcface
+from facefoundry.generators.dcface.ids import (
     GidSampler,
     IdStageError,
     IdStageSettings,
@@ -19,9 +19,9 @@ from facefoundry.generators.dcface_ids import (
     respaced_schedule,
     select_unique,
 )
-from facefoundry.generators.dcface_inputs import IdSet
-from facefoundry.generators.dcface_unet import GID_ARCH, ADMArch, ADMUNet
-from facefoundry.generators.tiny_dcface import smooth_noise
+from facefoundry.generators.dcface.inputs import IdSet
+from facefoundry.generators.dcface.tiny import smooth_noise
+from facefoundry.generators.dcface.unet import GID_ARCH, ADMArch, ADMUNet
 from facefoundry.generators.tiny_weights import random_state_dict
 
 TINY_GID = ADMArch(image_size=64, model_channels=32, channel_mult=(1, 1, 1, 1, 2, 2))
@@ -145,7 +145,7 @@ class _OneFaceDetector:
         self.calls = 0
 
     def detect_batch(self, images):
-        from facefoundry.filters.alignment import arcface_template
+        from facefoundry.faces.alignment import arcface_template
 
         found = []
         for im in images:

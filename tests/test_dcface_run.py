@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from facefoundry.cli import app
 from facefoundry.config import load_config, validate_config
-from facefoundry.filters.tiny_face_models import write_tiny_arcface
-from facefoundry.generators.dcface_inputs import IdSet
-from facefoundry.generators.tiny_dcface import build_tiny_dcface, smooth_noise
+from facefoundry.faces.tiny_face_models import write_tiny_arcface
+from facefoundry.generators.dcface.inputs import IdSet
+from facefoundry.generators.dcface.tiny import build_tiny_dcface, smooth_noise
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke-dcface.yaml"
 

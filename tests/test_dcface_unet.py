@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facefoundry.generators.dcface_unet import GID_ARCH, GMIX_ARCH, ADMArch, ADMUNet
+from facefoundry.generators.dcface.unet import GID_ARCH, GMIX_ARCH, ADMArch, ADMUNet
 
 SMALL_GMIX = ADMArch(image_size=112, model_channels=32, num_head_channels=32, skip_downsample_level=4,
                      context_channels=2 * 4 * 32)  # attention at 4*32 = 128 ch -> 4 heads x 32

@@ -17,7 +17,7 @@ from facefoundry.attributes import age_group_labels
 from facefoundry.cli import app
 from facefoundry.config import load_config
 from facefoundry.evaluate.benchmarks import load_benchmark
-from facefoundry.filters.tiny_face_models import write_tiny_genderage, write_tiny_sixdrepnet
+from facefoundry.faces.tiny_face_models import write_tiny_genderage, write_tiny_sixdrepnet
 from facefoundry.identities.sampling import sample_identities
 from facefoundry.pipelines.balance import PROBE_CHUNK, Prober
 from facefoundry.pipelines.runner import resolve_model_paths

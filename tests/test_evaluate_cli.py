@@ -16,7 +16,7 @@ from facefoundry.evaluate.benchmarks import encode_image, write_bin
 from facefoundry.evaluate.config import load_evaluate_config
 from facefoundry.evaluate.train_verify import read_results, results_table_markdown, train_and_verify
 from facefoundry.identities.store import write_identities
-from facefoundry.runinfo import prepare_run_folder
+from facefoundry.runfolder.runinfo import prepare_run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "evaluate-tiny.yaml"

@@ -13,12 +13,14 @@ import pytest
 from PIL import Image
 
 from facefoundry.config import validate_config
-from facefoundry.dataset import export as export_mod
-from facefoundry.dataset import lmdb_dataset, recordio
-from facefoundry.dataset.export import ExportError, export_run
-from facefoundry.dataset.lmdb_dataset import LmdbDataset, LmdbDatasetWriter
 from facefoundry.dataset.manifest import manifest_path, plan_units
-from facefoundry.dataset.recordio import (
+from facefoundry.dataset.schema import image_struct
+from facefoundry.dataset.shards import write_unit
+from facefoundry.exporters import export as export_mod
+from facefoundry.exporters import lmdb_dataset, recordio
+from facefoundry.exporters.export import ExportError, export_run
+from facefoundry.exporters.lmdb_dataset import LmdbDataset, LmdbDatasetWriter
+from facefoundry.exporters.recordio import (
     IDX_FILE,
     REC_FILE,
     IndexedRecordReader,
@@ -29,10 +31,8 @@ from facefoundry.dataset.recordio import (
     pack,
     unpack,
 )
-from facefoundry.dataset.schema import image_struct
-from facefoundry.dataset.shards import write_unit
 from facefoundry.identities.store import write_identities
-from facefoundry.runinfo import prepare_run_folder
+from facefoundry.runfolder.runinfo import prepare_run_folder
 
 SIZE, QUALITY = 16, 90
 IDENTITIES, PER_IDENTITY, PER_UNIT = 5, 3, 2

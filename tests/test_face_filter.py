@@ -10,8 +10,8 @@ from PIL import Image
 from realfaces import needs_photo, open_group_photo
 
 from facefoundry.config import DlibFilterConfig
-from facefoundry.filters import dlib_models
-from facefoundry.filters.dlib_models import LANDMARK_ORDER, DlibFaceModel, DlibModelError, model_path
+from facefoundry.faces import dlib_models
+from facefoundry.faces.dlib_models import LANDMARK_ORDER, DlibFaceModel, DlibModelError, model_path
 from facefoundry.filters.face_filter import (
     IDENTITY_CONFUSION,
     IDENTITY_MISMATCH,

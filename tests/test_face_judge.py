@@ -15,8 +15,9 @@ from PIL import Image, ImageFilter
 from realfaces import needs_photo, open_group_photo
 
 from facefoundry.config import DlibFilterConfig
+from facefoundry.faces.dlib_models import DlibFaceModel
+from facefoundry.faces.image_decode import decode_image, decode_with_reason
 from facefoundry.filters import face_filter
-from facefoundry.filters.dlib_models import DlibFaceModel
 from facefoundry.filters.face_filter import (
     IDENTITY_CONFUSION,
     NO_IDENTITY,
@@ -25,7 +26,6 @@ from facefoundry.filters.face_filter import (
     UNDECODABLE,
     FaceFilter,
 )
-from facefoundry.filters.image_decode import decode_image, decode_with_reason
 
 pytestmark = needs_photo
 

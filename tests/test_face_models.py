@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from facefoundry.filters import iresnet as ir
-from facefoundry.filters import sixdrepnet as sx
-from facefoundry.filters import tiny_face_models as tiny
-from facefoundry.filters.arcface import ArcFaceEmbedder
-from facefoundry.filters.face_weights import FaceWeightsError, FaceWeightsNotFoundError
-from facefoundry.filters.torch_embedder import TorchArcFaceEmbedder
+from facefoundry.faces import iresnet as ir
+from facefoundry.faces import sixdrepnet as sx
+from facefoundry.faces import tiny_face_models as tiny
+from facefoundry.faces.arcface import ArcFaceEmbedder
+from facefoundry.faces.face_weights import FaceWeightsError, FaceWeightsNotFoundError
+from facefoundry.faces.torch_embedder import TorchArcFaceEmbedder
 
 LOADERS = {
     "arcface": (ir.load_arcface_r100, tiny.write_tiny_arcface, ir.ARCFACE_FILE),

@@ -16,10 +16,10 @@ from cardrun import folder_digest, make_run, sections
 from hubstub import validate_card_yaml
 from typer.testing import CliRunner
 
-from facefoundry import card as card_mod
-from facefoundry import hub
-from facefoundry.card.user import USER_END, USER_START
 from facefoundry.cli import app
+from facefoundry.publishing import card as card_mod
+from facefoundry.publishing import hub
+from facefoundry.publishing.card.user import USER_END, USER_START
 
 base_run, run, stub = cardrun.base_run, cardrun.run, cardrun.stub  # the shared fixtures
 

@@ -15,12 +15,12 @@ from realfaces import GROUP_PHOTO
 from test_arcface_embedder import mxnet_style
 from test_scrfd import STRIDES, WIDTHS, constant_model
 
+from facefoundry.faces.alignment import ARCFACE_TEMPLATE, align
+from facefoundry.faces.arcface import ArcFaceEmbedder, l2_normalize
+from facefoundry.faces.quality import FACE_MODEL, laplacian_variance, near_duplicates, pose_from_landmarks
+from facefoundry.faces.scrfd import OnnxModelError
 from facefoundry.filters import identity_filter as idf
-from facefoundry.filters.alignment import ARCFACE_TEMPLATE, align
-from facefoundry.filters.arcface import ArcFaceEmbedder, l2_normalize
 from facefoundry.filters.identity_filter import IdentityFilter, IdentityFilterConfig
-from facefoundry.filters.quality import FACE_MODEL, laplacian_variance, near_duplicates, pose_from_landmarks
-from facefoundry.filters.scrfd import OnnxModelError
 
 SIZE = 128  # detector input and image size (letterbox scale 1)
 KPS = ARCFACE_TEMPLATE * np.float32(SIZE / 112)  # a frontal face filling the image: alignment only rescales it
@@ -300,8 +300,8 @@ def test_pipeline_filter_stage_chains_dlib_then_identity_filter(models, tmp_path
 
 
 def test_pth_encoder_runs_vec2face_arcface_r100_in_torch(models, tmp_path):
-    from facefoundry.filters.tiny_face_models import write_tiny_arcface
-    from facefoundry.filters.torch_embedder import TorchArcFaceEmbedder
+    from facefoundry.faces.tiny_face_models import write_tiny_arcface
+    from facefoundry.faces.torch_embedder import TorchArcFaceEmbedder
 
     pth = write_tiny_arcface(tmp_path / "weights" / "arcface-r100-glint360k.pth")
     images = [blocks(s) for s in range(4)]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 
 from facefoundry.config import IDiffFaceConfig, validate_config
-from facefoundry.generators.idiff_face import (
+from facefoundry.generators.idiff_face.generator import (
     DECODER_FILE,
     TRAIN_CONFIG,
     CheckpointError,
@@ -23,7 +23,7 @@ from facefoundry.generators.idiff_face import (
     IDiffFaceGenerator,
     ddim_timesteps,
 )
-from facefoundry.generators.idiff_face_model import (
+from facefoundry.generators.idiff_face.model import (
     ConditionalUNet,
     UNetArch,
     VQArch,
@@ -31,7 +31,7 @@ from facefoundry.generators.idiff_face_model import (
     arch_from_config,
     vq_arch_from_config,
 )
-from facefoundry.generators.tiny_idiff_face import (
+from facefoundry.generators.idiff_face.tiny import (
     CHECKPOINT,
     build_tiny_idiff_face,
     first_stage_config,

@@ -28,7 +28,7 @@ from facefoundry.evaluate.intrinsic_plots import PLOTS
 from facefoundry.evaluate.intrinsic_run import evaluate_intrinsic, report_intrinsic, select_sample
 from facefoundry.evaluate.judge import FaceJudge, JudgeError
 from facefoundry.identities.store import write_identities
-from facefoundry.runinfo import prepare_run_folder
+from facefoundry.runfolder.runinfo import prepare_run_folder
 from tests.realfaces import GROUP_PHOTO
 
 # (package, path inside it, how many faces to take from it, best detector score first)
@@ -55,7 +55,7 @@ def _png(image: Image.Image) -> bytes:
 
 def face_images() -> list[list[bytes]]:
     """Per person, the PNG bytes of its 5 variants."""
-    from facefoundry.filters.dlib_models import DlibFaceModel
+    from facefoundry.faces.dlib_models import DlibFaceModel
 
     detector, people = DlibFaceModel("hog"), []
     for package, rel, count in SOURCES:
@@ -225,7 +225,7 @@ def test_judge_must_not_be_the_conditioning_encoder(face_run, tmp_path):
 
 def test_arcface_judge_scores_cosines(face_run, tmp_path):
     """A (tiny, random-weight) ArcFace .pth judge goes the same way: dlib finds the face, ArcFace template crop."""
-    from facefoundry.filters.tiny_face_models import write_tiny_arcface
+    from facefoundry.faces.tiny_face_models import write_tiny_arcface
 
     run, _, _ = face_run
     shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("eval", "report"))

@@ -20,13 +20,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from facefoundry import models
 from facefoundry.config import Vec2FaceConfig
-from facefoundry.filters.iresnet import ARCFACE_FILE, MAGFACE_FILE
-from facefoundry.filters.sixdrepnet import SIXDREPNET_FILE
-from facefoundry.filters.tiny_face_models import write_tiny_face_models
-from facefoundry.generators import arc2face
-from facefoundry.generators.tiny_vec2face import build_tiny_vec2face
+from facefoundry.faces.iresnet import ARCFACE_FILE, MAGFACE_FILE
+from facefoundry.faces.sixdrepnet import SIXDREPNET_FILE
+from facefoundry.faces.tiny_face_models import write_tiny_face_models
+from facefoundry.generators.arc2face import generator as arc2face
+from facefoundry.generators.vec2face.tiny import build_tiny_vec2face
+from facefoundry.publishing import models
 
 BIN = Path(sys.executable).parent
 VEC2FACE_FILES = {"weights/vec2face_generator.pth", f"weights/{ARCFACE_FILE}", f"weights/{MAGFACE_FILE}",
@@ -165,7 +165,7 @@ def test_offline_warm_cache_fetch_and_generator_load(warm, hub: str) -> None:
     res = _cli(env, "fetch", "vec2face-face-models")
     assert res.returncode == 0, res.stderr
     assert "already cached" in res.stdout
-    code = ("from facefoundry.generators.vec2face import Vec2FaceGenerator, Vec2FaceSettings\n"
+    code = ("from facefoundry.generators.vec2face.generator import Vec2FaceGenerator, Vec2FaceSettings\n"
             "g = Vec2FaceGenerator(Vec2FaceSettings(checkpoint='BooBooWu/Vec2Face', tiny=True))\n"
             "print(g.resolve_checkpoint()); g.setup('cpu'); print('loaded', g.image_size)\n")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -183,23 +183,25 @@ def test_offline_cold_cache_names_file_repo_and_command(hub: str, tmp_path: Path
     assert line.startswith("error: weights/vec2face_generator.pth not found in Hub repo BooBooWu/Vec2Face")
     assert "`facefoundry models fetch vec2face`" in line and "HF_HUB_OFFLINE=1" in line
     assert not (tmp_path / "hf" / "hub" / "models--BooBooWu--Vec2Face").exists()
-    code = ("from facefoundry.generators.vec2face import Vec2FaceGenerator, Vec2FaceSettings\n"
+    code = ("from facefoundry.generators.vec2face.generator import Vec2FaceGenerator, Vec2FaceSettings\n"
             "Vec2FaceGenerator(Vec2FaceSettings(tiny=True)).setup('cpu')\n")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("facefoundry.generators.vec2face.CheckpointNotFoundError: weights/vec2face_generator.pth "
+    assert last.startswith("facefoundry.generators.vec2face.generator.CheckpointNotFoundError: "
+                           "weights/vec2face_generator.pth "
                            "not found in Hub repo BooBooWu/Vec2Face"), last
     assert "facefoundry models fetch vec2face" in last
 
 
 def test_arc2face_offline_cold_cache_names_the_fetch(tmp_path: Path) -> None:
     code = ("from facefoundry.config import Arc2FaceConfig\n"
-            "from facefoundry.generators.arc2face import Arc2FaceGenerator\n"
+            "from facefoundry.generators.arc2face.generator import Arc2FaceGenerator\n"
             "Arc2FaceGenerator(Arc2FaceConfig()).setup('cpu')\n")
     run = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path / "hf", "http://127.0.0.1:9", offline=True),
                          capture_output=True, text=True, timeout=120)
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("facefoundry.generators.arc2face.ModelFilesError: arc2face/config.json not found in Hub "
+    assert last.startswith("facefoundry.generators.arc2face.generator.ModelFilesError: "
+                           "arc2face/config.json not found in Hub "
                            "repo FoivosPar/Arc2Face"), last
     assert "`facefoundry models fetch arc2face`" in last
 

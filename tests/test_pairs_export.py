@@ -14,15 +14,15 @@ from typer.testing import CliRunner
 
 from facefoundry.cli import app
 from facefoundry.config import validate_config
-from facefoundry.dataset.export import ExportError
 from facefoundry.dataset.manifest import manifest_path, plan_units
-from facefoundry.dataset.pairs import PairsError, export_pairs, sidecar_path
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.evaluate.benchmarks import load_benchmark
 from facefoundry.evaluate.verification import ten_fold_accuracy
+from facefoundry.exporters.export import ExportError
+from facefoundry.exporters.pairs import PairsError, export_pairs, sidecar_path
 from facefoundry.identities.store import write_identities
-from facefoundry.runinfo import prepare_run_folder
+from facefoundry.runfolder.runinfo import prepare_run_folder
 
 PER_IDENTITY, PER_UNIT, PAIRS = 4, 4, 6
 CELLS = ["gender", "age_group"]

@@ -17,7 +17,7 @@ from facefoundry.config import load_config
 from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit, finished_manifests, is_done
 from facefoundry.dataset.shards import write_unit
 from facefoundry.dataset.storage import LocalStore, RemoteStore, StorageError, open_store
-from facefoundry.verify import verify_run
+from facefoundry.runfolder.verify import verify_run
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

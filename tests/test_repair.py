@@ -98,8 +98,8 @@ def test_set_aside_moves_corrupt_units_and_orphans_without_deleting(where, tmp_p
 
     from facefoundry.dataset.manifest import finished_manifests, plan_units
     from facefoundry.dataset.storage import open_store
-    from facefoundry.repair import set_aside_corrupt, set_aside_orphans
-    from facefoundry.runinfo import read_run
+    from facefoundry.runfolder.repair import set_aside_corrupt, set_aside_orphans
+    from facefoundry.runfolder.runinfo import read_run
 
     local = make_run(tmp_path / "run")
     store = open_store(local)

@@ -9,16 +9,16 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from facefoundry import report
 from facefoundry.config import load_config
 from facefoundry.dataset.manifest import plan_units
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.filters.face_filter import OUTPUT_FIELDS, REASONS
 from facefoundry.identities.store import write_identities
-from facefoundry.report import PLOTS, ReportError, build_report, pose_proxies
-from facefoundry.runfacts import read_run_facts
-from facefoundry.runinfo import prepare_run_folder
+from facefoundry.publishing import report
+from facefoundry.publishing.report import PLOTS, ReportError, build_report, pose_proxies
+from facefoundry.runfolder.runfacts import read_run_facts
+from facefoundry.runfolder.runinfo import prepare_run_folder
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 PER = 5  # images per identity

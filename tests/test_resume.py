@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from facefoundry.cli import app
 from facefoundry.config import load_config
 from facefoundry.dataset.storage import open_store
-from facefoundry.verify import verify_run
+from facefoundry.runfolder.verify import verify_run
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from facefoundry import runlock
 from facefoundry.cli import app
-from facefoundry.runlock import LOCK_FILE, RunLockedError, run_lock
-from facefoundry.verify import verify_run
+from facefoundry.runfolder import runlock
+from facefoundry.runfolder.runlock import LOCK_FILE, RunLockedError, run_lock
+from facefoundry.runfolder.verify import verify_run
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -55,7 +55,8 @@ def test_second_writer_is_refused_naming_the_holder_and_the_lock_goes_at_exit(tm
 
 def test_sigterm_releases_the_lock(tmp_path):
     out = tmp_path / "run"
-    code = (f"import time; from facefoundry.runlock import run_lock; from facefoundry.termination import Terminated\n"
+    code = ("import time; from facefoundry.runfolder.runlock import run_lock\n"
+            "from facefoundry.termination import Terminated\n"
             f"try:\n    with run_lock({str(out)!r}):\n        print('held', flush=True)\n        time.sleep(60)\n"
             f"except Terminated:\n    raise SystemExit(143)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

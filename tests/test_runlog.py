@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from facefoundry.pipelines.runlog import new_log_path, run_log
+from facefoundry.runfolder.runlog import new_log_path, run_log
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 

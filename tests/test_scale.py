@@ -11,17 +11,17 @@ import pytest
 from runfolder import write_in_process
 from s3server import bucket_uri
 
-from facefoundry.card.build import write_card
 from facefoundry.config import ConfigError, NoopConfig, validate_config
 from facefoundry.dataset.manifest import plan_units
 from facefoundry.dataset.storage import open_store
-from facefoundry.generators.noop import NoopGenerator, rehearsal_config
-from facefoundry.hub import PublishError, publish
+from facefoundry.generators.noop.generator import NoopGenerator, rehearsal_config
 from facefoundry.layout import DATA_DIR, MANIFEST_DIR
 from facefoundry.pipelines import runner
 from facefoundry.pipelines.progress import Progress
 from facefoundry.pipelines.runner import run
-from facefoundry.verify import verify_run
+from facefoundry.publishing.card.build import write_card
+from facefoundry.publishing.hub import PublishError, publish
+from facefoundry.runfolder.verify import verify_run
 
 
 def test_noop_images_depend_on_their_seed_only():

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from realfaces import GROUP_PHOTO
 
-from facefoundry.filters.scrfd import MissingModelError, OnnxModelError, ScrfdDetector, anchor_centres, nms
+from facefoundry.faces.scrfd import MissingModelError, OnnxModelError, ScrfdDetector, anchor_centres, nms
 
 STRIDES = (8, 16, 32)
 WIDTHS = (1, 4, 10)

@@ -142,7 +142,7 @@ def test_submit_to_s3(cluster, s3_endpoint, tmp_path):
     import pyarrow.fs as pafs
 
     from facefoundry.dataset.storage import open_store
-    from facefoundry.verify import verify_run
+    from facefoundry.runfolder.verify import verify_run
 
     uri = bucket_uri(s3_endpoint, "cluster", "runs/tiny")
     logs = io.StringIO()

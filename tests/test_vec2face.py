@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from facefoundry.generators.base import Generator
-from facefoundry.generators.tiny_vec2face import CHECKPOINT, MARKER, build_tiny_vec2face, tiny_state_dict
-from facefoundry.generators.vec2face import (
+from facefoundry.generators.vec2face.generator import (
     CheckpointError,
     CheckpointNotFoundError,
     UnsafeCheckpointError,
@@ -24,7 +23,7 @@ from facefoundry.generators.vec2face import (
     draw_image_mask,
     parse_token_mask,
 )
-from facefoundry.generators.vec2face_model import (
+from facefoundry.generators.vec2face.model import (
     BASE_ARCH,
     DROPPED,
     KEEP,
@@ -35,6 +34,7 @@ from facefoundry.generators.vec2face_model import (
     build_model,
     token_mask_from_noise,
 )
+from facefoundry.generators.vec2face.tiny import CHECKPOINT, MARKER, build_tiny_vec2face, tiny_state_dict
 
 SETTINGS = Vec2FaceSettings(tiny=True, batch_size=4)
 

@@ -5,7 +5,7 @@ from runfolder import make_run
 from typer.testing import CliRunner
 
 from facefoundry.cli import app
-from facefoundry.verify import verify_run
+from facefoundry.runfolder.verify import verify_run
 
 SHARD = "data/train-0000002-0000004.parquet"
 

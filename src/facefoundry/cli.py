@@ -81,7 +81,7 @@ def _load_for_repair(config: Path | None, out: str, overrides: list[str] | None)
     """``run --repair`` without CONFIG repairs the run in --out with the config its run.json records."""
     if config is not None:
         return _load(config, overrides)
-    from facefoundry.runinfo import RunFolderError, stored_config
+    from facefoundry.runfolder.runinfo import RunFolderError, stored_config
 
     try:
         return stored_config(out, overrides)
@@ -186,8 +186,8 @@ def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshO
         _fail("sample: this config balances identities by probe images (balance section), which needs the generator "
               "and the attribute models; `facefoundry run` samples, probes and keeps them", code=2)
     from facefoundry.identities.store import write_identities
-    from facefoundry.runinfo import prepare_run_folder
-    from facefoundry.runlock import run_lock
+    from facefoundry.runfolder.runinfo import prepare_run_folder
+    from facefoundry.runfolder.runlock import run_lock
 
     try:
         with run_lock(out, "sample"):
@@ -213,9 +213,9 @@ def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshO
 @app.command()
 def verify(run_dir: Annotated[str, typer.Argument(help="A run folder or remote run URI (holds run.json).")]) -> None:
     """Check every shard against its manifest, the identities file, and orphan or missing units."""
-    from facefoundry.repair import repair_command
-    from facefoundry.runinfo import RunFolderError, read_record
-    from facefoundry.verify import verify_run
+    from facefoundry.runfolder.repair import repair_command
+    from facefoundry.runfolder.runinfo import RunFolderError, read_record
+    from facefoundry.runfolder.verify import verify_run
 
     try:
         read_record(run_dir)  # not a run at all: nothing a rerun could repair
@@ -244,7 +244,7 @@ def export(
     rec_header: Annotated[bool, typer.Option("--rec-header/--plain-rec", help="InsightFace header records.")] = True,
 ) -> None:
     """Export for FR training: ImageFolder, InsightFace RecordIO (.rec/.idx) or Vec2Face-style LMDB."""
-    from facefoundry.dataset.export import export_run
+    from facefoundry.exporters.export import export_run
 
     if fmt not in ("imagefolder", "rec", "lmdb"):
         _fail(f"--format must be one of imagefolder, rec, lmdb (got {fmt!r})", code=2)
@@ -269,7 +269,7 @@ def export_pairs(
     include_rejected: Annotated[bool, typer.Option(help="Also pair rows the filter marked.")] = False,
 ) -> None:
     """Export balanced verification pairs as an InsightFace .bin set (the layout of lfw.bin)."""
-    from facefoundry.dataset.pairs import export_pairs as run_export
+    from facefoundry.exporters.pairs import export_pairs as run_export
 
     try:
         summary = run_export(run_dir, out, [c.strip() for c in cells.split(",") if c.strip()], pairs_per_cell,
@@ -290,7 +290,7 @@ def report(
     max_rows: Annotated[int, typer.Option("--max-rows", help="Rows sampled for histograms.")] = 200_000,
 ) -> None:
     """Statistics and plots of a run: report/*.png and summary.json (from manifests + a bounded sample)."""
-    from facefoundry.report import build_report
+    from facefoundry.publishing.report import build_report
 
     try:
         summary = build_report(run_dir, out, max_rows=max_rows)
@@ -336,7 +336,7 @@ def evaluate(
         _fail("nothing to evaluate: give --intrinsic and/or --train CONFIG (with --benchmarks DIR to verify)", 2)
     if benchmarks is not None and not benchmarks.is_dir():
         _fail(f"--benchmarks {benchmarks}: not a folder (it should hold the .bin verification files)", 2)
-    from facefoundry.runinfo import RunFolderError, read_run
+    from facefoundry.runfolder.runinfo import RunFolderError, read_run
 
     try:
         read_run(run_dir)
@@ -389,9 +389,9 @@ def card(
     """Write the dataset card (README.md in the run folder) from the run's manifests and metadata.
 
     Rewriting keeps the existing card's licence, pretty name and hand-written sections unless told otherwise."""
-    from facefoundry.card import read_run_facts, write_card
-    from facefoundry.card.user import user_choices
-    from facefoundry.licensing import licence_conflicts, run_components
+    from facefoundry.publishing.card import read_run_facts, write_card
+    from facefoundry.publishing.card.user import user_choices
+    from facefoundry.publishing.licensing import licence_conflicts, run_components
 
     try:
         path = write_card(run_dir, license, pretty_name)
@@ -426,7 +426,7 @@ def publish(
     The run's README.md is published as it is; one is written only when missing or with --regenerate-card.
 
     Resumable: rerunning uploads only what the Hub does not have yet."""
-    from facefoundry.hub import publish as publish_run
+    from facefoundry.publishing.hub import publish as publish_run
 
     try:
         result = publish_run(run_dir, repo, private=private, gated=gated, dry_run=dry_run, license=license,
@@ -474,9 +474,9 @@ def dcface_ids(
 
     A DCFace run then takes its identities from the file: generator.id_set, and identities.sampler from_file
     with identities.file set to the same file (docs/models.md#dcface). Unset options take the defaults of
-    facefoundry.generators.dcface_ids.IdStageSettings (printed in the ID set's metadata).
+    facefoundry.generators.dcface.ids.IdStageSettings (printed in the ID set's metadata).
     """
-    from facefoundry.generators.dcface_ids import IdStageSettings, build_id_set
+    from facefoundry.generators.dcface.ids import IdStageSettings, build_id_set
 
     given = {"detector": str(detector) if detector else None, "max_cosine": max_cosine, "max_yaw": max_yaw,
              "galleries": [str(g) for g in gallery] if gallery else None, "gallery_max_cosine": gallery_max_cosine,
@@ -498,9 +498,10 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list() -> None:
-    """Name, Hub repo, file count, licence (marked when its chain is non-commercial: facefoundry.licensing.UPSTREAM),
+    """Name, Hub repo, file count, licence (marked when its chain is non-commercial:
+    facefoundry.publishing.licensing.UPSTREAM),
     and whether the files are in the HF cache (no network)."""
-    from facefoundry.models import CHAIN_NOTE, hub_cache, list_rows
+    from facefoundry.publishing.models import CHAIN_NOTE, hub_cache, list_rows
 
     rows = list_rows()
     cols = ["name", "repo", "files", "licence", "cached", "size"]
@@ -517,7 +518,14 @@ def models_fetch(
     revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default main).")] = None,
 ) -> None:
     """Download only the files a model needs into the HF cache; cached files are not downloaded again."""
-    from facefoundry.models import ModelFetchError, ModelFileMissing, UnknownModelError, fetch, get_spec, human_bytes
+    from facefoundry.publishing.models import (
+        ModelFetchError,
+        ModelFileMissing,
+        UnknownModelError,
+        fetch,
+        get_spec,
+        human_bytes,
+    )
 
     try:
         for name in names:

@@ -36,7 +36,7 @@ SHARD_PREFIX = "train-"
 SHARD_SUFFIX = ".parquet"
 DATA_PATTERN = f"{DATA_DIR}/{SHARD_PREFIX}*{SHARD_SUFFIX}"
 SUMMARY_FILE = "summary.json"
-# facefoundry.report's plots, in reading order (the card shows them in this order).
+# facefoundry.publishing.report's plots, in reading order (the card shows them in this order).
 PLOTS = ("separation.png", "consistency.png", "funnel.png", "quality.png", "pose.png", "attributes.png", "grid.png")
 
 # The Hugging Face Hub's recommended limit of files per folder: data/ and manifests/ hold one file per work unit.

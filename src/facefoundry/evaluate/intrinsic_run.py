@@ -35,8 +35,10 @@ from facefoundry.evaluate.judge import (
 from facefoundry.filters.face_filter import decode_image
 from facefoundry.jsonsafe import json_safe
 from facefoundry.layout import EVAL_DIR, IDENTITIES_FILE
-from facefoundry.report_plots import pose_proxies  # the report's landmark pose proxies, on the judge's points
-from facefoundry.runinfo import read_record
+from facefoundry.publishing.report_plots import (
+    pose_proxies,  # the report's landmark pose proxies, on the judge's points
+)
+from facefoundry.runfolder.runinfo import read_record
 
 INTRINSIC_FILE = "intrinsic.json"
 MAX_IDENTITIES, MAX_IMAGES_PER_IDENTITY, MAX_IMPOSTOR_PAIRS = 256, 8, 1_000_000

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facefoundry.filters.dlib_models import RECOGNITION_FILE, SHAPE_5_FILE, DlibFaceModel, model_path
+from facefoundry.faces.dlib_models import RECOGNITION_FILE, SHAPE_5_FILE, DlibFaceModel, model_path
 
 DLIB = "dlib"
 DLIB_SAME_PERSON_DISTANCE = 0.6
@@ -99,11 +99,11 @@ class FaceJudge:
             if not path.exists():
                 raise JudgeError(f"judge model {path} does not exist; pass an ArcFace .onnx/.pth path or 'dlib'")
             if path.suffix == ".pth" or (path.is_dir() and not any(path.glob("*.onnx"))):
-                from facefoundry.filters.torch_embedder import TorchArcFaceEmbedder
+                from facefoundry.faces.torch_embedder import TorchArcFaceEmbedder
 
                 self._embedder = TorchArcFaceEmbedder(path, device=device, batch_size=batch_size)
             else:
-                from facefoundry.filters.arcface import ArcFaceEmbedder
+                from facefoundry.faces.arcface import ArcFaceEmbedder
 
                 self._embedder = ArcFaceEmbedder(path, batch_size=batch_size)
             self.name, self.metric, self.dim = f"ArcFace {self._embedder.model_path.name}", "cosine", 512
@@ -136,7 +136,7 @@ class FaceJudge:
     def _crop(self, image: np.ndarray, shape) -> np.ndarray:
         if self._embedder is None:
             return self.faces.chip(image, shape)
-        from facefoundry.filters.alignment import align_dlib
+        from facefoundry.faces.alignment import align_dlib
 
         return align_dlib(image, self.faces.points(shape), 112)
 

@@ -23,7 +23,7 @@ from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.evaluate.config import EvaluateConfig
 from facefoundry.evaluate.data import augment, to_input
 from facefoundry.evaluate.heads import MarginHead, build_head
-from facefoundry.filters.iresnet import STANDARD_WIDTHS, IResNet, iresnet
+from facefoundry.faces.iresnet import STANDARD_WIDTHS, IResNet, iresnet
 
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest.json"

@@ -30,7 +30,7 @@ from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.evaluate.config import EvaluateConfig
 from facefoundry.evaluate.data import read_run, scan_identities, shard_paths, to_input
 from facefoundry.evaluate.loop import LATEST_FILE, PROGRESS_FILE, STATE_FILE, train_loop_per_worker
-from facefoundry.filters.iresnet import IResNet
+from facefoundry.faces.iresnet import IResNet
 from facefoundry.layout import EVAL_DIR
 
 TRAIN_DIR = f"{EVAL_DIR}/train"
