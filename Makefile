@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: smoke test lint bench clean
+.PHONY: smoke test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,17 @@ smoke: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# The inner loop (under 2 minutes on 2 cores): no Ray, no processes, no training, no slow sampler.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not ray and not spawn and not train and not slow" tests
+
+# lint-imports reads the package as installed (the layers span src/, generators/, filters/, faces/, pipelines/),
+# so it checks a plain (non-editable) copy of it under build/.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	rm -rf build/lint-imports
+	$(BIN)/pip install -q --no-deps --no-build-isolation --target build/lint-imports .
+	PYTHONPATH=build/lint-imports $(BIN)/lint-imports
 
 clean:
 	rm -rf runs

@@ -27,17 +27,17 @@ import pyarrow.parquet as pq
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT / "tests" / "helpers"), str(ROOT / "bench")]
 
 from flops import count  # noqa: E402  (bench/flops.py)
 from trainsets import held_out_pairs, write_trainset  # noqa: E402  (tests/trainsets.py)
 
-from facefoundry.config import RayConfig  # noqa: E402
 from facefoundry.evaluate.config import EvaluateConfig, HeadConfig  # noqa: E402
 from facefoundry.evaluate.data import augment, decode_batch, scan_identities, shard_paths, to_input  # noqa: E402
 from facefoundry.evaluate.heads import build_head  # noqa: E402
 from facefoundry.evaluate.loop import Trainee, build_backbone  # noqa: E402
 from facefoundry.evaluate.train import load_embedder, train_on_run  # noqa: E402
+from facefoundry.sections import RayConfig  # noqa: E402
 
 H100_PEAK = 989e12  # dense BF16/FP16 tensor-core FLOP/s of an H100 SXM (1979 TFLOPS is with 2:4 sparsity)
 MFU = 0.40
@@ -88,7 +88,7 @@ def _full_batches(paths: list[str], classes: np.ndarray, size: int):
 
 def ray_path(run: Path, cfg: EvaluateConfig) -> tuple[list[float], float, Path]:
     """Images/s per epoch of ``train_on_run`` (one worker), its wall time and the trained backbone."""
-    from facefoundry.pipelines.local_ray import ray_session
+    from facefoundry.local_ray import ray_session
 
     t0 = time.perf_counter()
     with ray_session(RayConfig(num_cpus=int(cfg.cpus_per_worker) + 2)):  # + logical CPUs for the read tasks

@@ -36,12 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facefoundry.config import Arc2FaceConfig, DCFaceConfig, IDiffFaceConfig
+from facefoundry.generators.arc2face.config import Arc2FaceConfig
 from facefoundry.generators.arc2face.generator import Arc2FaceGenerator
 from facefoundry.generators.arc2face.tiny import build_tiny_arc2face, tiny_lcm_lora_path
 from facefoundry.generators.base import IDENTITY_INDEX, IMAGE_INDEX
+from facefoundry.generators.dcface.config import DCFaceConfig
 from facefoundry.generators.dcface.generator import DCFaceGenerator
 from facefoundry.generators.dcface.tiny import build_tiny_dcface
+from facefoundry.generators.idiff_face.config import IDiffFaceConfig
 from facefoundry.generators.idiff_face.generator import IDiffFaceGenerator
 from facefoundry.generators.idiff_face.tiny import build_tiny_idiff_face
 from facefoundry.generators.vec2face.generator import Vec2FaceGenerator, Vec2FaceSettings

@@ -113,7 +113,7 @@ def efficiency(identities: int, steps: int, tmp: Path) -> None:
 def startup_parts(cfg) -> dict[str, float]:
     """The pieces of the pipeline's fixed cost, each timed on its own: an embedded Ray coming up and going
     down, and a fresh worker process importing what a generator actor imports."""
-    from facefoundry.pipelines.local_ray import ray_session
+    from facefoundry.local_ray import ray_session
 
     parts = {}
     started = time.perf_counter()

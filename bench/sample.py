@@ -70,8 +70,8 @@ def part_reference(args) -> dict:
 
 def part_rejection(args) -> dict:
     np, torch, kernels = _setup()
-    from facefoundry.config import IdentitiesConfig
     from facefoundry.identities.sampling import sample_identities
+    from facefoundry.sections import IdentitiesConfig
 
     base = _rss_mb()
     cfg = IdentitiesConfig(sampler="gaussian_rejection", count=args.n, dim=args.dim, max_cosine=args.tau, space="unit")
@@ -85,8 +85,8 @@ def part_rejection(args) -> dict:
 def part_hyperface(args) -> dict:
     np, torch, kernels = _setup()
     try:
-        from facefoundry.config import HyperFaceConfig
         from facefoundry.identities.hyperface import hyperface_pack
+        from facefoundry.sections import HyperFaceConfig
     except ImportError as exc:
         return {"missing": str(exc)}
     base = _rss_mb()

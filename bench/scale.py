@@ -186,7 +186,7 @@ def main() -> None:
             config.write_text(yaml.safe_dump(rehearsal_config(size) | {"ray": RAY}))
             results.append(rehearse(size, "local", str(work / f"run-{size}"), config, env))
         if args.s3_sizes:
-            sys.path.insert(0, str(REPO / "tests"))
+            sys.path.insert(0, str(REPO / "tests" / "helpers"))
             from s3server import CREDENTIALS, bucket_uri, s3_server
 
             env |= CREDENTIALS

@@ -138,18 +138,6 @@ def align(image: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:
     return warp(image, estimate_transform(kps, size), size)
 
 
-def align_many(image: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:
-    """``(N, size, size, C)`` crops of the ``N`` faces with keypoints ``kps`` ``(N, 5, 2)`` in one image."""
-    kps = np.asarray(kps, dtype=np.float64)
-    if kps.ndim != 3 or kps.shape[1:] != (5, 2):
-        raise AlignmentError(f"kps must have shape (N, 5, 2), got {kps.shape}")
-    channels = () if np.ndim(image) == 2 else (np.shape(image)[2],)
-    out = np.zeros((len(kps), size, size, *channels), dtype=np.asarray(image).dtype)
-    for i, face in enumerate(kps):
-        out[i] = align(image, face, size)
-    return out
-
-
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:2, :2].T + matrix[:2, 2]
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-VEC2FACE_REPO = "BooBooWu/Vec2Face"
+from facefoundry.models import hub_repo
+
+VEC2FACE_REPO = hub_repo("vec2face-face-models")
 
 
 class FaceWeightsNotFoundError(FileNotFoundError):

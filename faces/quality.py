@@ -85,3 +85,19 @@ def near_duplicates(embeddings: np.ndarray, order: np.ndarray, threshold: float)
         else:
             kept.append(int(i))
     return duplicate
+
+
+def pose_proxies(landmarks: np.ndarray) -> dict[str, np.ndarray]:
+    """Yaw/pitch proxies and roll (degrees) from (n, 10) dlib 5-point landmarks; NaN where undefined."""
+    lm = landmarks.reshape(-1, 5, 2)
+    right, left, nose = lm[:, 0:2].mean(axis=1), lm[:, 2:4].mean(axis=1), lm[:, 4]
+    axis = right - left
+    dist = np.linalg.norm(axis, axis=1)
+    dist = np.where(dist > 0, dist, np.nan)
+    unit = axis / dist[:, None]
+    rel = nose - (right + left) / 2
+    return {
+        "yaw_proxy": (rel * unit).sum(axis=1) / dist,
+        "pitch_proxy": (rel[:, 1] * unit[:, 0] - rel[:, 0] * unit[:, 1]) / dist,
+        "roll_deg": np.degrees(np.arctan2(axis[:, 1], axis[:, 0])),
+    }

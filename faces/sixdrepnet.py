@@ -119,16 +119,6 @@ def euler_from_rotation(rot: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.stack((pitch, yaw, roll), dim=1))
 
 
-def rotation_from_euler(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
-    """``Rz(roll) @ Ry(yaw) @ Rx(pitch)`` for angles in degrees (tensors of shape ``(N,)``) -> ``(N, 3, 3)``."""
-    p, y, r = (torch.deg2rad(torch.as_tensor(a, dtype=torch.float64)) for a in (pitch, yaw, roll))
-    o, z = torch.ones_like(p), torch.zeros_like(p)
-    rx = torch.stack([o, z, z, z, p.cos(), -p.sin(), z, p.sin(), p.cos()], -1).reshape(-1, 3, 3)
-    ry = torch.stack([y.cos(), z, y.sin(), z, o, z, -y.sin(), z, y.cos()], -1).reshape(-1, 3, 3)
-    rz = torch.stack([r.cos(), -r.sin(), z, r.sin(), r.cos(), z, z, z, o], -1).reshape(-1, 3, 3)
-    return rz @ ry @ rx
-
-
 def vec2face_pose_input(images: torch.Tensor) -> torch.Tensor:
     """Vec2Face's AttrOP pose input: RGB images in [-1, 1] -> BGR in [0, 1], size unchanged."""
     return (images[:, [2, 1, 0]] + 1) / 2

@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from facefoundry.attributes import age_group, fairface_age_lower
-from facefoundry.config import AttributesConfig
 from facefoundry.filters.face_filter import FilterResult, decode_image
 from facefoundry.resources import ModelFiles, Resources
+from facefoundry.sections import AttributesConfig
 
 F32 = pa.float32()
 OUTPUT_FIELDS = [

@@ -40,13 +40,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facefoundry.config import DlibFilterConfig
 from facefoundry.faces.dlib_models import LANDMARK_ORDER, Detection, DlibFaceModel
 from facefoundry.faces.image_decode import (
     decode_image as decode_image,  # re-exported: the identity filter and evaluation use it
 )
 from facefoundry.faces.image_decode import decode_with_reason
 from facefoundry.resources import Resources
+from facefoundry.sections import DlibFilterConfig
 
 log = logging.getLogger(__name__)
 

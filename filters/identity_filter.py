@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from facefoundry.config import IdentityFilterConfig
 from facefoundry.faces.alignment import AlignmentError, align
-from facefoundry.faces.arcface import ArcFaceEmbedder, l2_normalize
+from facefoundry.faces.arcface import l2_normalize
+from facefoundry.faces.encoder import load_encoder
 from facefoundry.faces.quality import laplacian_variance, near_duplicates, pose_from_landmarks
 from facefoundry.faces.scrfd import ScrfdDetector
 from facefoundry.filters.face_filter import UNDECODABLE, FilterResult, decode_image
 from facefoundry.resources import ModelFiles, Resources
+from facefoundry.sections import IdentityFilterConfig
 
 NO_FACE, MULTIPLE_FACES, LOW_FACE_SCORE, SMALL_FACE = "no_face", "multiple_faces", "low_face_score", "small_face"
 BLURRY, EXTREME_POSE, LOW_FEATURE_NORM = "blurry", "extreme_pose", "low_feature_norm"
@@ -86,20 +87,6 @@ OUTPUT_FIELDS = [
 ]
 
 
-def make_encoder(cfg: IdentityFilterConfig, providers: list | None, dim: int):
-    """The conditioning encoder: an ONNX ArcFace (file or pack folder), or a ``.pth`` ArcFace-R100 in
-    PyTorch (Vec2Face's ``weights/arcface-r100-glint360k.pth``, the space Vec2Face is conditioned in)."""
-    path = Path(cfg.encoder_model)
-    if path.suffix in (".pth", ".pt"):
-        from facefoundry.faces.torch_embedder import TorchArcFaceEmbedder
-
-        embedder = TorchArcFaceEmbedder(path, {"auto": "auto"}.get(cfg.device, cfg.device), cfg.batch_size)
-        if embedder.embedding_dim != dim:
-            raise ValueError(f"{path}: embeds to {embedder.embedding_dim}-d, the identity vectors are {dim}-d")
-        return embedder
-    return ArcFaceEmbedder(path, providers, cfg.batch_size, embedding_dim=dim)
-
-
 class IdentityFilter:
     """``IdentityFilter(cfg, identity_vectors)``; row ``i`` of ``identity_vectors`` is identity label ``i``
     (the rows of ``identities.parquet``), in the conditioning encoder's space (any norm)."""
@@ -117,7 +104,7 @@ class IdentityFilter:
         self.cfg = cfg
         self.vectors = l2_normalize(vectors)
         self.detector: ScrfdDetector | None = None
-        self.embedder: ArcFaceEmbedder | None = None
+        self.embedder = None  # faces.encoder.load_encoder: an ONNX or PyTorch ArcFace
 
     @staticmethod
     def output_schema() -> pa.Schema:
@@ -147,7 +134,7 @@ class IdentityFilter:
             )
         if self.embedder is None:
             dim = self.vectors.shape[1]
-            self.embedder = make_encoder(self.cfg, providers, dim)
+            self.embedder = load_encoder(self.cfg.encoder_model, self.cfg.device, self.cfg.batch_size, providers, dim)
 
     def process(self, table: pa.Table) -> FilterResult:
         """Score every row of ``table``; in ``drop`` mode remove the rejected ones."""

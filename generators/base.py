@@ -1,8 +1,10 @@
 """The generator protocol: identity vectors + per-image seeds (+ variations) -> RGB images.
 
-Not diffusion-specific: Arc2Face (diffusion) and Vec2Face (masked autoencoder) both implement it.
-A batch may mix identities; image ``i`` depends only on ``vectors[i]``, ``seeds[i]`` and
-``variations[i]``, never on its position in the batch.
+Not diffusion-specific: diffusion models (Arc2Face, IDiff-Face, DCFace) and a masked autoencoder (Vec2Face) implement
+it, each in its folder ``generators/<name>/`` beside the spec the rest of the code reads
+(:mod:`facefoundry.generators.spec`). A batch may mix identities; image ``i`` is drawn from ``vectors[i]``,
+``seeds[i]`` and ``variations[i]`` only, never from its position in the batch. Batched kernels may still round
+differently than a batch of one: a few values of an image can differ by one grey level with the batch size.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class GenerationOutput:
 
 @runtime_checkable
 class Generator(Protocol):
-    """An identity-conditioned image generator (one module each under ``generators/``).
+    """An identity-conditioned image generator (one folder each under ``generators/``, named by its spec).
 
     Class-level declarations read by the pipeline before any worker starts: ``resources`` (what one
     generator actor asks Ray for; ``ray.generator_gpus`` overrides the GPUs) and
@@ -109,8 +111,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """Reject NaN/inf or wrong-dimension identity vectors with a clear message."""
-    arr = np.asarray(vectors, dtype=np.float32)
+    """Reject NaN/inf or wrong-dimension identity vectors with a clear message (C-contiguous float32 out: a view with
+    negative strides, such as ``vectors[::-1]``, cannot become a tensor)."""
+    arr = np.ascontiguousarray(vectors, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"identity vectors must have shape (N, {dim}), got {tuple(arr.shape)}")
     if not np.isfinite(arr).all():
@@ -170,8 +173,8 @@ def in_microbatches(
     n: int, batch_size: int, run: Callable[[int, int], list[np.ndarray]], device: torch.device | None
 ) -> list[np.ndarray]:
     """``run(start, stop)`` over ``[0, n)`` in micro-batches; a CUDA out-of-memory error halves the
-    micro-batch and retries (down to one image) before it propagates. Safe only because an image never
-    depends on the batch it is computed in."""
+    micro-batch and retries (down to one image) before it propagates. Safe because no image is drawn from its
+    batch (see the module docstring for the rounding caveat)."""
     images: list[np.ndarray] = []
     step, start = max(1, int(batch_size)), 0
     while start < n:

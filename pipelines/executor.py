@@ -21,8 +21,9 @@ import pyarrow as pa
 
 from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import Unit
+from facefoundry.generators.spec import ModelPaths
 from facefoundry.pipelines.stage import Stage, UnitResult, units_per_task
-from facefoundry.pipelines.stages import FilterStage, GenerateStage, ModelPaths, WriteStage, generator_threads, pipeline
+from facefoundry.pipelines.stages import FilterStage, GenerateStage, WriteStage, generator_threads, pipeline
 
 __all__ = ["StageActor", "generator_threads", "map_stage", "pipeline", "run_stage", "stream_units"]
 

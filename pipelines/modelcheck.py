@@ -77,7 +77,7 @@ def missing_model_files(needs: Iterable[ModelFiles], offline: bool) -> list[Miss
 
 def _registry_repo(need: ModelFiles) -> str | None:
     """The Hub repo of ``need.name``'s registry entry (None when unnamed, unknown or not on the Hub)."""
-    from facefoundry.publishing.models import REGISTRY
+    from facefoundry.models import REGISTRY
 
     spec = REGISTRY.get(need.name or "")
     return spec.repo_id if spec else None
@@ -85,7 +85,7 @@ def _registry_repo(need: ModelFiles) -> str | None:
 
 def _shown(need: ModelFiles, group: tuple[str, ...]) -> str:
     """The file of ``group`` to name: the one the registry entry lists (what `models fetch` gets), else the first."""
-    from facefoundry.publishing.models import REGISTRY
+    from facefoundry.models import REGISTRY
 
     spec = REGISTRY.get(need.name or "")
     return next((f for f in group if spec and f in spec.files), group[0])

@@ -176,7 +176,7 @@ def check_cluster(stages: Iterable[Any], embedded: bool = True) -> None:
 def check_model_files(needs: Iterable[ModelFiles]) -> None:
     """Raise :class:`PreflightError` (one line) when a model file ``needs`` lists is not there and cannot be
     downloaded; nothing is downloaded here (the actors do, as the loaders always have)."""
-    from facefoundry.publishing.models import hub_cache, offline
+    from facefoundry.models import hub_cache, offline
 
     found = missing_model_files(needs, offline())
     if found:

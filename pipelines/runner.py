@@ -22,11 +22,12 @@ from facefoundry.dataset.manifest import (
     plan_units,
 )
 from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_store
+from facefoundry.generators.registry import spec_of
+from facefoundry.generators.spec import ModelPaths
 from facefoundry.identities.store import write_identities
 from facefoundry.layout import HUB_MAX_FILES_PER_FOLDER, MODELS_DIR
-from facefoundry.pipelines.local_ray import ray_session
+from facefoundry.local_ray import ray_session
 from facefoundry.pipelines.progress import Progress, StartupTicker
-from facefoundry.pipelines.stages import ModelPaths
 from facefoundry.runfolder.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
 from facefoundry.runfolder.runinfo import prepare_run_folder, run_id
 from facefoundry.runfolder.runlock import run_lock
@@ -77,73 +78,7 @@ def folder_limit_warning(cfg: RunConfig, units: int) -> str:
 def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
     """Hub ids / folders from the config, or a tiny random-weight build in the official layout
     (under ``out/models``, ``out`` being a local folder)."""
-    gen = cfg.generator
-    if gen.kind == "noop":
-        return ModelPaths("noop")  # loads nothing
-    if gen.kind == "vec2face":
-        if not gen.tiny:
-            return ModelPaths(gen.checkpoint)
-        from facefoundry.generators.vec2face.tiny import build_tiny_vec2face
-
-        checkpoint = build_tiny_vec2face(out / MODELS_DIR, seed=cfg.run.seed)
-        if not gen.attrop.enabled:
-            return ModelPaths(str(checkpoint))
-        from facefoundry.faces.tiny_face_models import write_tiny_face_models
-
-        write_tiny_face_models(out / MODELS_DIR / "vec2face-face-models", seed=cfg.run.seed)
-        return ModelPaths(str(checkpoint), face_models=str(out / MODELS_DIR / "vec2face-face-models"))
-    if gen.kind == "dcface":
-        if not gen.tiny:
-            return ModelPaths(gen.checkpoint, gen.id_set, style_bank=gen.style_bank)
-        from facefoundry.generators.dcface.tiny import build_tiny_dcface
-
-        checkpoint, id_set, bank = build_tiny_dcface(out / MODELS_DIR, seed=cfg.run.seed, count=cfg.identities.count)
-        return ModelPaths(str(checkpoint), str(id_set), style_bank=str(bank))
-    if gen.kind == "idiff_face":
-        if not gen.tiny:
-            return ModelPaths(gen.model, gen.autoencoder)
-        from facefoundry.generators.idiff_face.tiny import build_tiny_idiff_face
-
-        model, autoencoder = build_tiny_idiff_face(out / MODELS_DIR, seed=cfg.run.seed)
-        return ModelPaths(str(model), str(autoencoder))
-    if not gen.tiny:
-        return ModelPaths(gen.model, gen.base_model)
-    from facefoundry.generators.arc2face.tiny import (
-        build_tiny_arc2face,
-        build_tiny_arc2face_controlnet,
-        tiny_lcm_lora_path,
-    )
-
-    if gen.controlnet:  # also <model>/controlnet/ and the condition images the generator finds next to <model>
-        model, base, _ = build_tiny_arc2face_controlnet(out / MODELS_DIR, seed=cfg.run.seed)
-    else:
-        model, base = build_tiny_arc2face(out / MODELS_DIR, seed=cfg.run.seed)
-    return ModelPaths(str(model), str(base), str(tiny_lcm_lora_path(out / MODELS_DIR)))
-
-
-def generator_metadata(gen) -> dict:
-    """The generator's models and sampling settings as every shard records them: Hub ids or folder names, never
-    local paths (a shard's bytes must not depend on where the run folder or the weights live)."""
-    tiny = "tiny-random (built in code)"
-    if gen.kind == "noop":
-        return {"size": gen.size}
-    if gen.kind == "vec2face":
-        return {"checkpoint": tiny if gen.tiny else gen.checkpoint, "filename": gen.filename}
-    if gen.kind == "idiff_face":
-        return {"model": tiny if gen.tiny else Path(gen.model).name, "checkpoint_file": gen.checkpoint_file,
-                "sampler": gen.sampler, "steps": gen.steps, "eta": gen.eta, "guidance_scale": gen.guidance_scale}
-    if gen.kind == "dcface":
-        return {"checkpoint": tiny if gen.tiny else Path(gen.checkpoint).name, "use_ema": gen.use_ema,
-                "id_set": tiny if gen.tiny else Path(gen.id_set).name,
-                "style_bank": tiny if gen.tiny else Path(gen.style_bank).name, "style_provenance": gen.style_provenance,
-                "style_sampling": gen.style_sampling, "steps": gen.steps, "eta": gen.eta}
-    models = {"model": tiny if gen.tiny else gen.model, "base_model": tiny if gen.tiny else gen.base_model}
-    if gen.sampler == "lcm":
-        models |= {"lcm_lora": tiny if gen.tiny else gen.lcm_lora, "sampler": "lcm"}
-    if gen.controlnet:  # pose ControlNet: <model>/controlnet; condition images by folder name
-        models |= {"controlnet": "controlnet", "controlnet_scale": gen.controlnet_scale,
-                   "pose_images": tiny if gen.pose_images is None else Path(gen.pose_images).name}
-    return models
+    return spec_of(cfg.generator).model_paths(cfg.generator, out / MODELS_DIR, cfg.run.seed, cfg.identities.count)
 
 
 def file_metadata(cfg: RunConfig) -> dict:
@@ -153,7 +88,7 @@ def file_metadata(cfg: RunConfig) -> dict:
         "run_id": run_id(cfg),
         "config_hash": cfg.config_hash(),
         "facefoundry_version": __version__,
-        "generator": {"kind": gen.kind, **generator_metadata(gen), "revision": gen.revision},
+        "generator": {"kind": gen.kind, **spec_of(gen).shard_metadata(gen), "revision": gen.revision},
         "filter": cfg.filter.model_dump(mode="json"),
         # the identity filter's thresholds, with its model files by name only (no local paths)
         "id_filter": None if cfg.id_filter is None else cfg.id_filter.model_dump(mode="json")

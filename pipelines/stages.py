@@ -11,32 +11,23 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from facefoundry.config import ImagesConfig, RunConfig
+from facefoundry.config import RunConfig
 from facefoundry.dataset.manifest import Unit
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.dataset.storage import open_store
+from facefoundry.generators.registry import generator_class
+from facefoundry.generators.spec import ModelPaths
 from facefoundry.identities.variation import perturb, sigma_schedule
 from facefoundry.pipelines.stage import Stage, UnitResult
 from facefoundry.resources import ModelFiles, Resources
+from facefoundry.sections import ImagesConfig
 from facefoundry.seeds import image_seeds
-
-# generator.kind -> the class implementing facefoundry.generators.base.Generator ("module:Class", imported on use:
-# filter and writer workers never import a generator). A new generator is its module plus one line here.
-GENERATORS = {
-    "arc2face": "facefoundry.generators.arc2face.generator:Arc2FaceGenerator",
-    "vec2face": "facefoundry.generators.vec2face.generator:Vec2FaceGenerator",
-    "idiff_face": "facefoundry.generators.idiff_face.generator:IDiffFaceGenerator",
-    "dcface": "facefoundry.generators.dcface.generator:DCFaceGenerator",
-    "noop": "facefoundry.generators.noop.generator:NoopGenerator",
-}
 
 
 def identity_vectors(out: str):
@@ -48,43 +39,14 @@ def identity_vectors(out: str):
     return read_run_vectors(out)
 
 
-@dataclass(frozen=True)
-class ModelPaths:
-    """Where the generator loads from: Hub ids or local folders (tiny builds live under <out>/models).
-
-    Arc2Face: ``model`` holds arc2face/ and encoder/, ``base_model`` the SD-1.5 parts; Vec2Face:
-    ``model`` is the checkpoint (Hub id, folder or file) and ``base_model`` is unused; IDiff-Face: ``model`` is
-    the released model folder and ``base_model`` the autoencoder folder; DCFace: ``model`` is the checkpoint,
-    ``base_model`` the ID set and ``style_bank`` the style images."""
-
-    model: str
-    base_model: str | None = None
-    lcm_lora: str | None = None  # Arc2Face fast mode: the LCM-LoRA (tiny builds); None = generator.lcm_lora
-    face_models: str | None = None  # Vec2Face AttrOP's models (tiny builds); None = generator.attrop.models
-    style_bank: str | None = None  # DCFace's style images (tiny builds); None = generator.style_bank
-
-    @property
-    def extra(self) -> str | None:
-        """The generator's third source (``from_paths``/``model_files``' ``extra``): whichever is set."""
-        return self.lcm_lora or self.face_models or self.style_bank
-
-
-def generator_class(cfg: RunConfig) -> Any:
-    """The class of the configured generator (see :data:`GENERATORS`)."""
-    import importlib
-
-    module, name = GENERATORS[cfg.generator.kind].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def build_generator(cfg: RunConfig, paths: ModelPaths):
     """The configured generator, not yet set up."""
-    return generator_class(cfg).from_paths(cfg.generator, paths.model, paths.base_model, paths.extra)
+    return generator_class(cfg.generator).from_paths(cfg.generator, paths.model, paths.base_model, paths.extra)
 
 
 def generator_model_files(cfg: RunConfig, paths: ModelPaths) -> list[ModelFiles]:
     """The model files the configured generator will load from ``paths`` (checked before Ray starts)."""
-    return generator_class(cfg).model_files(cfg.generator, paths.model, paths.base_model, paths.extra)
+    return generator_class(cfg.generator).model_files(cfg.generator, paths.model, paths.base_model, paths.extra)
 
 
 def generator_threads(cfg: RunConfig, node_cpus: int | None) -> int:
@@ -119,7 +81,8 @@ class GenerateStage(Stage):
     @property
     def resources(self) -> Resources:
         """The generator class's declaration with ``ray.generator_gpus`` GPUs."""
-        return generator_class(self.cfg).resources.override("ray.generator_gpus", num_gpus=self.cfg.ray.generator_gpus)
+        gpus = self.cfg.ray.generator_gpus
+        return generator_class(self.cfg.generator).resources.override("ray.generator_gpus", num_gpus=gpus)
 
     @property
     def workers(self) -> int:
@@ -186,7 +149,8 @@ class FilterStage(Stage):
     """Scores (and in ``drop`` mode removes) a unit's images: the dlib filter (an independent judge),
     then, when ``id_filter`` is configured, the conditioning-encoder identity and quality filter, which
     decides last so its minimum-images-per-identity rule sees every earlier rejection; then, when
-    ``attributes`` is configured, the attribute annotator adds its estimates to the rows left."""
+    ``attributes`` is configured, the attribute annotator adds its estimates to every row stored. Each filter
+    writes its own ``reason_column``; a row is kept when none is set (:mod:`facefoundry.runfolder.rows`)."""
 
     name = "filter"
 

@@ -40,7 +40,6 @@ from facefoundry.dataset.storage import is_remote
 from facefoundry.runfolder.runinfo import run_id as compute_run_id
 
 CONFIG_NAME = "facefoundry-run.json"
-ACTIVE = ("PENDING", "RUNNING")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # The job's driver: the shipped package comes first on PYTHONPATH; print where it was imported from.
 ENTRYPOINT = (
@@ -233,11 +232,6 @@ def _check_out(out: str) -> str:
 def resolve(config_path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """The config exactly as the cluster will run it: the job's driver connects to its own cluster."""
     return load_config(config_path, [*(overrides or []), "ray.address=auto"])
-
-
-def run_id_of(config_path: str | Path, overrides: list[str] | None = None) -> str:
-    """The run id (= job submission id) that ``submit`` gives this config."""
-    return compute_run_id(resolve(config_path, overrides))
 
 
 def submit(

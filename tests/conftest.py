@@ -10,7 +10,15 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (runfolder.py) import by name
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))  # test helpers (runfolder.py) import by name
+
+
+def pytest_collection_modifyitems(items):
+    """A test that shares a module's embedded Ray (``shared_ray``) needs Ray: it is a ``ray`` test whatever its
+    module says, so ``make test-fast`` leaves it out."""
+    for item in items:
+        if "shared_ray" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture
@@ -30,8 +38,8 @@ def shared_ray():
     """One embedded Ray for a module's in-process runs, which use a Ray already up as is (its start and shutdown
     cost about 7 s a run here). Not for tests of a run's own Ray (its resources, start, signals) or of workers
     that need an environment set after it started. Use with ``pytest.mark.usefixtures("shared_ray")``."""
-    from facefoundry.config import RayConfig
-    from facefoundry.pipelines.local_ray import ray_session
+    from facefoundry.local_ray import ray_session
+    from facefoundry.sections import RayConfig
 
     with ray_session(RayConfig(num_cpus=2)):
         yield
@@ -50,7 +58,7 @@ def s3_endpoint(s3) -> str:
 
 @pytest.fixture(scope="session")
 def s3():
-    """A loopback S3 server (moto) shared by the session's tests, with its request log; see tests/s3server.py.
+    """A loopback S3 server (moto) shared by the session's tests, with its request log; see tests/helpers/s3server.py.
 
     Teardown closes this process's S3 clients before the server stops, and the server waits for its request
     threads. Otherwise pyarrow's own atexit hook (``finalize_s3``) closes the clients' keep-alive connections at

@@ -1,8 +1,10 @@
+
 """The finished-run commands through the CLI, on a run folder built without Ray."""
 
 import json
 
 import numpy as np
+import pytest
 import yaml
 from runfolder import make_run
 from typer.testing import CliRunner
@@ -14,6 +16,7 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_report_card_publish_dry_run_and_export(tmp_path):
     run = make_run(tmp_path / "run")
     result = invoke("report", run)

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facefoundry.config import ConfigError, RunConfig, apply_overrides, load_config, validate_config
+from facefoundry.config import RunConfig, load_config, validate_config
+from facefoundry.sections import ConfigError, apply_overrides
 
 MINIMAL = {"identities": {"count": 4}, "images": {"per_identity": 2}}
 

@@ -12,9 +12,11 @@ import time
 
 import pytest
 
-from facefoundry.config import RayConfig
-from facefoundry.pipelines import local_ray
-from facefoundry.pipelines.local_ray import ray_session
+from facefoundry import local_ray
+from facefoundry.local_ray import ray_session
+from facefoundry.sections import RayConfig
+
+pytestmark = pytest.mark.ray  # the module's tests start or share a Ray
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+
 """The distribution ships every package folder, and nothing at the repo root can shadow it."""
 
 import tomllib

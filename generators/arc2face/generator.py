@@ -37,7 +37,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from facefoundry.config import Arc2FaceConfig
+from facefoundry.generators.arc2face.config import Arc2FaceConfig
 from facefoundry.generators.arc2face.lcm_lora import fuse_lcm_lora, resolve_lora_file
 from facefoundry.generators.base import (
     IMAGE_INDEX,
@@ -49,6 +49,7 @@ from facefoundry.generators.base import (
     resolve_device,
     resolve_dtype,
 )
+from facefoundry.models import hub_repo
 
 ID_DIM = 512
 ID_WORD = "id"
@@ -77,11 +78,11 @@ class ModelFilesError(FileNotFoundError):
 def _hint(role: str) -> str:
     if role == "controlnet":
         return ("download controlnet/config.json and controlnet/diffusion_pytorch_model.safetensors from "
-                "FoivosPar/Arc2Face into generator.model, or set generator.controlnet=false")
+                f"{hub_repo('arc2face')} into generator.model, or set generator.controlnet=false")
     if role == "model":
-        return ("run `facefoundry models fetch arc2face` (FoivosPar/Arc2Face: arc2face/, encoder/) "
+        return (f"run `facefoundry models fetch arc2face` ({hub_repo('arc2face')}: arc2face/, encoder/) "
                 "or set generator.model")
-    return ("run `facefoundry models fetch sd15` (stable-diffusion-v1-5/stable-diffusion-v1-5: tokenizer/, vae/, "
+    return (f"run `facefoundry models fetch sd15` ({hub_repo('sd15')}: tokenizer/, vae/, "
             "scheduler/) or set generator.base_model")
 
 
@@ -93,7 +94,7 @@ def _check_local(repo: str, role: str, subfolder: str, groups: list[tuple[str, .
         if path.is_absolute() or repo.startswith((".", "~")) or repo.count("/") != 1:
             raise ModelFilesError(f"model folder {path} does not exist: {_hint(role)}")
         # A Hub id: from_pretrained resolves it; offline, the HF cache must hold it (else the fetch command).
-        from facefoundry.publishing.models import check_cached
+        from facefoundry.models import check_cached
 
         check_cached(repo, [tuple(f"{subfolder}/{n}" for n in names) for names in groups], revision, ModelFilesError)
         return

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from facefoundry.models import hub_repo
+
 LCM_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
 PREFIX = "lora_unet_"
@@ -38,7 +40,7 @@ def is_target(module_name: str) -> bool:
 
 
 def _hint(source: str, weight_name: str) -> str:
-    return (f"download it with `hf download latent-consistency/lcm-lora-sdv1-5 {weight_name}`, set "
+    return (f"download it with `hf download {hub_repo('lcm-lora')} {weight_name}`, set "
             f"generator.lcm_lora to a folder or file holding it (now {source!r}), or use generator.sampler=dpm")
 
 
@@ -56,7 +58,7 @@ def resolve_lora_file(source: str, weight_name: str, revision: str | None = None
         raise LoraFileError(f"LCM-LoRA folder {path} does not exist: {_hint(source, weight_name)}")
     from huggingface_hub import hf_hub_download
 
-    from facefoundry.publishing.models import check_cached
+    from facefoundry.models import check_cached
 
     check_cached(source, [(weight_name,)], revision, LoraFileError)
     try:
@@ -121,12 +123,12 @@ def fuse_lcm_lora(unet: Any, text_encoder: Any, tokenizer: Any, vae: Any, schedu
         except (ValueError, KeyError, RuntimeError) as exc:
             pipe.unload_lora_weights()
             raise LoraFileError(f"{file} does not fit the UNet: {exc} — is it an SD-1.5 LoRA "
-                                "(latent-consistency/lcm-lora-sdv1-5)?") from exc
+                                f"({hub_repo('lcm-lora')})?") from exc
         found = sum(isinstance(m, LoraLayer) for m in unet.modules())
         if found != len(wanted):
             pipe.unload_lora_weights()
             raise LoraFileError(f"{file}: {len(wanted)} LoRA modules in the file but {found} matched the UNet — "
-                                "is it an SD-1.5 LoRA (latent-consistency/lcm-lora-sdv1-5)?")
+                                f"is it an SD-1.5 LoRA ({hub_repo('lcm-lora')})?")
         pipe.fuse_lora(components=["unet"], lora_scale=scale, adapter_names=[ADAPTER])
         pipe.unload_lora_weights()
     return found

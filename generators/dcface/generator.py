@@ -36,7 +36,6 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from facefoundry.config import DCFaceConfig
 from facefoundry.generators.base import (
     IDENTITY_INDEX,
     IDENTITY_VECTOR,
@@ -50,6 +49,7 @@ from facefoundry.generators.base import (
     resolve_dtype,
     state_dict_mismatch,
 )
+from facefoundry.generators.dcface.config import DCFaceConfig
 from facefoundry.generators.dcface.encoders import IDEncoder, RecognitionEncoder, StyleHead
 from facefoundry.generators.dcface.inputs import IdSet, ImageBank
 from facefoundry.generators.dcface.unet import GMIX_ARCH, ADMArch, ADMUNet, adm_arch_from_state

@@ -151,12 +151,11 @@ Candidates = Callable[[int, int], tuple[np.ndarray, list[np.ndarray | None], lis
 
 
 def _encoder(settings: IdStageSettings):
-    from facefoundry.config import IdentityFilterConfig
-    from facefoundry.filters.identity_filter import make_encoder
+    from facefoundry.faces.encoder import load_encoder
+    from facefoundry.sections import IdentityFilterConfig
 
-    cfg = IdentityFilterConfig(encoder_model=settings.encoder, device=settings.device)
     providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}.get(settings.device)
-    return make_encoder(cfg, providers, 512)
+    return load_encoder(settings.encoder, settings.device, IdentityFilterConfig().batch_size, providers, 512)
 
 
 def folder_candidates(folder: str | Path, embed: Callable) -> tuple[Candidates, int]:
@@ -213,9 +212,9 @@ def gid_candidates(sampler: GidSampler, detector, embed: Callable, settings: IdS
 def select_unique(candidates: Candidates, settings: IdStageSettings, available: int | None
                   ) -> tuple[np.ndarray, list[np.ndarray], list[str], int]:
     """The first ``count`` candidates, in order, that pass the gallery screen and the uniqueness rule."""
-    from facefoundry.config import LeakageConfig
     from facefoundry.identities.leakage import screen
     from facefoundry.identities.rejection import SamplingError, rejection_sample
+    from facefoundry.sections import LeakageConfig
 
     leak_cfg = LeakageConfig(galleries=settings.galleries, max_cosine=settings.gallery_max_cosine)
     drawn: dict[bytes, tuple[np.ndarray, str]] = {}
@@ -265,7 +264,7 @@ def build_id_set(out: str | Path, settings: IdStageSettings, folder: str | Path 
 
         sampler = GidSampler(load_gid(gid_model, settings.gid_size), settings.gid_steps, settings.device)
         providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}.get(settings.device)
-        from facefoundry.config import IdentityFilterConfig
+        from facefoundry.sections import IdentityFilterConfig
 
         detector = ScrfdDetector(Path(settings.detector), IdentityFilterConfig().input_size, providers=providers)
         candidates, available = gid_candidates(sampler, detector, embedder.embed, settings, stream), None

@@ -24,7 +24,6 @@ import torch
 import yaml
 from PIL import Image
 
-from facefoundry.config import DDIM_DEFAULT_STEPS, IDiffFaceConfig
 from facefoundry.generators.base import (
     GenerationOutput,
     ModelFiles,
@@ -36,6 +35,7 @@ from facefoundry.generators.base import (
     resolve_dtype,
     state_dict_mismatch,
 )
+from facefoundry.generators.idiff_face.config import DDIM_DEFAULT_STEPS, IDiffFaceConfig
 from facefoundry.generators.idiff_face.model import (
     ArchitectureError,
     DiffusionArch,

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from facefoundry.config import NoopConfig
 from facefoundry.generators.base import GenerationOutput, ModelFiles, Resources, check_batch
+from facefoundry.generators.noop.config import NoopConfig
 
 
 class NoopGenerator:

@@ -107,7 +107,7 @@ def resolve_file(source: str, filename: str) -> Path:
     folder = Path(source).expanduser()
     if folder.is_dir():
         return folder / filename
-    from facefoundry.publishing.models import require_file
+    from facefoundry.models import require_file
 
     return Path(require_file(source, filename))
 

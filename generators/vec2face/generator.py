@@ -28,7 +28,6 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from facefoundry.config import Vec2FaceConfig
 from facefoundry.generators.base import (
     IDENTITY_VECTOR,
     IMAGE_INDEX,
@@ -40,6 +39,7 @@ from facefoundry.generators.base import (
     resolve_device,
     state_dict_mismatch,
 )
+from facefoundry.generators.vec2face.config import Vec2FaceConfig
 from facefoundry.generators.vec2face.model import (
     BASE_ARCH,
     DROPPED,
@@ -53,6 +53,7 @@ from facefoundry.generators.vec2face.model import (
     num_masked_tokens,
     token_mask_from_noise,
 )
+from facefoundry.models import hub_repo
 
 ID_DIM = 512
 # The only non-tensor global a published Vec2Face training checkpoint needs (its ``args`` entry).
@@ -222,13 +223,13 @@ class Vec2FaceGenerator:
             if (path / cfg.filename).is_file():
                 return path / cfg.filename
             raise CheckpointNotFoundError(f"expected {path / cfg.filename} — download {cfg.filename} from "
-                                          f"BooBooWu/Vec2Face into {path} or set generator.checkpoint")
+                                          f"{hub_repo('vec2face')} into {path} or set generator.checkpoint")
         looks_local = (self.checkpoint_path is not None or path.is_absolute() or ref.startswith((".", "~"))
                        or ref.count("/") != 1 or ref.endswith(_LOCAL_SUFFIXES))
         if looks_local:
             raise CheckpointNotFoundError(f"Vec2Face checkpoint {path} does not exist — download "
-                                          f"{cfg.filename} from BooBooWu/Vec2Face or set generator.checkpoint")
-        from facefoundry.publishing.models import ModelFileMissing, require_file
+                                          f"{cfg.filename} from {hub_repo('vec2face')} or set generator.checkpoint")
+        from facefoundry.models import ModelFileMissing, require_file
 
         try:  # HF cache, downloading when HF_HUB_OFFLINE allows; the error names `facefoundry models fetch`
             return require_file(ref, cfg.filename, revision=cfg.revision)

@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 
-from facefoundry.config import ConfigError, RunConfig, load_config
+from facefoundry.config import RunConfig, load_config
 from facefoundry.layout import EVAL_DIR, REPORT_DIR
+from facefoundry.sections import ConfigError
 
 app = typer.Typer(
     help="Manufacture synthetic face-recognition datasets.",
@@ -499,9 +500,9 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list() -> None:
     """Name, Hub repo, file count, licence (marked when its chain is non-commercial:
-    facefoundry.publishing.licensing.UPSTREAM),
+    facefoundry.upstream.UPSTREAM),
     and whether the files are in the HF cache (no network)."""
-    from facefoundry.publishing.models import CHAIN_NOTE, hub_cache, list_rows
+    from facefoundry.models import CHAIN_NOTE, hub_cache, list_rows
 
     rows = list_rows()
     cols = ["name", "repo", "files", "licence", "cached", "size"]
@@ -518,7 +519,7 @@ def models_fetch(
     revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default main).")] = None,
 ) -> None:
     """Download only the files a model needs into the HF cache; cached files are not downloaded again."""
-    from facefoundry.publishing.models import (
+    from facefoundry.models import (
         ModelFetchError,
         ModelFileMissing,
         UnknownModelError,
@@ -541,6 +542,7 @@ def models_fetch(
             _fail(_one_line(exc))
         state = f"downloaded {len(res.downloaded)} file(s)" if res.downloaded else "already cached"
         typer.echo(f"{name}: {res.repo_id}@{res.commit} {state}, {human_bytes(res.nbytes)} -> {res.folder}")
+        typer.echo(f"  licence chain: {get_spec(name).licence_note}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -59,7 +59,7 @@ class ModelFiles:
 
     ``groups`` lists alternatives: one file of each group must exist (e.g. ``.safetensors`` or ``.bin``);
     no groups: the folder itself must exist.
-    ``name`` is the :data:`facefoundry.publishing.models.REGISTRY` entry that ``facefoundry models fetch`` takes.
+    ``name`` is the :data:`facefoundry.models.REGISTRY` entry that ``facefoundry models fetch`` takes.
     """
 
     source: str

@@ -2,7 +2,7 @@
 shut down by its context manager, and the user reads one line (no native stack dump).
 
 Ray's core worker installs a native SIGTERM handler when it starts (it prints a C++ stack, then exits);
-:func:`facefoundry.pipelines.local_ray.ray_session` puts back the handler that was there before.
+:func:`facefoundry.local_ray.ray_session` puts back the handler that was there before.
 """
 
 from __future__ import annotations

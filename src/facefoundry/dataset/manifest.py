@@ -40,10 +40,6 @@ def accepted_images(manifest: dict) -> int:
     return int(manifest.get("generated", 0)) - sum(int(n) for n in (manifest.get("drops") or {}).values())
 
 
-def manifest_path(out: Path, unit: Unit) -> Path:
-    return out / manifest_file(unit.name)
-
-
 def shard_path(out: Path, unit: Unit) -> Path:
     return out / DATA_DIR / unit.shard_name
 

@@ -16,7 +16,6 @@ BASE_FIELDS = [
     pa.field("image_index", pa.int32()),
     pa.field("seed", pa.int64()),
 ]
-BASE_SCHEMA = pa.schema(BASE_FIELDS)
 FACEFOUNDRY_KEY = b"facefoundry"
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from facefoundry.config import ConfigError, StrictModel, read_yaml
+from facefoundry.sections import ConfigError, StrictModel, read_yaml
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 

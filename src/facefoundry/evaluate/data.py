@@ -1,7 +1,7 @@
 """A finished run's shards as training data: Ray Data streaming, image decoding, labels and augmentation.
 
 The ``data/*.parquet`` shards are read in place with ``ray.data.read_parquet`` (no copy to local disk, no
-format conversion); a ``map_batches`` step keeps the accepted rows (``filter_reason`` null, or no such column),
+format conversion); a ``map_batches`` step keeps the rows no filter rejected (:mod:`facefoundry.runfolder.rows`),
 decodes the HF image struct's PNG/JPEG bytes to ``uint8`` RGB ``(112, 112, 3)`` arrays and maps each
 ``identity`` to its class id (the sorted identities present, 0..C-1). Training workers take their share with
 ``ray.train.get_dataset_shard`` and turn batches into normalised ``NCHW`` tensors with :func:`to_input`
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from facefoundry.evaluate.benchmarks import decode_image  # one decoder for shards and benchmark files
 from facefoundry.evaluate.config import AugmentConfig
 from facefoundry.layout import DATA_PATTERN
+from facefoundry.runfolder.rows import kept_mask, read_shard, reason_columns
 
 READ_COLUMNS = ["image", "identity", "image_index"]
 
@@ -34,24 +34,17 @@ def shard_paths(run: str | Path) -> list[str]:
     return paths
 
 
-def has_filter_reason(paths: list[str]) -> bool:
-    return any("filter_reason" in pq.read_schema(p).names for p in paths)
-
-
-def kept_mask(table: pa.Table, kept_only: bool) -> np.ndarray:
-    """Rows to train on: all, or those whose ``filter_reason`` is null (every row when the column is absent)."""
-    if not kept_only or "filter_reason" not in table.column_names:
-        return np.ones(table.num_rows, dtype=bool)
-    return pc.is_null(table.column("filter_reason")).to_numpy(zero_copy_only=False)
+def training_mask(table: pa.Table, kept_only: bool) -> np.ndarray:
+    """Rows to train on: the kept ones (no filter rejected them), or all of them."""
+    return kept_mask(table) if kept_only else np.ones(table.num_rows, dtype=bool)
 
 
 def scan_identities(paths: list[str], kept_only: bool = True) -> tuple[np.ndarray, int]:
     """(sorted distinct identities of the kept rows, kept row count), reading only the small label columns."""
     identities, rows = [], 0
     for path in paths:
-        names = pq.read_schema(path).names
-        table = pq.read_table(path, columns=[c for c in ("identity", "filter_reason") if c in names])
-        mask = kept_mask(table, kept_only)
+        table = read_shard(path, ["identity"])
+        mask = training_mask(table, kept_only)
         identities.append(np.unique(table.column("identity").to_numpy()[mask]))
         rows += int(mask.sum())
     classes = np.unique(np.concatenate(identities)) if identities else np.zeros(0, np.int64)
@@ -61,7 +54,7 @@ def scan_identities(paths: list[str], kept_only: bool = True) -> tuple[np.ndarra
 def decode_batch(batch: pa.Table, classes: np.ndarray, kept_only: bool = True, size: int = 112) -> dict:
     """One Ray Data batch of shard rows -> ``image`` uint8 ``(n, size, size, 3)``, ``label``, ``identity``,
     ``image_index``; rejected rows are dropped and identities outside ``classes`` are an error."""
-    mask = kept_mask(batch, kept_only)
+    mask = training_mask(batch, kept_only)
     table = batch.filter(pa.array(mask)) if not mask.all() else batch
     identity = table.column("identity").to_numpy().astype(np.int64)
     label = np.searchsorted(classes, identity)
@@ -79,7 +72,8 @@ def read_run(run: str | Path, classes: np.ndarray, kept_only: bool = True, size:
     import ray.data
 
     paths = shard_paths(run)
-    columns = READ_COLUMNS + (["filter_reason"] if kept_only and has_filter_reason(paths) else [])
+    reasons = {c for p in paths for c in pq.read_schema(p).names if c in reason_columns()} if kept_only else set()
+    columns = READ_COLUMNS + [c for c in reason_columns() if c in reasons]
     ds = ray.data.read_parquet(paths).select_columns(columns)  # projection pushed down into the read
     return ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=rows_per_batch,
                           fn_kwargs={"classes": classes, "kept_only": kept_only, "size": size})

@@ -1,7 +1,7 @@
 """``facefoundry evaluate RUN --intrinsic``: judge a bounded, deterministic sample of a run's kept images.
 
-Sample: the done units' ``identity`` / ``image_index`` / ``filter_reason`` columns are read (no image bytes);
-kept rows are those with a null ``filter_reason`` (all rows when the column is absent). Of the identities with
+Sample: the done units' ``identity`` / ``image_index`` columns and the filters' reason columns are read (no image
+bytes); kept rows are those no filter rejected (:mod:`facefoundry.runfolder.rows`). Of the identities with
 kept rows, ``max_identities`` are drawn by a generator seeded with ``seed``; of each, ``max_images_per_identity``
 kept images are drawn by a generator seeded with ``(seed, identity)``, so the subset does not depend on shard
 order or on the other identities. Only the row groups holding the chosen identities are decoded.
@@ -32,12 +32,11 @@ from facefoundry.evaluate.judge import (
     file_info,
     judge_files,
 )
+from facefoundry.faces.quality import pose_proxies  # the report's landmark pose proxies, on the judge's points
 from facefoundry.filters.face_filter import decode_image
 from facefoundry.jsonsafe import json_safe
 from facefoundry.layout import EVAL_DIR, IDENTITIES_FILE
-from facefoundry.publishing.report_plots import (
-    pose_proxies,  # the report's landmark pose proxies, on the judge's points
-)
+from facefoundry.runfolder.rows import kept_mask, read_shard
 from facefoundry.runfolder.runinfo import read_record
 
 INTRINSIC_FILE = "intrinsic.json"
@@ -57,14 +56,12 @@ def select_sample(run_dir: Path, manifests: list[dict], max_identities: int | No
     kept: dict[str, dict[int, list[int]]] = {}
     for manifest in manifests:
         path = run_dir / str(manifest.get("shard", ""))
-        with pq.ParquetFile(path) as shard:  # one open per shard: every done shard is read here
-            names = set(shard.schema_arrow.names)
-            table = shard.read(columns=[c for c in ("identity", "image_index", "filter_reason") if c in names])
+        table = read_shard(path, ("identity", "image_index"))  # one open per shard: every done shard is read here
+        names = set(table.column_names)
         ids = table.column("identity").to_numpy(zero_copy_only=False)
         index = (table.column("image_index").to_numpy(zero_copy_only=False) if "image_index" in names
                  else np.arange(table.num_rows))
-        ok = (table.column("filter_reason").is_null().to_numpy(zero_copy_only=False) if "filter_reason" in names
-              else np.ones(table.num_rows, bool))
+        ok = kept_mask(table)
         rows = kept.setdefault(str(manifest["shard"]), {})
         for i, j in zip(ids[ok].tolist(), index[ok].tolist(), strict=True):
             rows.setdefault(int(i), []).append(int(j))
@@ -86,7 +83,7 @@ def select_sample(run_dir: Path, manifests: list[dict], max_identities: int | No
             "kept_images": sum(len(v) for rows in kept.values() for v in rows.values()),
             "identities_sampled": len(chosen), "images_sampled": images, "identities": [int(i) for i in chosen],
             "method": "identities drawn with default_rng(seed), images of each with default_rng([seed, identity]); "
-                      "kept = filter_reason null"}
+                      "kept = no filter's reason column set"}
     return selection, info
 
 
@@ -145,8 +142,7 @@ def evaluate_intrinsic(run_dir: str | Path, judge: str | Path | FaceJudge = DLIB
     if files is None:  # a pack folder: which file it holds is known once loaded
         judge = FaceJudge(judge, threshold=threshold, device=device)
         files = judge.files
-    generator = cfg.get("generator") or {}
-    check_independent(files[-1], generator.get("kind"), (cfg.get("id_filter") or {}).get("encoder_model"))
+    check_independent(files[-1], cfg.get("generator") or {}, (cfg.get("id_filter") or {}).get("encoder_model"))
     key = {"config_hash": record.get("config_hash"), "units": sorted((m["unit"], m.get("sha256")) for m in manifests),
            "judge_files": [file_info(f)["sha256"] for f in files],
            "threshold": judge.threshold if isinstance(judge, FaceJudge) else

@@ -18,18 +18,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from facefoundry.faces.dlib_models import RECOGNITION_FILE, SHAPE_5_FILE, DlibFaceModel, model_path
+from facefoundry.generators.registry import DEFAULT_KIND, find_spec
 
 DLIB = "dlib"
 DLIB_SAME_PERSON_DISTANCE = 0.6
 DEFAULT_COSINE_THRESHOLD = 0.3
 SMALL_IMAGE = 300  # images with a shorter side are upsampled once by the HOG detector (faces >= ~40 px)
 STATUSES = ("ok", "undecodable", "no_face")
-# Files that condition a generator: a judge must not be one of them (facefoundry.config, filters.iresnet).
-CONDITIONING_FILES = {"arc2face": ("arcface.onnx",), "vec2face": ("arcface-r100-glint360k.pth",)}
 
 
 class JudgeError(ValueError):
@@ -58,16 +59,35 @@ def default_threshold(model: str | Path) -> float:
     return DLIB_SAME_PERSON_DISTANCE if str(model) == DLIB else DEFAULT_COSINE_THRESHOLD
 
 
-def check_independent(judge_file: Path, generator_kind: str | None, encoder_model: str | None = None) -> None:
-    """Refuse a judge file that is the generator's conditioning encoder: by its published file name, by the
-    run's ``id_filter.encoder_model`` name, or by identical bytes."""
-    names = set(CONDITIONING_FILES.get(generator_kind or "", ()))
+def conditioning_names(generator: Any) -> tuple[str, set[str]]:
+    """(display name, file names) of the encoders that condition a run's generator, as its spec declares them.
+    ``generator`` is the run's generator section (validated, or the mapping of ``run.json``), a kind, or None."""
+    if generator is None:
+        return "", set()
+    kind = generator if isinstance(generator, str) else (
+        generator.get("kind", DEFAULT_KIND) if isinstance(generator, dict) else generator.kind)
+    spec = find_spec(kind)
+    if spec is None:
+        return str(kind), set()
+    if isinstance(generator, str):
+        return spec.display_name, set(spec.conditioning_files)
+    try:
+        section = spec.config.model_validate(generator) if isinstance(generator, dict) else generator
+    except ValidationError:  # a record this version cannot read in full: the published names still hold
+        return spec.display_name, set(spec.conditioning_files)
+    return spec.display_name, spec.conditioning_names(section)
+
+
+def check_independent(judge_file: Path, generator: Any, encoder_model: str | None = None) -> None:
+    """Refuse a judge file that is the generator's conditioning encoder: by the file names its spec declares, by
+    the run's ``id_filter.encoder_model`` name, or by identical bytes."""
+    name, names = conditioning_names(generator)
     if encoder_model:
         names.add(Path(encoder_model).name)
     same_bytes = bool(encoder_model) and Path(encoder_model).is_file() and (
         file_info(Path(encoder_model))["sha256"] == file_info(judge_file)["sha256"])
     if judge_file.name in names or same_bytes:
-        raise JudgeError(f"judge {judge_file} is the {generator_kind} generator's conditioning encoder; "
+        raise JudgeError(f"judge {judge_file} is the {name or 'run'} generator's conditioning encoder; "
                          "an independent judge is needed: use 'dlib' or another model family")
 
 
@@ -110,9 +130,9 @@ class FaceJudge:
             files.append(Path(self._embedder.model_path))
         self.files = files
 
-    def check_independent(self, generator_kind: str | None, encoder_model: str | None = None) -> None:
+    def check_independent(self, generator: Any, encoder_model: str | None = None) -> None:
         """Refuse a judge that is the generator's conditioning encoder (see :func:`check_independent`)."""
-        check_independent(self.files[-1], generator_kind, encoder_model)
+        check_independent(self.files[-1], generator, encoder_model)
 
     def info(self) -> dict:
         """Model name, score, threshold, detector/alignment and the files (path, bytes, sha256)."""

@@ -10,7 +10,7 @@
 - ``backbone.pt`` (IResNet state dict in the official ``arcface_torch`` key names) and ``result.json``, written
   last: a training with ``result.json`` is finished and is not redone.
 
-Ray must already be running (``facefoundry.pipelines.local_ray.ray_session`` starts an embedded one).
+Ray must already be running (``facefoundry.local_ray.ray_session`` starts an embedded one).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facefoundry.config import ConfigError
 from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.evaluate.config import EvaluateConfig
 from facefoundry.evaluate.data import read_run, scan_identities, shard_paths, to_input
 from facefoundry.evaluate.loop import LATEST_FILE, PROGRESS_FILE, STATE_FILE, train_loop_per_worker
 from facefoundry.faces.iresnet import IResNet
 from facefoundry.layout import EVAL_DIR
+from facefoundry.sections import ConfigError
 
 TRAIN_DIR = f"{EVAL_DIR}/train"
 RESULT_FILE, BACKBONE_FILE, CONFIG_FILE, CLASSES_FILE = "result.json", "backbone.pt", "config.json", "classes.json"
@@ -132,7 +132,7 @@ def train_on_run(run: str | Path, cfg: EvaluateConfig, progress: Callable[[str],
     if finished is not None:
         return finished
     if not ray.is_initialized():
-        raise RuntimeError("train_on_run needs a running Ray (facefoundry.pipelines.local_ray.ray_session)")
+        raise RuntimeError("train_on_run needs a running Ray (facefoundry.local_ray.ray_session)")
     paths = shard_paths(run)
     _claim_folder(out, cfg, run)
     classes, rows = scan_identities(paths, cfg.kept_only)

@@ -31,9 +31,9 @@ def train_and_verify(run_dir: str | Path, cfg: EvaluateConfig, benchmarks: str |
     ``*.bin`` files) when given; write and return ``RUN/eval/<name>.json``.
 
     Ray: ``address`` connects to a cluster; without it an embedded Ray runs on this machine."""
-    from facefoundry.config import RayConfig
     from facefoundry.evaluate.train import finished_training, train_on_run
-    from facefoundry.pipelines.local_ray import ray_session
+    from facefoundry.local_ray import ray_session
+    from facefoundry.sections import RayConfig
 
     run_dir = Path(run_dir)
     trained = finished_training(run_dir, cfg, progress)  # a finished training needs no Ray

@@ -39,13 +39,12 @@ from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.dataset.manifest import is_done, plan_units, shard_path
 from facefoundry.exporters.lmdb_dataset import LmdbDatasetWriter
 from facefoundry.exporters.recordio import IDX_FILE, REC_FILE, InsightFaceRecWriter, RecordIOError, write_property
+from facefoundry.runfolder.rows import iter_row_groups, kept_mask
 from facefoundry.runfolder.runinfo import RunFolderError, read_run, run_id
 
 ExportFormat = Literal["imagefolder", "rec", "lmdb"]
 FORMATS: tuple[str, ...] = ("imagefolder", "rec", "lmdb")
 MARKER = "export.json"
-# The filters' reason columns: a row with any of them set was rejected (kept only in annotate mode).
-REASON_COLUMNS = ("filter_reason", "id_filter_reason")
 LMDB_FILE = "train.lmdb"
 JPEG_MAGIC = b"\xff\xd8\xff"
 Progress = Callable[[int, int], None]
@@ -158,30 +157,24 @@ def _rows(shards: list[Path], include_rejected: bool, counts: dict, progress: Pr
     """``(identity, image_index, image bytes)`` of every row to export, one row group in memory."""
     total, done, last = sum(pq.read_metadata(p).num_rows for p in shards), 0, (-1, -1)
     for path in shards:  # one file open at a time: a big run has tens of thousands of shards
-        with pq.ParquetFile(path) as parquet:
-            names = parquet.schema_arrow.names
-            reason_columns = [c for c in REASON_COLUMNS if c in names]
-            for g in range(parquet.num_row_groups):
-                table = parquet.read_row_group(g, columns=["image", "identity", "image_index", *reason_columns])
-                images = table.column("image").combine_chunks().field("bytes").to_pylist()
-                ids = table.column("identity").to_pylist()
-                idx = table.column("image_index").to_pylist()
-                reasons = [next((r for r in rs if r is not None), None) for rs in
-                           zip(*(table.column(c).to_pylist() for c in reason_columns), strict=True)] \
-                    if reason_columns else [None] * len(ids)
-                for data, identity, index, reason in zip(images, ids, idx, reasons, strict=True):
-                    if (identity, index) <= last:
-                        raise ExportError(f"{path}: row ({identity}, {index}) is out of (identity, image_index) order")
-                    last = (identity, index)
-                    if reason is not None and not include_rejected:
-                        counts["rejected"] += 1
-                    elif not data:
-                        counts["no_image"] += 1
-                    else:
-                        yield identity, index, data
-                done += table.num_rows
-                if progress is not None:
-                    progress(done, total)
+        for table in iter_row_groups(path, ["image", "identity", "image_index"]):
+            images = table.column("image").combine_chunks().field("bytes").to_pylist()
+            ids = table.column("identity").to_pylist()
+            idx = table.column("image_index").to_pylist()
+            kept = kept_mask(table)
+            for data, identity, index, ok in zip(images, ids, idx, kept, strict=True):
+                if (identity, index) <= last:
+                    raise ExportError(f"{path}: row ({identity}, {index}) is out of (identity, image_index) order")
+                last = (identity, index)
+                if not ok and not include_rejected:
+                    counts["rejected"] += 1
+                elif not data:
+                    counts["no_image"] += 1
+                else:
+                    yield identity, index, data
+            done += table.num_rows
+            if progress is not None:
+                progress(done, total)
 
 
 def _prepare_out(out: Path) -> bool:

@@ -43,7 +43,8 @@ from facefoundry import __version__
 from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.dataset.storage import LocalStore
 from facefoundry.evaluate.benchmarks import IMAGE_SIZE, encode_image, write_bin
-from facefoundry.exporters.export import REASON_COLUMNS, ExportError, _shards
+from facefoundry.exporters.export import ExportError, _shards
+from facefoundry.runfolder.rows import iter_row_groups, kept_mask
 
 UNKNOWN = "unknown"
 SIDECAR_SUFFIX = ".pairs.json"
@@ -78,27 +79,24 @@ def _scan(shards: list[Path], cells: Sequence[str],
     first: dict[int, tuple[int, tuple]] = {}
     skipped = {"rejected": 0, "no_image": 0}
     for s, path in enumerate(shards):
-        with pq.ParquetFile(path) as parquet:
-            names = parquet.schema_arrow.names
-            missing = [c for c in cells if c not in names]
-            if missing:
-                raise PairsError(f"{path.name} has no column {', '.join(map(repr, missing))}; "
-                                 f"available: {', '.join(n for n in names if n != 'image')}")
-            reasons = [] if include_rejected else [c for c in REASON_COLUMNS if c in names]
-            for g in range(parquet.num_row_groups):
-                table = parquet.read_row_group(g, columns=["image", "identity", "image_index", *reasons, *cells])
-                data = table.column("image").combine_chunks().field("bytes").to_pylist()
-                columns = [table.column(c).to_pylist() for c in ("identity", "image_index", *reasons, *cells)]
-                for row, (identity, index, *rest) in enumerate(zip(*columns, strict=True)):
-                    if any(r is not None for r in rest[:len(reasons)]):
-                        skipped["rejected"] += 1
-                    elif not data[row]:
-                        skipped["no_image"] += 1
-                    else:
-                        images.setdefault(identity, {}).setdefault(index, (s, g))
-                        values = tuple(UNKNOWN if v is None else str(v) for v in rest[len(reasons):])
-                        if identity not in first or index < first[identity][0]:
-                            first[identity] = (index, values)
+        names = pq.read_schema(path).names
+        missing = [c for c in cells if c not in names]
+        if missing:
+            raise PairsError(f"{path.name} has no column {', '.join(map(repr, missing))}; "
+                             f"available: {', '.join(n for n in names if n != 'image')}")
+        for g, table in enumerate(iter_row_groups(path, ["image", "identity", "image_index", *cells])):
+            data = table.column("image").combine_chunks().field("bytes").to_pylist()
+            kept = kept_mask(table) | include_rejected
+            columns = [table.column(c).to_pylist() for c in ("identity", "image_index", *cells)]
+            for row, (identity, index, *values) in enumerate(zip(*columns, strict=True)):
+                if not kept[row]:
+                    skipped["rejected"] += 1
+                elif not data[row]:
+                    skipped["no_image"] += 1
+                else:
+                    images.setdefault(identity, {}).setdefault(index, (s, g))
+                    if identity not in first or index < first[identity][0]:
+                        first[identity] = (index, tuple(UNKNOWN if v is None else str(v) for v in values))
     return images, {i: v for i, (_, v) in first.items()}, skipped
 
 

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import numpy as np
 
-from facefoundry.config import IdentitiesConfig
+from facefoundry.sections import IdentitiesConfig
 
 REJECTION_SAMPLERS = ("gaussian_rejection", "pca_gaussian")
 _COMPARE_BLOCK = 1024  # candidates screened per block (rejection.BLOCK): the per-candidate overhead in ETA

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from facefoundry.config import HyperFaceConfig
+from facefoundry.sections import HyperFaceConfig
 
 __all__ = ["HyperFaceResult", "hyperface_pack", "max_nn_cosine"]
 

@@ -276,23 +276,6 @@ def conflicts_within(cands: Prepared, tau: float, rows: np.ndarray | None = None
     return rows[np.concatenate(later)], rows[np.concatenate(earlier)]
 
 
-def max_cosine_to(
-    cands: np.ndarray,
-    ref: np.ndarray,
-    tau: float,
-    *,
-    block: int | None = None,
-    device: torch.device | None = None,
-    dtype: torch.dtype | None = None,
-) -> np.ndarray:
-    """For each row of ``cands``, whether its cosine to some row of ``ref`` exceeds ``tau`` (exact)."""
-    device = device or default_device()
-    a, b = prepare(cands, device=device, dtype=dtype), prepare(ref, device=device, dtype=dtype)
-    if a.screen.shape[1] != b.screen.shape[1]:
-        raise ValueError(f"dimension mismatch: {a.screen.shape[1]} vs {b.screen.shape[1]}")
-    return exceeding_rows(a, b, len(b.screen), tau, block).cpu().numpy()
-
-
 def _upper_tiles(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
     """Tiles (i0, i1, j0, j1) covering every pair once from its upper side: row blocks of ``rows``, and
     column tiles from the block's own start. Tiles with j0 < i1 overlap the row block (the diagonal square,

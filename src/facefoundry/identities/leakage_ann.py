@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from facefoundry.config import LeakageConfig
 from facefoundry.identities.gallery import gallery_size, iter_gallery
+from facefoundry.sections import LeakageConfig
 
 _TRAIN_SAMPLE = 100_000
 _RECALL_SAMPLE = 500
@@ -45,7 +45,7 @@ def faiss_top2(vectors: np.ndarray, cfg: LeakageConfig) -> tuple[np.ndarray, np.
     sims, _ = index.search(queries, 2)
     sims = np.where(np.isfinite(sims) & (sims > -1e30), sims, -1.0).astype(np.float64)
 
-    from facefoundry.identities.leakage import exact_top2
+    from facefoundry.identities.leakage_exact import exact_top2
 
     sample = rng.choice(len(vectors), min(_RECALL_SAMPLE, len(vectors)), replace=False)
     exact1, _, _ = exact_top2(vectors[sample], cfg)

@@ -10,12 +10,12 @@ from typing import TextIO
 
 import numpy as np
 
-from facefoundry.config import IdentitiesConfig
 from facefoundry.identities.budget import SamplingProgress, candidate_budget, check_feasible
 from facefoundry.identities.leakage import LeakageResult, screen
 from facefoundry.identities.pca import fit_pca_gaussian
 from facefoundry.identities.rejection import SamplingError, gaussian_proposal, rejection_sample
 from facefoundry.identities.vectors_io import load_vectors
+from facefoundry.sections import IdentitiesConfig
 from facefoundry.seeds import derive_seed
 
 __all__ = ["SampledIdentities", "SamplingError", "sample_identities"]

@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from facefoundry.config import RunConfig
 from facefoundry.dataset.storage import RunStore, arrow_reader, open_store
 from facefoundry.identities.leakage import LeakageResult
 from facefoundry.identities.sampling import SamplingError, sample_identities
 from facefoundry.identities.separation import nearest_neighbours, separation_summary
 from facefoundry.layout import IDENTITIES_FILE
+
+if TYPE_CHECKING:  # the run config is assembled above this layer (it holds the generators' sections)
+    from facefoundry.config import RunConfig
 
 _META_KEY = b"facefoundry"
 # Rows per row group of identities.parquet (about 8 MB of 512-d vectors): a generator worker reads the groups

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facefoundry.config import PerturbationConfig
+from facefoundry.sections import PerturbationConfig
 from facefoundry.seeds import derive_seed
 
 
@@ -22,16 +22,6 @@ def sigma_schedule(cfg: PerturbationConfig, per_identity: int) -> np.ndarray:
     for i in np.argsort(-(exact - counts), kind="stable")[: per_identity - counts.sum()]:
         counts[i] += 1
     return np.repeat(np.asarray(cfg.sigmas, dtype=np.float64), counts)
-
-
-def expected_cosine(sigma: float, dim: int, reference_norm: float) -> float:
-    """E[cos(v, perturbed v)] for isotropic noise in high dimension: R / sqrt(R^2 + sigma^2 (d - 1))."""
-    return float(reference_norm / np.sqrt(reference_norm**2 + sigma**2 * (dim - 1)))
-
-
-def expected_mixture_cosine(cfg: PerturbationConfig, dim: int) -> float:
-    pairs = zip(cfg.sigmas, cfg.weights, strict=True)
-    return float(sum(w * expected_cosine(s, dim, cfg.reference_norm) for s, w in pairs))
 
 
 def perturb(vectors: np.ndarray, sigmas: np.ndarray, seeds: np.ndarray, cfg: PerturbationConfig) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facefoundry.dataset.atomic import atomic_write_bytes
+from facefoundry.generators.registry import spec_of
 from facefoundry.layout import (
     CARD_FILE,
     DATA_DIR,
@@ -34,10 +35,10 @@ from facefoundry.layout import (
     REPORT_DIR,
     RUN_FILE,
 )
+from facefoundry.models import human_bytes
 from facefoundry.publishing.card import card_problems, render_card
 from facefoundry.publishing.card.user import card_metadata, user_choices
 from facefoundry.publishing.licensing import DEFAULT_LICENSE, check_license, licence_conflicts, run_components
-from facefoundry.publishing.models import human_bytes
 from facefoundry.runfolder.runfacts import RunFactsError, read_run_facts
 
 # What publish uploads (patterns relative to the run folder) and deletes remotely when absent locally.
@@ -198,7 +199,7 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
         facts = read_run_facts(run_dir)
     except RunFactsError as exc:
         raise PublishError(str(exc)) from None
-    if facts.config.generator.kind == "noop":
+    if spec_of(facts.config.generator).rehearsal:
         raise PublishError(f"{run_dir} was made by the no-op generator (generator.kind: noop): its images are noise "
                            "from a pipeline rehearsal, not a dataset; it is never published")
     if include_identities and facts.config.identities.sampler == "from_file":

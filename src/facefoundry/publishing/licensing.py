@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from facefoundry.generators.registry import spec_of
+from facefoundry.models import hub_repo
+from facefoundry.upstream import UPSTREAM
+
 if TYPE_CHECKING:
-    from facefoundry.config import AttributesConfig, IdentityFilterConfig, RunConfig
+    from facefoundry.config import RunConfig
+    from facefoundry.sections import AttributesConfig, IdentityFilterConfig
 
 DEFAULT_LICENSE = "cc-by-nc-4.0"
 
@@ -46,81 +50,6 @@ def check_license(license: str) -> str:
     return lic
 
 
-def hub_id(value: str | None, default: str) -> str:
-    """A Hub id as given; a local folder is named by its last component (no local paths in cards)."""
-    if not value:
-        return default
-    if os.path.isabs(value) or value.startswith((".", "~")) or value.count("/") != 1:
-        return f"{Path(value).name} (local copy, {default} layout)"
-    return value
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """Licence facts of one upstream model: the single record the card, ``models list`` and checks read."""
-
-    name: str
-    licence: str  # the licence chain as stated by its sources (code, weights, training data)
-    training_data: str
-    commercial: bool | None  # False: non-commercial terms somewhere in the chain; None: not recorded
-
-
-_GLINT = "Glint360K (web-crawled celebrity faces, no consent)"
-_GLINT_TERMS = "Glint360K / InsightFace terms: non-commercial research only"
-# Keyed by short name; ``models.REGISTRY`` entries name the upstream models their files hold.
-UPSTREAM: dict[str, Upstream] = {
-    "tiny": Upstream("tiny random weights (built in code)", "none", "none (random initialisation)", True),
-    "noop": Upstream("no-op generator (seed-only noise, no model)", "none", "none (no model)", True),
-    "arc2face": Upstream("Arc2Face", "mit (model card); training-data release cc-by-nc-sa-4.0",
-                         "WebFace42M-derived face images (web-crawled, no consent)", False),
-    "sd15": Upstream("Stable Diffusion 1.5", "creativeml-openrail-m (use-based restrictions)",
-                     "LAION-5B subsets (web-crawled)", True),
-    "lcm-lora": Upstream("LCM-LoRA SD-1.5", "openrail++ (model card; use-based restrictions)",
-                         "distilled from SD-1.5 on LAION subsets (web-crawled)", True),
-    "arcface-onnx": Upstream("ArcFace (arcface.onnx)", "mit (Arc2Face model card); WebFace42M terms: "
-                             "non-commercial research", "WebFace42M (web-crawled celebrity faces, no consent)",
-                             False),
-    "vec2face": Upstream("Vec2Face", "mit (model card)",
-                         "web-crawled face images (see the Vec2Face paper); no consent", False),
-    "idiff-face": Upstream("IDiff-Face", "cc-by-nc-sa-4.0 (fdbtrs/IDiff-Face code and released weights)",
-                           "FFHQ at 128 px (Flickr photos of real people; FFHQ is cc-by-nc-sa-4.0) with ElasticFace "
-                           "embeddings", False),
-    "ldm-ffhq-vq-f4": Upstream("CompVis LDM ffhq256 VQ-f4 autoencoder", "mit code (CompVis/latent-diffusion); "
-                               "weights trained on FFHQ (cc-by-nc-sa-4.0)", "FFHQ (Flickr photos of real people)",
-                               False),
-    "elasticface": Upstream("ElasticFace-Arc R100", "mit code (fdbtrs/ElasticFace); weights trained on MS1MV2 "
-                            "(non-commercial research terms)", "MS1MV2 (web-crawled celebrity faces, no consent)",
-                            False),
-    "dcface": Upstream("DCFace", "no licence file in mk-minchul/dcface (all rights reserved by default); built "
-                       "on AdaFace / TFace models", "CASIA-WebFace (web-crawled celebrity faces, no consent), FFHQ",
-                       False),
-    "dcface-gid": Upstream("DCFace G_id (guided-diffusion ADM on FFHQ 256, ffhq_10m.pt)", "no licence file in "
-                           "mk-minchul/dcface; guided-diffusion code mit; FFHQ cc-by-nc-sa-4.0",
-                           "FFHQ (Flickr photos of real people)", False),
-    "arcface-r100": Upstream("ArcFace R100", f"weights: {_GLINT_TERMS}", _GLINT, False),
-    # code: MIT (IrvingMeng/MagFace LICENSE); the R100 weights Vec2Face ships are trained on Glint360K
-    "magface": Upstream("MagFace R100", f"mit code (IrvingMeng/MagFace); weights: {_GLINT_TERMS}", _GLINT, False),
-    "6drepnet": Upstream("6DRepNet", "mit code; 300W-LP / AFLW2000 terms (non-commercial research) apply to the "
-                         "weights", "300W-LP (synthesised from 300-W faces)", False),
-    "scrfd": Upstream("SCRFD", "InsightFace pretrained packs: non-commercial research only",
-                      "WIDER FACE (web images)", False),
-    "genderage": Upstream("InsightFace gender/age model (genderage.onnx)", "InsightFace pretrained packs "
-                          "(buffalo_l, antelopev2): non-commercial research only", "not stated by InsightFace",
-                          False),
-    "fairface": Upstream("FairFace ResNet-34 race/gender/age classifier (res34_fair_align_multi_7)",
-                         "no licence file in joojs/fairface or dchen236/FairFace; their READMEs give cc-by-4.0 "
-                         "for the data, the weights' licence is not stated",
-                         "FairFace: YFCC-100M Flickr photos of real people, race-balanced", None),
-    "dlib-hog": Upstream("dlib HOG frontal face detector", "bsl-1.0 (dlib)", "built into dlib", True),
-    "dlib-cnn": Upstream("dlib CNN (MMOD) face detector", "not recorded here: check dlib-models",
-                         "face images annotated by the dlib author", None),
-    "dlib-5pt": Upstream("dlib 5-point shape predictor", "cc0-1.0",
-                         "internet face images annotated by the dlib author", True),
-    "dlib-resnet": Upstream("dlib ResNet face recognition v1", "cc0-1.0",
-                            "about 3M faces: FaceScrub, VGG-Face and web-scraped images (no consent)", True),
-}
-
-
 def component(key: str, role: str, source: str, revision: str | None = None) -> Component:
     """The :class:`Component` of upstream model ``key`` in ``role``, its licence facts from :data:`UPSTREAM`."""
     up = UPSTREAM[key]
@@ -130,42 +59,7 @@ def component(key: str, role: str, source: str, revision: str | None = None) -> 
 def run_components(cfg: RunConfig) -> list[Component]:
     """The upstream models a run used, from its typed config."""
     gen, filt = cfg.generator, cfg.filter
-    if gen.tiny:
-        comps = [component("noop" if gen.kind == "noop" else "tiny", "generator", "facefoundry")]
-    elif gen.kind == "arc2face":
-        model = hub_id(gen.model, "FoivosPar/Arc2Face")
-        comps = [
-            component("arc2face", "generator (UNet, ID-conditioned text encoder)", model, gen.revision),
-            component("sd15", "generator base (VAE, tokenizer, scheduler)",
-                      hub_id(gen.base_model, "stable-diffusion-v1-5/stable-diffusion-v1-5")),
-            *([component("lcm-lora", "generator fast mode (fused into the UNet)",
-                         hub_id(gen.lcm_lora, "latent-consistency/lcm-lora-sdv1-5"), gen.lcm_lora_revision)]
-              if gen.sampler == "lcm" else []),
-            component("arcface-onnx", "identity space (arcface.onnx; defines the vectors, not run here)",
-                      f"{model} (arcface.onnx)", gen.revision),
-        ]
-    elif gen.kind == "dcface":
-        comps = [component("dcface", "generator (ID encoder, style encoder, mixing UNet)",
-                           f"mk-minchul/dcface ({Path(gen.checkpoint).name})")]
-    elif gen.kind == "idiff_face":
-        comps = [
-            component("idiff-face", f"generator (conditional latent DDPM, {gen.sampler} sampler)",
-                      f"fdbtrs/IDiff-Face ({Path(gen.model).name})"),
-            component("ldm-ffhq-vq-f4", "generator decoder (VQ-f4)", "CompVis/latent-diffusion (ffhq256 VQ-f4)"),
-            component("elasticface", "identity space (ElasticFace-Arc; defines the vectors, not run here)",
-                      "fdbtrs/ElasticFace (295672backbone.pth)"),
-        ]
-    else:
-        comps = [
-            component("vec2face", "generator (masked autoencoder + image decoder)",
-                      hub_id(gen.checkpoint, "BooBooWu/Vec2Face"), gen.revision),
-            component("arcface-r100", "identity space (ArcFace-R100; defines the vectors, not run here)",
-                      "BooBooWu/Vec2Face (arcface-r100-glint360k.pth)"),
-        ]
-        if gen.attrop.enabled:
-            comps += [component("magface", "AttrOP quality model", "BooBooWu/Vec2Face (magface-r100-glint360k.pth)"),
-                      component("6drepnet", "AttrOP pose model",
-                                "BooBooWu/Vec2Face (6DRepNet_300W_LP_AFLW2000.pth)")]
+    comps = [component(use.key, use.role, use.source, use.revision) for use in spec_of(gen).components(gen)]
     comps += [
         component("dlib-cnn", "face detector", "dlib-models (mmod_human_face_detector.dat)") if filt.detector == "cnn"
         else component("dlib-hog", "face detector", "dlib library"),
@@ -196,7 +90,8 @@ def id_filter_components(idf: IdentityFilterConfig | None) -> list[Component]:
     detector, encoder = Path(idf.detector_model).name, Path(idf.encoder_model).name
     comps = [component("scrfd", "face detector (id_filter)", f"InsightFace model pack ({detector})")]
     if encoder.endswith((".pth", ".pt")):
-        comps.append(component("arcface-r100", "conditioning encoder (id_filter)", f"BooBooWu/Vec2Face ({encoder})"))
+        comps.append(component("arcface-r100", "conditioning encoder (id_filter)",
+                               f"{hub_repo('vec2face-face-models')} ({encoder})"))
     else:
         comps.append(component("arcface-onnx", "conditioning encoder (id_filter)", encoder))
     return comps

@@ -46,14 +46,14 @@ from facefoundry.publishing.report_plots import (
     plot_pose,
     plot_quality,
     plot_separation,
-    pose_proxies,
     sample_note,
 )
+from facefoundry.runfolder.rows import read_shard, reason_columns, rejection_reasons
 from facefoundry.runfolder.runfacts import RunFacts, RunFactsError, read_run_facts
 
-__all__ = ["PLOTS", "ReportError", "build_report", "pose_proxies"]
+__all__ = ["PLOTS", "ReportError", "build_report"]
 
-SCORE_COLUMNS = ("identity", "filter_reason", "face_count", "face_score", "face_box", "landmarks",
+SCORE_COLUMNS = ("identity", "face_count", "face_score", "face_box", "landmarks",
                  "judge_similarity", "judge_distance", "id_similarity")
 
 
@@ -146,15 +146,13 @@ def _sample(run_dir: Path, manifests: list[dict], max_rows: int, seed: int) -> d
         path = run_dir / str(manifest.get("shard", ""))
         if not path.is_file():  # removed since the manifests were read
             continue
-        with pq.ParquetFile(path) as shard:
-            names = set(shard.schema_arrow.names)
-            table = shard.read(columns=[c for c in SCORE_COLUMNS if c in names])
+        table = read_shard(path, SCORE_COLUMNS)
+        names = set(table.column_names)
         if rows + table.num_rows > max_rows:
             table, cut = table.slice(0, max_rows - rows), True
         n, rows, shards = table.num_rows, rows + table.num_rows, shards + 1
         ids = table.column("identity").to_numpy(zero_copy_only=False).astype(np.int64)
-        reason = np.array(table.column("filter_reason").to_pylist() if "filter_reason" in names else [None] * n,
-                          dtype=object)
+        reason = rejection_reasons(table)  # the first filter's reason; None = kept (runfolder.rows)
         kept = np.array([r is None for r in reason], dtype=bool)
         start, stop = manifest.get("identity_start"), manifest.get("identity_stop")
         if not cut and isinstance(start, int) and isinstance(stop, int) and stop > start:
@@ -173,7 +171,7 @@ def _sample(run_dir: Path, manifests: list[dict], max_rows: int, seed: int) -> d
     sample["per_identity"] = np.concatenate(per_identity) if per_identity else np.zeros(0, np.int64)
     sample["info"] = {"max_rows": max_rows, "seed": seed, "rows": rows, "shards_read": shards,
                       "shards_total": len(manifests), "last_shard_cut": cut,
-                      "columns": list(SCORE_COLUMNS),
+                      "columns": [*SCORE_COLUMNS, *reason_columns()],
                       "max_shards": MAX_SAMPLE_SHARDS,
                       "method": "whole shards in seeded random order until max_rows rows or max_shards shards; "
                                 "score columns only "

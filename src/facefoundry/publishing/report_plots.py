@@ -1,5 +1,5 @@
 """The report's plots: one PNG each (see :mod:`facefoundry.publishing.report` for what they show and where the data
-comes from). Pose is a *proxy* from the 5 dlib landmarks: :func:`pose_proxies`."""
+comes from). Pose is a *proxy* from the 5 dlib landmarks: :func:`facefoundry.faces.quality.pose_proxies`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 from PIL import Image
 
 from facefoundry.config import RunConfig
+from facefoundry.faces.quality import pose_proxies
+from facefoundry.runfolder.rows import rejection_reasons, with_reasons
 
 SIMILARITY_COLUMNS = ("judge_similarity", "judge_distance", "id_similarity")
 GRID_IDENTITIES, GRID_IMAGES, GRID_SHARDS, THUMB = 8, 8, 64, 112
@@ -212,22 +214,6 @@ def plot_quality(path: Path, sample: dict, title: str) -> None:
     _save(fig, path)
 
 
-def pose_proxies(landmarks: np.ndarray) -> dict[str, np.ndarray]:
-    """Yaw/pitch proxies and roll (degrees) from (n, 10) dlib 5-point landmarks; NaN where undefined."""
-    lm = landmarks.reshape(-1, 5, 2)
-    right, left, nose = lm[:, 0:2].mean(axis=1), lm[:, 2:4].mean(axis=1), lm[:, 4]
-    axis = right - left
-    dist = np.linalg.norm(axis, axis=1)
-    dist = np.where(dist > 0, dist, np.nan)
-    unit = axis / dist[:, None]
-    rel = nose - (right + left) / 2
-    return {
-        "yaw_proxy": (rel * unit).sum(axis=1) / dist,
-        "pitch_proxy": (rel[:, 1] * unit[:, 0] - rel[:, 0] * unit[:, 1]) / dist,
-        "roll_deg": np.degrees(np.arctan2(axis[:, 1], axis[:, 0])),
-    }
-
-
 def plot_pose(path: Path, sample: dict, title: str) -> dict:
     fig, axes = _figure(3, "pose from the 5 dlib landmarks (proxies, not angles, except roll)\n" + title)
     proxies = pose_proxies(sample["landmarks"])
@@ -258,8 +244,8 @@ def _grid_rows(run_dir: Path, manifests: list[dict]) -> list[tuple[int, list[tup
         names = set(pf.schema_arrow.names)
         if not {"image", "identity"} <= names:
             continue
-        cols = [c for c in ("identity", "image_index", "filter_reason") if c in names]
-        meta = pf.read(columns=cols).to_pydict()
+        table = pf.read(columns=with_reasons(names, ("identity", "image_index")))
+        meta = table.to_pydict() | {"reason": rejection_reasons(table).tolist()}
         chosen: dict[int, list[int]] = {}
         for row, identity in enumerate(meta["identity"]):
             rows = chosen.get(identity)
@@ -282,7 +268,7 @@ def _grid_rows(run_dir: Path, manifests: list[dict]) -> list[tuple[int, list[tup
 
         for identity, rows in chosen.items():
             picked.append((identity, [(meta["image_index"][r] if "image_index" in meta else r,
-                                       meta["filter_reason"][r] if "filter_reason" in meta else None, data(r))
+                                       meta["reason"][r], data(r))
                                       for r in rows]))
     return picked
 

@@ -13,11 +13,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from facefoundry.config import ConfigError, RunConfig, validate_config
+from facefoundry.config import RunConfig, validate_config
 from facefoundry.dataset.manifest import accepted_images, finished_manifests, plan_units
 from facefoundry.identities.store import read_metadata
 from facefoundry.layout import IDENTITIES_FILE, MANIFEST_DIR, PLOTS, REPORT_DIR, RUN_FILE
 from facefoundry.runfolder.runinfo import RunFolderError, read_record
+from facefoundry.sections import ConfigError
 
 
 class RunFactsError(ValueError):

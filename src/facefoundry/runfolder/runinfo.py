@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 from facefoundry import __version__
-from facefoundry.config import RunConfig, apply_overrides, validate_config
+from facefoundry.config import RunConfig, validate_config
 from facefoundry.dataset.storage import RunStore, open_store
 from facefoundry.layout import RUN_ENTRIES, RUN_FILE
+from facefoundry.sections import apply_overrides
 
 
 class RunFolderError(RuntimeError):

@@ -7,33 +7,26 @@ unchanged run uploads nothing. :func:`write_card` keeps what the user wrote in a
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from facefoundry.dataset.atomic import atomic_write_bytes
+from facefoundry.generators.registry import spec_of
 from facefoundry.layout import CARD_FILE, DATA_PATTERN
-from facefoundry.publishing.card.references import GENERATOR_NAMES, size_category
+from facefoundry.publishing.card.context import CardContext, generator_name
+from facefoundry.publishing.card.references import size_category
 from facefoundry.publishing.card.user import keep_user_content, user_choices
 from facefoundry.publishing.licensing import (
     DEFAULT_LICENSE,
     NONCOMMERCIAL_LICENSES,
-    Component,
     check_license,
-    licence_conflicts,
-    run_components,
 )
 from facefoundry.runfolder.runfacts import RunFacts, RunFactsError, read_run_facts
 
 
 class CardError(RunFactsError):
     """The run folder cannot be described (not a run, or no finished unit)."""
-
-
-def generator_name(facts: RunFacts) -> str:
-    return GENERATOR_NAMES.get(facts.config.generator.kind, facts.config.generator.kind)
 
 
 def gated_fields(license: str) -> tuple[str, dict]:
@@ -53,32 +46,6 @@ def gated_fields(license: str) -> tuple[str, dict]:
         f"I agree to the dataset licence ({license})": "checkbox",
     }
     return prompt, fields
-
-
-@dataclass
-class CardContext:
-    """What the card's sections read: the run facts, the card's choices and values derived from them."""
-
-    facts: RunFacts
-    license: str
-    pretty_name: str
-    features: object  # datasets.Features of the shards
-    where: str  # the repo id, or a placeholder path
-    vectors_public: bool
-    meta: dict = field(init=False)  # the shards' ``facefoundry`` Parquet metadata
-    comps: list[Component] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.cfg = self.facts.config
-        raw = (pq.read_schema(self.facts.run_dir / self.facts.manifests[0]["shard"]).metadata or {}).get(
-            b"facefoundry")
-        self.meta = json.loads(raw) if raw else {}
-        self.comps = run_components(self.cfg)
-        self.conflicts = licence_conflicts(self.license, self.comps)
-        self.nc_comps = [c for c in self.comps if c.commercial is False]
-        self.tiny = self.cfg.generator.tiny
-        self.nn = self.facts.identities.get("nn_cosine") or {}
-        self.leak = self.facts.identities.get("leakage")
 
 
 def _features(facts: RunFacts) -> object:
@@ -101,7 +68,8 @@ def build_card(run_dir: str | Path, license: str = DEFAULT_LICENSE, pretty_name:
         raise CardError(str(exc)) from None
     cfg = facts.config
     kind_name = generator_name(facts)
-    gen_name = (f"tiny random {kind_name}-layout model" if cfg.generator.tiny and cfg.generator.kind != "noop"
+    rehearsal = spec_of(cfg.generator).rehearsal
+    gen_name = (f"tiny random {kind_name}-layout model" if cfg.generator.tiny and not rehearsal
                 else kind_name)
     pretty_name = pretty_name or (f"{cfg.run.name}: synthetic faces ({gen_name}, {cfg.identities.count:,} "
                                   f"identities x {cfg.images.per_identity})")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from facefoundry.layout import DATA_PATTERN, IDENTITIES_FILE, MANIFEST_DIR, REPORT_DIR, RUN_FILE, SUMMARY_FILE
-from facefoundry.publishing.card.build import CardContext
+from facefoundry.models import human_bytes
+from facefoundry.publishing.card.context import CardContext
 from facefoundry.publishing.card.markdown import feature_type, num, table
 from facefoundry.publishing.card.references import COLUMN_DOCS
 from facefoundry.publishing.licensing import ESTIMATOR_ROLE
-from facefoundry.publishing.models import human_bytes
 
 
 def structure(ctx: CardContext) -> list[str]:

@@ -9,7 +9,7 @@ from facefoundry.evaluate.intrinsic import intrinsic_table_markdown
 from facefoundry.evaluate.intrinsic_run import INTRINSIC_FILE
 from facefoundry.evaluate.train_verify import read_results, results_table_markdown
 from facefoundry.layout import EVAL_DIR
-from facefoundry.publishing.card.build import CardContext
+from facefoundry.publishing.card.context import CardContext
 
 
 def evaluation(ctx: CardContext) -> list[str]:

@@ -7,11 +7,10 @@ Filter rejection reasons are documented by each filter (``REASON_DOCS`` beside `
 from __future__ import annotations
 
 from facefoundry.config import RunConfig
+from facefoundry.generators.registry import SPECS, spec_of
 
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B",
                    "1B<n<10B", "10B<n<100B", "100B<n<1T", "n>1T")
-GENERATOR_NAMES = {"arc2face": "Arc2Face", "vec2face": "Vec2Face", "idiff_face": "IDiff-Face", "dcface": "DCFace",
-                   "noop": "no-op"}
 
 COLUMN_DOCS = {
     "image": "the encoded image (PNG or JPEG) as {bytes, path}; `path` is `<identity>_<index>.<ext>`",
@@ -41,39 +40,8 @@ SAMPLER_DOCS = {
     "hyperface": "points packed on the hypersphere by gradient descent pushing the closest pairs apart (HyperFace)",
     "from_file": "vectors supplied by the user (provenance not known to facefoundry)",
 }
+# BibTeX of the methods outside the generators (whose own entries are in their specs), then the generators'.
 CITATIONS = {
-    "arc2face": """@inproceedings{paraperas2024arc2face,
-  title = {Arc2Face: A Foundation Model for ID-Consistent Human Faces},
-  author = {Paraperas Papantoniou, Foivos and Lattas, Alexandros and Moschoglou, Stylianos and Deng, Jiankang
-            and Kainz, Bernhard and Zafeiriou, Stefanos},
-  booktitle = {European Conference on Computer Vision (ECCV)},
-  year = {2024}
-}""",
-    "sd": """@inproceedings{rombach2022ldm,
-  title = {High-Resolution Image Synthesis with Latent Diffusion Models},
-  author = {Rombach, Robin and Blattmann, Andreas and Lorenz, Dominik and Esser, Patrick and Ommer, Bj{\\"o}rn},
-  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year = {2022}
-}""",
-    "dpmsolver": """@article{lu2022dpmsolverpp,
-  title = {DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models},
-  author = {Lu, Cheng and Zhou, Yuhao and Bao, Fan and Chen, Jianfei and Li, Chongxuan and Zhu, Jun},
-  journal = {arXiv preprint arXiv:2211.01095},
-  year = {2022}
-}""",
-    "arcface": """@inproceedings{deng2019arcface,
-  title = {ArcFace: Additive Angular Margin Loss for Deep Face Recognition},
-  author = {Deng, Jiankang and Guo, Jia and Xue, Niannan and Zafeiriou, Stefanos},
-  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year = {2019}
-}""",
-    "webface": """@inproceedings{zhu2021webface260m,
-  title = {WebFace260M: A Benchmark Unveiling the Power of Million-Scale Deep Face Recognition},
-  author = {Zhu, Zheng and Huang, Guan and Deng, Jiankang and Ye, Yun and Huang, Junjie and Chen, Xinze
-            and Zhu, Jiagang and Yang, Tian and Lu, Jiwen and Du, Dalong and Zhou, Jie},
-  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year = {2021}
-}""",
     "dlib": """@article{king2009dlib,
   title = {Dlib-ml: A Machine Learning Toolkit},
   author = {King, Davis E.},
@@ -82,40 +50,20 @@ CITATIONS = {
   pages = {1755--1758},
   year = {2009}
 }""",
-    "vec2face": """@inproceedings{wu2025vec2face,
-  title = {Vec2Face: Scaling Face Dataset Generation with Loosely Constrained Vectors},
-  author = {Wu, Haiyu and Singh, Jaskirat and Tian, Sicong and Zheng, Liang and Bowyer, Kevin W.},
-  booktitle = {International Conference on Learning Representations (ICLR)},
-  year = {2025}
-}""",
-    "dcface": """@inproceedings{kim2023dcface,
-  title = {DCFace: Synthetic Face Generation with Dual Condition Diffusion Model},
-  author = {Kim, Minchul and Liu, Feng and Jain, Anil and Liu, Xiaoming},
-  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year = {2023}
-}""",
     "hyperface": """@inproceedings{shahreza2025hyperface,
   title = {HyperFace: Generating Synthetic Face Recognition Datasets by Exploring Face Embedding Hypersphere},
   author = {Otroshi Shahreza, Hatef and Marcel, S{\\'e}bastien},
   booktitle = {International Conference on Learning Representations (ICLR)},
   year = {2025}
 }""",
-    "idiffface": """@inproceedings{boutros2023idiffface,
-  title = {IDiff-Face: Synthetic-based Face Recognition through Fizzy Identity-Conditioned Diffusion Models},
-  author = {Boutros, Fadi and Grebe, Jonas Henry and Kuijper, Arjan and Damer, Naser},
-  booktitle = {IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year = {2023}
-}""",
 }
+CITATIONS |= {key: entry for spec in SPECS.values() for key, entry in spec.citations.items()}
 
 
 def citation_keys(cfg: RunConfig) -> list[str]:
     """The :data:`CITATIONS` a run's methods call for, in order."""
     ident = cfg.identities
-    keys = []
-    if not cfg.generator.tiny:
-        keys += {"vec2face": ["vec2face"], "idiff_face": ["idiffface"], "dcface": ["dcface"]}.get(
-            cfg.generator.kind, ["arc2face", "sd", "dpmsolver", "arcface", "webface"])
+    keys = spec_of(cfg.generator).citation_keys(cfg.generator)
     keys.append("dlib")
     keys += {"gaussian_rejection": ["vec2face"], "pca_gaussian": ["vec2face"], "hyperface": ["hyperface"],
              "uniform_sphere": ["idiffface"]}.get(ident.sampler, [])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from facefoundry.generators.registry import spec_of
 from facefoundry.layout import IDENTITIES_FILE
-from facefoundry.publishing.card.about import NATIVE_SIZE
-from facefoundry.publishing.card.build import CardContext
+from facefoundry.publishing.card.context import CardContext
 from facefoundry.publishing.card.references import CITATIONS, citation_keys
 
 
@@ -74,26 +74,24 @@ def licence(ctx: CardContext) -> list[str]:
 
 def limitations(ctx: CardContext) -> list[str]:
     cfg, tiny = ctx.cfg, ctx.tiny
-    size = cfg.generator.output_size or NATIVE_SIZE[cfg.generator.kind]
+    spec = spec_of(cfg.generator)
+    size = spec.output_size(cfg.generator)
     out: list[str] = []
     add = out.append
     add("## Limitations\n")
     lim = []
     if tiny:
-        lim.append(("- The no-op generator (a pipeline rehearsal)" if cfg.generator.kind == "noop" else
+        lim.append(("- The no-op generator (a pipeline rehearsal)" if spec.rehearsal else
                     "- Tiny random weights") + ": the images are not faces. This run only tests the tooling.")
     lim += [
         "- Identity consistency was judged by one independent model (dlib); its 0.6 threshold was calibrated on "
         "real photos, not generated faces.",
         "- Variation in pose, expression, illumination and age is whatever the generator produces from seeds"
-        + (" and style images." if cfg.generator.kind == "dcface" else
+        + (f" and {spec.variation_source}." if spec.variation_source else
            " and vector noise." if cfg.images.perturbation is not None else "."),
         "- Leakage screening covers identity vectors only, and only against the configured galleries.",
         "- No demographic labels, so balance cannot be audited from the data itself.",
-        *(["- Style images are real photos of people (DCFace `generator.style_provenance: real`): each image takes its "
-           "pose, expression, lighting and background from one (named in `style_source`), so those photos' "
-           "biases and consent terms carry over."]
-          if cfg.generator.kind == "dcface" and cfg.generator.style_provenance == "real" and not tiny else []),
+        *spec.limitations(cfg.generator),
         f"- Images are {size} px; models expecting aligned 112 px crops need the `landmarks` to align them.",
     ]
     if cfg.filter.mode == "annotate" or (cfg.id_filter is not None and cfg.id_filter.mode == "annotate"):

@@ -1,0 +1,123 @@
+"""Start and stop Ray: an embedded instance on loopback by default, or a connection to a cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+
+from facefoundry.sections import RayConfig
+from facefoundry.termination import keep_sigterm_handler
+
+# An embedded Ray must listen on loopback only and must not need an auth token. Its workers start at
+# the priority of Ray's own processes rather than Ray's default nice 15, so the generator is not
+# preempted by every wake-up of those. (Not lower for the filter and writer: on a busy machine they
+# would starve, and finished images would wait uncommitted.)
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
+# Ray's own progress bars and per-operator logs are replaced by facefoundry's progress line.
+QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
+def _init(cfg: RayConfig, temp_dir: str | None) -> None:
+    import ray
+
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=False, logging_level="ERROR")
+        return
+    ray.init(
+        num_cpus=cfg.num_cpus or os.cpu_count(),
+        num_gpus=cfg.num_gpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=temp_dir,  # Unix socket paths are limited to ~107 bytes: keep it short
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
+
+
+class _Starting:
+    """``ray.init`` running in a thread; :meth:`wait` joins the start (in the main thread) and re-raises its
+    error, :meth:`shutdown` stops Ray and lets the thread go.
+
+    The thread outlives the start: Ray's daemons (GCS, raylet) are spawned with ``PR_SET_PDEATHSIG``, which
+    kills them when the *thread* that spawned them exits, so it waits until the session ends."""
+
+    def __init__(self, cfg: RayConfig, temp_dir: str | None):
+        self._error: BaseException | None = None
+        self._up, self._ended = threading.Event(), threading.Event()
+        self._restore = contextlib.ExitStack()
+        # Ray's core worker installs a native SIGTERM handler while it starts; the main thread puts the
+        # previous one back once the start is over (``wait``), as the foreground start does.
+        self._restore.enter_context(keep_sigterm_handler())
+        self._thread = threading.Thread(target=self._start, args=(cfg, temp_dir), name="ray-start", daemon=True)
+        self._thread.start()
+
+    def _start(self, cfg: RayConfig, temp_dir: str | None) -> None:
+        # Started from a thread, ray.init leaves Python's signal handlers alone and warns that it does so.
+        logging.getLogger("ray._private.worker").addFilter(_no_sigterm_warning)
+        try:
+            _init(cfg, temp_dir)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by wait()
+            self._error = exc
+        finally:
+            self._up.set()
+        self._ended.wait()
+
+    def wait(self) -> None:
+        self._up.wait()
+        self._restore.close()
+        if self._error is not None:
+            raise self._error
+
+    def shutdown(self) -> None:
+        """Shut Ray down once its start is over, then let the thread go."""
+        with contextlib.suppress(BaseException):  # the block failed first: its error is the one to see
+            self.wait()
+        import ray
+
+        ray.shutdown()
+        self._ended.set()
+        self._thread.join()
+
+
+def _no_sigterm_warning(record: logging.LogRecord) -> bool:
+    return "SIGTERM handler is not set" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig, background: bool = False) -> Iterator[Callable[[], None]]:
+    """Connect to ``cfg.address`` or start an embedded Ray with its own short temp dir; shut it down after.
+
+    Yields ``ready``: a call that returns once Ray is up. With ``background`` Ray starts in a thread while
+    the block goes on (the driver samples identities meanwhile) and ``ready`` waits for it, raising what
+    the start raised; otherwise Ray is up before the block starts. An already running Ray is used as is."""
+    for key, value in {**LOCAL_ENV, **QUIET_ENV}.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        yield lambda: None
+        return
+    temp_dir = None if cfg.address else tempfile.mkdtemp(prefix="ffray-", dir="/tmp")
+    try:
+        if background:
+            starting = _Starting(cfg, temp_dir)
+            ready = starting.wait
+        else:
+            with keep_sigterm_handler():  # Ray's native SIGTERM handler would print a C++ stack
+                _init(cfg, temp_dir)
+            ready = lambda: None  # noqa: E731
+        try:
+            yield ready
+        finally:
+            if background:
+                starting.shutdown()
+            else:
+                ray.shutdown()
+    finally:
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)

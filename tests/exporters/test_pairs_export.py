@@ -1,0 +1,206 @@
+"""Verification pairs from a finished run as an InsightFace .bin set, read back two ways (no Ray)."""
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from facefoundry.cli import app
+from facefoundry.config import validate_config
+from facefoundry.dataset.manifest import plan_units
+from facefoundry.dataset.schema import image_struct
+from facefoundry.dataset.shards import write_unit
+from facefoundry.evaluate.benchmarks import load_benchmark
+from facefoundry.evaluate.verification import ten_fold_accuracy
+from facefoundry.exporters.export import ExportError
+from facefoundry.exporters.pairs import PairsError, export_pairs, sidecar_path
+from facefoundry.identities.store import write_identities
+from facefoundry.layout import manifest_file
+from facefoundry.runfolder.runinfo import prepare_run_folder
+
+PER_IDENTITY, PER_UNIT, PAIRS = 4, 4, 6
+CELLS = ["gender", "age_group"]
+# identity -> (gender, age_group): three identities in each of four cells, two with no gender (null).
+LABELS = {i: (("female", "male")[i % 2], ("20-39", "40-59")[i // 2 % 2]) for i in range(12)}
+LABELS |= {12: (None, "20-39"), 13: (None, "20-39")}
+REJECTED = (5, 0)  # filter_reason set, and its gender is wrong: identity 5's cell comes from image 1
+ID_REJECTED = (7, 3)  # id_filter_reason set
+
+
+def pixels(identity: int, index: int, size: int) -> np.ndarray:
+    """A different image for every (identity, index); PNG keeps it exactly."""
+    image = np.zeros((size, size, 3), np.uint8)
+    image[..., 0], image[..., 1] = identity * 15, index * 50
+    image[..., 2] = np.arange(size, dtype=np.uint8)[None, :]
+    return image
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_run(out: Path, labels: dict = LABELS, size: int = 112) -> Path:
+    cfg = validate_config({
+        "run": {"name": "pairs"},
+        "identities": {"count": len(labels)},
+        "images": {"per_identity": PER_IDENTITY},
+        "output": {"identities_per_unit": PER_UNIT, "row_group_size": 3},
+    })
+    prepare_run_folder(out, cfg)
+    write_identities(out, cfg)
+    for unit in plan_units(len(labels), PER_UNIT):
+        rows = [(i, j) for i in range(unit.start, unit.stop) for j in range(PER_IDENTITY)]
+        gender = ["male" if (i, j) == REJECTED else labels[i][0] for i, j in rows]
+        table = pa.table({
+            "image": image_struct([png(pixels(i, j, size)) for i, j in rows], [f"{i}_{j}.png" for i, j in rows]),
+            "identity": pa.array([i for i, _ in rows], pa.int64()),
+            "image_index": pa.array([j for _, j in rows], pa.int32()),
+            "filter_reason": pa.array(["no_face" if r == REJECTED else None for r in rows], pa.string()),
+            "id_filter_reason": pa.array(["too_far" if r == ID_REJECTED else None for r in rows], pa.string()),
+            "gender": pa.array(gender, pa.string()),
+            "age_group": pa.array([labels[i][1] for i, _ in rows], pa.string()),
+        })
+        write_unit(out, unit, table, generated=len(rows), drops={}, config_hash=cfg.config_hash(),
+                   file_metadata={"run_id": "pairs"}, row_group_size=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("out") / "synth.bin"
+    return out, export_pairs(run_dir, out, CELLS, PAIRS, seed=0)
+
+
+def cell_of(identity: int) -> str:
+    gender, age = LABELS[identity]
+    return f"gender={gender or 'unknown'},age_group={age}"
+
+
+def test_round_trip_counts_and_pairs(exported):
+    out, summary = exported
+    side = json.loads(sidecar_path(out).read_text())
+    listing = side.pop("pair_list")
+    assert side == json.loads(json.dumps(summary)) and side["seed"] == 0 and side["cells"] == CELLS
+    assert set(summary["per_cell"]) == {cell_of(i) for i in LABELS} and summary["unknown_identities"]["gender"] == 2
+    for label, cell in summary["per_cell"].items():
+        assert (cell["genuine"], cell["impostor"], cell["shortfall"]) == (6, 6, {"genuine": 0, "impostor": 0})
+        assert sum(e["cell"] == label and e["issame"] for e in listing) == 6
+        assert sum(e["cell"] == label and not e["issame"] for e in listing) == 6
+    assert summary["per_cell"]["gender=male,age_group=20-39"]["images"] == 11  # (5, 0) rejected
+    assert summary["per_cell"]["gender=male,age_group=40-59"]["images"] == 11  # (7, 3) rejected
+    assert summary["skipped"] == {"rejected": 2} and summary["pairs"] == len(listing) == 60
+
+    bench = load_benchmark(out)
+    raw_images, raw_issame = pickle.load(out.open("rb"))  # the plain reader other people's code uses
+    assert bench.num_pairs == len(raw_issame) == 60 and list(bench.issame) == raw_issame
+    lookup = {pixels(i, j, 112).tobytes(): (i, j) for i in LABELS for j in range(PER_IDENTITY)}
+    decoded = []
+    for data in raw_images:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (112, 112, 3)
+        decoded.append(lookup[cv2.cvtColor(image, cv2.COLOR_BGR2RGB).tobytes()])
+    assert (bench.images() == np.stack([pixels(*d, 112) for d in decoded])).all()
+    seen = set()
+    for n, entry in enumerate(listing):
+        a, b = tuple(entry["first"]), tuple(entry["second"])
+        assert (decoded[2 * n], decoded[2 * n + 1]) == (a, b) and entry["issame"] == raw_issame[n]
+        assert REJECTED not in (a, b) and ID_REJECTED not in (a, b)
+        assert entry["cell"] == cell_of(a[0]) == cell_of(b[0])
+        assert (a[0] == b[0] and a[1] != b[1]) if entry["issame"] else a[0] != b[0]
+        assert frozenset((a, b)) not in seen
+        seen.add(frozenset((a, b)))
+    genuine_ids = [e["first"][0] for e in listing if e["issame"]]
+    assert all(genuine_ids.count(i) == 2 for i in range(12))  # round-robin: 6 pairs over 3 identities
+
+
+def test_each_fold_holds_both_kinds_and_a_mix_of_cells(exported):
+    out, _ = exported
+    listing = json.loads(sidecar_path(out).read_text())["pair_list"]
+    issame = load_benchmark(out).issame
+    folds = np.array_split(np.arange(issame.size), 10)  # the contiguous folds of ten_fold_accuracy
+    for fold in folds:
+        assert issame[fold].any() and not issame[fold].all()
+        assert len({listing[k]["cell"] for k in fold}) >= 2
+    result = ten_fold_accuracy(np.where(issame, 0.5, 1.5), issame)
+    assert result["accuracy"] == 1.0
+
+
+def test_determinism(run_dir, exported, tmp_path):
+    out, _ = exported
+    again = export_pairs(run_dir, tmp_path / "again.bin", CELLS, PAIRS, seed=0)
+    assert (tmp_path / "again.bin").read_bytes() == out.read_bytes() and again["pairs"] == 60
+    export_pairs(run_dir, tmp_path / "other.bin", CELLS, PAIRS, seed=1)
+    pairs = [json.loads(sidecar_path(p).read_text())["pair_list"] for p in (out, tmp_path / "other.bin")]
+    assert {json.dumps(p) for p in pairs[0]} != {json.dumps(p) for p in pairs[1]}
+
+
+def test_one_cell_without_columns(run_dir, tmp_path):
+    summary = export_pairs(run_dir, tmp_path / "all.bin", [], 20)
+    assert list(summary["per_cell"]) == ["all"] and summary["per_cell"]["all"]["identities"] == 14
+    assert load_benchmark(tmp_path / "all.bin").num_pairs == 40
+
+
+def test_include_rejected_pairs_the_rejected_rows_too(run_dir, tmp_path):
+    summary = export_pairs(run_dir, tmp_path / "all.bin", CELLS, PAIRS, include_rejected=True)
+    assert summary["per_cell"]["gender=male,age_group=20-39"]["images"] == 12
+    assert summary["per_cell"]["gender=male,age_group=40-59"]["images"] == 12
+    assert "rejected" not in summary["skipped"] and summary["include_rejected"]
+
+
+def test_errors(run_dir, exported, tmp_path):
+    with pytest.raises(PairsError, match=r"no column 'race'; available: .*age_group"):
+        export_pairs(run_dir, tmp_path / "x.bin", ["gender", "race"], PAIRS)
+    # the null-gender cell has two identities of four images: 2 * 6 genuine and 16 impostor pairs
+    with pytest.raises(PairsError, match=r"cell gender=unknown,age_group=20-39 has 2 identities with 8 images"):
+        export_pairs(run_dir, tmp_path / "x.bin", CELLS, 13)
+    assert not (tmp_path / "x.bin").exists() and not sidecar_path(tmp_path / "x.bin").exists()
+    summary = export_pairs(run_dir, tmp_path / "x.bin", CELLS, 13, allow_short=True)
+    short = {k: c["shortfall"] for k, c in summary["per_cell"].items() if any(c["shortfall"].values())}
+    assert short == {"gender=unknown,age_group=20-39": {"genuine": 1, "impostor": 0}}
+    assert summary["genuine"] == 5 * 13 - 1 and load_benchmark(tmp_path / "x.bin").num_pairs == 129
+    out, _ = exported
+    before = out.read_bytes()
+    with pytest.raises(PairsError, match="exists; pass overwrite"):
+        export_pairs(run_dir, out, CELLS, PAIRS, seed=3)
+    assert out.read_bytes() == before
+    export_pairs(run_dir, tmp_path / "x.bin", CELLS, PAIRS, overwrite=True)
+    assert load_benchmark(tmp_path / "x.bin").num_pairs == 60
+    assert json.loads(sidecar_path(tmp_path / "x.bin").read_text())["pairs"] == 60
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_unfinished_run_and_image_size(tmp_path):
+    labels = {i: ("female", "20-39") for i in range(5)}
+    run = make_run(tmp_path / "small", labels, size=64)
+    with pytest.raises(PairsError, match="is 64x64; .* 112x112"):
+        export_pairs(run, tmp_path / "a.bin", [], 4)
+    export_pairs(run, tmp_path / "a.bin", [], 4, resize=True)
+    assert load_benchmark(tmp_path / "a.bin").images().shape == (16, 112, 112, 3)
+    (run / manifest_file(plan_units(5, PER_UNIT)[1].name)).unlink()
+    with pytest.raises(ExportError, match="incomplete: 1 of 2 units"):
+        export_pairs(run, tmp_path / "b.bin", [], 4)
+
+
+def test_cli(run_dir, tmp_path):
+    out = tmp_path / "cli.bin"
+    args = ["export-pairs", str(run_dir), "--out", str(out), "--cells", "gender,age_group", "--pairs-per-cell", "6"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "60 pairs (30 genuine, 30 impostor) in 5 cells" in result.output
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "error:" in result.output and "overwrite" in result.output
+    result = CliRunner().invoke(app, [*args[:4], "--cells", "race", "--overwrite"])
+    assert result.exit_code == 1 and "no column 'race'" in result.output
