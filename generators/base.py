@@ -101,13 +101,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA and fp32 on CPU unless the config names one."""
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, on_cuda: str = "float16") -> torch.dtype:
+    """The config's dtype; ``auto`` (or None) is float32 on CPU and ``on_cuda`` on CUDA (each generator passes the
+    precision its official code samples in: its spec's ``precision_on_cuda``)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+        return DTYPES[on_cuda] if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
 
 
 def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:

@@ -78,6 +78,8 @@ class GeneratorSpec:
     # What varies one identity's images besides seeds and vector noise (the card's limitations), if anything.
     variation_source: ClassVar[str | None] = None
     tiny_upstream: ClassVar[str] = "tiny"  # licence record of a tiny (random-weight) build
+    # What ``dtype: auto`` means on CUDA: the precision the official code samples in (CPU: always float32).
+    precision_on_cuda: ClassVar[str] = "float16"
 
     def identity_space_error(self, gen: Any, identities: Any) -> str | None:
         """Why ``identities`` (the config section) is not this generator's identity space; None when it is."""

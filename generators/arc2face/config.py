@@ -37,7 +37,8 @@ class Arc2FaceConfig(StrictModel):
     output_size: int | None = Field(None, ge=16, description="Square size of stored images; null = native.")
     batch_size: int = Field(8, ge=1, description="Images per generator forward (micro-batch).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA (as the official demo), float32 on CPU.")
     controlnet: bool = Field(
         False, description="Arc2Face's pose ControlNet (<model>/controlnet): every image follows a condition image "
         "from `pose_images` (tiny: a built folder)."

@@ -39,6 +39,7 @@ from PIL import Image
 
 from facefoundry.generators.arc2face.config import Arc2FaceConfig
 from facefoundry.generators.arc2face.lcm_lora import fuse_lcm_lora, resolve_lora_file
+from facefoundry.generators.arc2face.spec import Arc2FaceSpec
 from facefoundry.generators.base import (
     IMAGE_INDEX,
     GenerationOutput,
@@ -217,7 +218,7 @@ class Arc2FaceGenerator:
             lora_file = resolve_lora_file(self.lcm_lora, self.cfg.lcm_lora_weight_name, self.cfg.lcm_lora_revision)
         rev = self.cfg.revision
         device = resolve_device(device if device is not None else self.cfg.device)
-        dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, device)
+        dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, device, Arc2FaceSpec.precision_on_cuda)
         try:
             unet = UNet2DConditionModel.from_pretrained(self.model, subfolder="arc2face", revision=rev,
                                                         torch_dtype=dtype)
@@ -258,7 +259,8 @@ class Arc2FaceGenerator:
             raise ValueError("generator.controlnet=true needs a ControlNet model" if self.cfg.controlnet
                              else "a ControlNet was given but generator.controlnet is false")
         self.device = resolve_device(device if device is not None else self.cfg.device)
-        self.dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, self.device)
+        self.dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, self.device,
+                                   Arc2FaceSpec.precision_on_cuda)
         self.unet, self.text_encoder, self.vae = (self._place(m) for m in (unet, text_encoder, vae))
         self.tokenizer, self.scheduler = tokenizer, scheduler
         self.controlnet = None if controlnet is None else self._place(controlnet)

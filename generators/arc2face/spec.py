@@ -17,6 +17,7 @@ class Arc2FaceSpec(GeneratorSpec):
     generator_class = "facefoundry.generators.arc2face.generator:Arc2FaceGenerator"
     native_size = 512
     conditioning_files = ("arcface.onnx",)
+    precision_on_cuda = "float16"  # the official demo loads the pipeline in float16
     later_keys = {"controlnet": False, "pose_images": None, "controlnet_scale": 1.0}
     citations = {
         "arc2face": """@inproceedings{paraperas2024arc2face,

@@ -39,7 +39,9 @@ class DCFaceConfig(StrictModel):
     output_size: int | None = Field(None, ge=16, description="Square size of stored images; null = native 112.")
     batch_size: int = Field(32, ge=1, description="Images per denoising batch (the official script: 256).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float32, the release's precision (use_fp16: False); float16/bfloat16 are faster on "
+        "a GPU, and their images are not the official model's (rounding changes every DDIM step).")
     revision: ClassVar[str | None] = None  # released on Google Drive, not on the Hub
 
     @model_validator(mode="after")

@@ -52,6 +52,7 @@ from facefoundry.generators.base import (
 from facefoundry.generators.dcface.config import DCFaceConfig
 from facefoundry.generators.dcface.encoders import IDEncoder, RecognitionEncoder, StyleHead
 from facefoundry.generators.dcface.inputs import IdSet, ImageBank
+from facefoundry.generators.dcface.spec import DCFaceSpec
 from facefoundry.generators.dcface.unet import GMIX_ARCH, ADMArch, ADMUNet, adm_arch_from_state
 from facefoundry.generators.lightning_checkpoint import CheckpointError as LightningCheckpointError
 from facefoundry.generators.lightning_checkpoint import read_state_dict
@@ -225,7 +226,8 @@ class DCFaceGenerator:
                      dtype: torch.dtype | None = None) -> None:
         """Use already-built networks (what :meth:`setup` does after loading)."""
         self.device = resolve_device(device if device is not None else self.cfg.device)
-        self.dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, self.device)
+        self.dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, self.device,
+                                   DCFaceSpec.precision_on_cuda)
         self.nets = nets.to(self.device, self.dtype).eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ inputs

@@ -28,6 +28,7 @@ import torch
 
 from facefoundry.generators.base import load_plain_state_dict, resolve_device, resolve_dtype, state_dict_mismatch
 from facefoundry.generators.dcface.inputs import ALIGNED_SIZE, ImageBank, write_id_set
+from facefoundry.generators.dcface.spec import DCFaceSpec
 from facefoundry.generators.dcface.unet import GID_ARCH, ADMUNet, adm_arch_from_state
 from facefoundry.seeds import derive_seed
 
@@ -95,7 +96,7 @@ class GidSampler:
     def __init__(self, unet: ADMUNet, steps: int = 100, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None):
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device, DCFaceSpec.precision_on_cuda)
         self.unet = unet.to(self.device, self.dtype).eval().requires_grad_(False)
         self.schedule = respaced_schedule(steps)
 

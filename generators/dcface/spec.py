@@ -19,6 +19,7 @@ class DCFaceSpec(GeneratorSpec):
     native_size = 112
     # The ID encoder that conditions the mixing UNet (label_mapping.*) is stored in the released checkpoint.
     conditioning_files = RELEASED_CHECKPOINTS
+    precision_on_cuda = "float32"  # the release's config: use_fp16: False
     citations = {
         "dcface": """@inproceedings{kim2023dcface,
   title = {DCFace: Synthetic Face Generation with Dual Condition Diffusion Model},

@@ -46,7 +46,9 @@ class IDiffFaceConfig(StrictModel):
     output_size: int | None = Field(None, ge=16, description="Square size of stored images; null = native 128.")
     batch_size: int = Field(16, ge=1, description="Images per denoising batch (micro-batch).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float32, the official sampling precision; float16/bfloat16 are faster on a GPU, "
+        "and their images are not the official model's (rounding changes every denoising step).")
     revision: ClassVar[str | None] = None  # released on Google Drive, not on the Hub
 
     @model_validator(mode="after")

@@ -45,6 +45,7 @@ from facefoundry.generators.idiff_face.model import (
     arch_from_config,
     vq_arch_from_config,
 )
+from facefoundry.generators.idiff_face.spec import IDiffFaceSpec
 
 ID_DIM = 512
 TRAIN_CONFIG = ".hydra/config.yaml"
@@ -164,7 +165,8 @@ class IDiffFaceGenerator:
                    dtype: torch.dtype | None = None) -> None:
         """Use already-built networks (what :meth:`setup` does after loading)."""
         self.device = resolve_device(device if device is not None else self.cfg.device)
-        self.dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, self.device)
+        self.dtype = resolve_dtype(dtype if dtype is not None else self.cfg.dtype, self.device,
+                                   IDiffFaceSpec.precision_on_cuda)
         self.diffusion = diffusion.to(self.device).eval().requires_grad_(False)
         self.diffusion.eps_model.to(self.dtype)  # the schedule buffers stay float32
         self.decoder = decoder.to(self.device, self.dtype).eval().requires_grad_(False)

@@ -15,6 +15,7 @@ class IDiffFaceSpec(GeneratorSpec):
     config = IDiffFaceConfig
     generator_class = "facefoundry.generators.idiff_face.generator:IDiffFaceGenerator"
     native_size = 128
+    precision_on_cuda = "float32"  # sample.py under Lightning's default precision
     conditioning_files = ("295672backbone.pth",)  # ElasticFace-Arc R100 (fdbtrs/ElasticFace): the identity space
     citations = {
         "idiffface": """@inproceedings{boutros2023idiffface,

@@ -20,6 +20,7 @@ class Vec2FaceSpec(GeneratorSpec):
     generator_class = "facefoundry.generators.vec2face.generator:Vec2FaceGenerator"
     native_size = 112
     conditioning_files = ("arcface-r100-glint360k.pth",)
+    precision_on_cuda = "float32"  # the only precision it runs in (generator.dtype)
     later_keys = {"attrop.pose_schedule": None, "attrop.pitch_tolerance": 5.0}
     citations = {
         "vec2face": """@inproceedings{wu2025vec2face,
