@@ -19,17 +19,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageEnhance
 from realfaces import GROUP_PHOTO
+from runfolder import rows_table, write_run
 
-from facefoundry.config import validate_config
-from facefoundry.dataset.manifest import finished_manifests, plan_units
-from facefoundry.dataset.schema import image_struct
-from facefoundry.dataset.shards import write_unit
+from facefoundry.dataset.manifest import finished_manifests
 from facefoundry.evaluate import intrinsic as im
 from facefoundry.evaluate.intrinsic_plots import PLOTS
 from facefoundry.evaluate.intrinsic_run import evaluate_intrinsic, report_intrinsic, select_sample
 from facefoundry.evaluate.judge import FaceJudge, JudgeError
-from facefoundry.identities.store import write_identities
-from facefoundry.runfolder.runinfo import prepare_run_folder
 
 # (package, path inside it, how many faces to take from it, best detector score first)
 SOURCES = [("insightface", "data/images/t1.jpg", 6), ("insightface", "data/images/Tom_Hanks_54745.png", 1),
@@ -91,26 +87,19 @@ def write_face_run(out: Path, people: list[list[bytes]], per_unit: int = 3) -> P
     """A run of the people as identities, in annotate mode: plus one kept faceless image (identity 0) and, per
     unit, a rejected row holding another person's face (it must not be judged)."""
     n = len(people)
-    cfg = validate_config({"run": {"name": "faces"}, "identities": {"count": n},
-                           "images": {"per_identity": len(VARIANTS)}, "output": {"identities_per_unit": per_unit},
-                           "filter": {"mode": "annotate"}})
-    prepare_run_folder(out, cfg)
-    write_identities(out, cfg)
-    for unit in plan_units(n, per_unit):
+
+    def unit_rows(unit):
         rows = [(i, j, data, None) for i in range(unit.start, unit.stop) for j, data in enumerate(people[i])]
         rows.append((unit.start, len(VARIANTS), people[(unit.stop) % n][0], "identity_mismatch"))
         if unit.start == 0:
             rows.append((0, len(VARIANTS) + 1, noise_png(0), None))
-        table = pa.table({
-            "image": image_struct([r[2] for r in rows], [f"{r[0]}_{r[1]}.png" for r in rows]),
-            "identity": pa.array([r[0] for r in rows], pa.int64()),
-            "image_index": pa.array([r[1] for r in rows], pa.int32()),
-            "seed": pa.array([r[0] * 100 + r[1] for r in rows], pa.int64()),
-            "face_score": pa.array(np.linspace(0.5, 2.0, len(rows)), pa.float32()),
-            "filter_reason": pa.array([r[3] for r in rows], pa.string()),
-        })
-        write_unit(out, unit, table, generated=len(rows), drops={"identity_mismatch": 1},
-                   config_hash=cfg.config_hash(), file_metadata={"run_id": "faces"})
+        table = rows_table([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                           face_score=pa.array(np.linspace(0.5, 2.0, len(rows)), pa.float32()),
+                           filter_reason=pa.array([r[3] for r in rows], pa.string()))
+        return table, len(rows), {"identity_mismatch": 1}
+
+    write_run(out, {"run": {"name": "faces"}, "identities": {"count": n}, "images": {"per_identity": len(VARIANTS)},
+                    "output": {"identities_per_unit": per_unit}, "filter": {"mode": "annotate"}}, unit_rows)
     return out
 
 

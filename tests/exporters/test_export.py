@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+from runfolder import write_run
 
 from facefoundry.config import validate_config
 from facefoundry.dataset.manifest import plan_units
@@ -31,7 +32,6 @@ from facefoundry.exporters.recordio import (
     pack,
     unpack,
 )
-from facefoundry.identities.store import write_identities
 from facefoundry.layout import manifest_file
 from facefoundry.runfolder.runinfo import prepare_run_folder
 
@@ -67,15 +67,7 @@ def expected_jpeg(identity: int, index: int) -> bytes:
 
 
 def make_run(out: Path) -> tuple[Path, object]:
-    cfg = validate_config({
-        "run": {"name": "export"},
-        "identities": {"count": IDENTITIES},
-        "images": {"per_identity": PER_IDENTITY},
-        "output": {"identities_per_unit": PER_UNIT, "row_group_size": 2},
-    })
-    prepare_run_folder(out, cfg)
-    write_identities(out, cfg)
-    for unit in plan_units(IDENTITIES, PER_UNIT):
+    def unit_rows(unit):
         rows = [(i, j) for i in range(unit.start, unit.stop) if i != EMPTY_IDENTITY for j in range(PER_IDENTITY)]
         table = pa.table({
             "image": image_struct([stored(i, j) for i, j in rows], [f"{i}_{j}.png" for i, j in rows]),
@@ -85,8 +77,11 @@ def make_run(out: Path) -> tuple[Path, object]:
             "filter_reason": pa.array(["no_face" if r == REJECTED else None for r in rows], pa.string()),
             "id_filter_reason": pa.array(["blurry" if r == ID_REJECTED else None for r in rows], pa.string()),
         })
-        write_unit(out, unit, table, generated=len(rows), drops={}, config_hash=cfg.config_hash(),
-                   file_metadata={"run_id": "export"}, row_group_size=2)
+        return table, len(rows), {}
+
+    cfg = write_run(out, {"run": {"name": "export"}, "identities": {"count": IDENTITIES},
+                          "images": {"per_identity": PER_IDENTITY},
+                          "output": {"identities_per_unit": PER_UNIT, "row_group_size": 2}}, unit_rows)
     return out, cfg
 
 

@@ -10,20 +10,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+from runfolder import write_run
 from typer.testing import CliRunner
 
 from facefoundry.cli import app
-from facefoundry.config import validate_config
 from facefoundry.dataset.manifest import plan_units
 from facefoundry.dataset.schema import image_struct
-from facefoundry.dataset.shards import write_unit
 from facefoundry.evaluate.benchmarks import load_benchmark
 from facefoundry.evaluate.verification import ten_fold_accuracy
 from facefoundry.exporters.export import ExportError
 from facefoundry.exporters.pairs import PairsError, export_pairs, sidecar_path
-from facefoundry.identities.store import write_identities
 from facefoundry.layout import manifest_file
-from facefoundry.runfolder.runinfo import prepare_run_folder
 
 PER_IDENTITY, PER_UNIT, PAIRS = 4, 4, 6
 CELLS = ["gender", "age_group"]
@@ -49,15 +46,7 @@ def png(array: np.ndarray) -> bytes:
 
 
 def make_run(out: Path, labels: dict = LABELS, size: int = 112) -> Path:
-    cfg = validate_config({
-        "run": {"name": "pairs"},
-        "identities": {"count": len(labels)},
-        "images": {"per_identity": PER_IDENTITY},
-        "output": {"identities_per_unit": PER_UNIT, "row_group_size": 3},
-    })
-    prepare_run_folder(out, cfg)
-    write_identities(out, cfg)
-    for unit in plan_units(len(labels), PER_UNIT):
+    def unit_rows(unit):
         rows = [(i, j) for i in range(unit.start, unit.stop) for j in range(PER_IDENTITY)]
         gender = ["male" if (i, j) == REJECTED else labels[i][0] for i, j in rows]
         table = pa.table({
@@ -69,8 +58,11 @@ def make_run(out: Path, labels: dict = LABELS, size: int = 112) -> Path:
             "gender": pa.array(gender, pa.string()),
             "age_group": pa.array([labels[i][1] for i, _ in rows], pa.string()),
         })
-        write_unit(out, unit, table, generated=len(rows), drops={}, config_hash=cfg.config_hash(),
-                   file_metadata={"run_id": "pairs"}, row_group_size=3)
+        return table, len(rows), {}
+
+    write_run(out, {"run": {"name": "pairs"}, "identities": {"count": len(labels)},
+                    "images": {"per_identity": PER_IDENTITY},
+                    "output": {"identities_per_unit": PER_UNIT, "row_group_size": 3}}, unit_rows)
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
 from pathlib import Path
@@ -10,14 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
+from runfolder import png, rows_table, write_run
 
-from facefoundry.config import validate_config
-from facefoundry.dataset.manifest import plan_units
-from facefoundry.dataset.schema import image_struct
-from facefoundry.dataset.shards import write_unit
-from facefoundry.identities.store import write_identities
-from facefoundry.runfolder.runinfo import prepare_run_folder, run_id
+from facefoundry.runfolder.runinfo import run_id
 
 SECTIONS = [
     "Dataset description", "Intended uses", "Out-of-scope uses", "How it was generated", "Identity sampling",
@@ -26,13 +20,6 @@ SECTIONS = [
     "Leakage screening", "Evaluation", "Considerations for using the data", "Privacy", "Bias", "Misuse",
     "Synthetic marking", "Licence", "Limitations", "Citation",
 ]
-
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def make_run(out: Path, gallery: Path | None = None, sampler: dict | None = None, *, extra: dict | None = None,
@@ -44,36 +31,24 @@ def make_run(out: Path, gallery: Path | None = None, sampler: dict | None = None
     identities = {"count": 4, **(sampler or {}), **extra.pop("identities", {})}
     if gallery is not None:
         identities["leakage"] = {"galleries": [str(gallery)]}
-    cfg = validate_config({
-        "run": {"name": "hubtest", "seed": 3},
-        "identities": identities,
-        "images": {"per_identity": 3},
-        "output": {"identities_per_unit": 2},
-        **extra,
-    })
-    prepare_run_folder(out, cfg)
-    write_identities(out, cfg)
-    meta = {"run_id": run_id(cfg), "config_hash": cfg.config_hash(), "synthetic": True,
-            "generator": {"kind": cfg.generator.kind, "revision": None}}
-    for unit in plan_units(4, 2):
+    def unit_rows(unit):
         ids = np.repeat(np.arange(unit.start, unit.stop), 3)[:-1]  # the last image was rejected
         idx = np.tile(np.arange(3), 2)[:-1]
         n = len(ids)
         rng = np.random.default_rng(unit.start)
-        table = pa.table({
-            "image": image_struct([png(int(i) * 10 + int(j)) for i, j in zip(ids, idx, strict=True)],
-                                  [f"{i:07d}_{j:04d}.png" for i, j in zip(ids, idx, strict=True)]),
-            "identity": pa.array(ids, pa.int64()),
-            "image_index": pa.array(idx, pa.int32()),
-            "seed": pa.array(ids * 100 + idx, pa.int64()),
-            "face_count": pa.array(np.ones(n), pa.int32()),
-            "face_score": pa.array(rng.uniform(0.5, 2.0, n), pa.float32()),
-            "face_box": pa.FixedSizeListArray.from_arrays(pa.array(rng.uniform(0, 16, 4 * n), pa.float32()), 4),
-            "judge_distance": pa.array(rng.uniform(0.2, 0.5, n), pa.float32()),
-            "filter_reason": pa.nulls(n, pa.string()),
-        })
-        write_unit(out, unit, table, generated=6, drops=drops or {"identity_mismatch": 1},
-                   config_hash=cfg.config_hash(), file_metadata=meta)
+        table = rows_table(
+            ids, idx, [png(int(i) * 10 + int(j)) for i, j in zip(ids, idx, strict=True)],
+            face_count=pa.array(np.ones(n), pa.int32()),
+            face_score=pa.array(rng.uniform(0.5, 2.0, n), pa.float32()),
+            face_box=pa.FixedSizeListArray.from_arrays(pa.array(rng.uniform(0, 16, 4 * n), pa.float32()), 4),
+            judge_distance=pa.array(rng.uniform(0.2, 0.5, n), pa.float32()),
+            filter_reason=pa.nulls(n, pa.string()))
+        return table, 6, drops or {"identity_mismatch": 1}
+
+    write_run(out, {"run": {"name": "hubtest", "seed": 3}, "identities": identities, "images": {"per_identity": 3},
+                    "output": {"identities_per_unit": 2}, **extra}, unit_rows,
+              metadata=lambda cfg: {"run_id": run_id(cfg), "config_hash": cfg.config_hash(), "synthetic": True,
+                                    "generator": {"kind": cfg.generator.kind, "revision": None}})
     (out / "report").mkdir()
     (out / "report" / "separation.png").write_bytes(png(1))
     (out / "report" / "funnel.png").write_bytes(png(2))

@@ -1,18 +1,20 @@
-"""Build small, complete run folders without Ray: :func:`make_run` (no models either), for tests of the
-finished-run tools, and :func:`write_in_process` (the pipeline's own stages in this process), for a reference
-run that a real run, killed and resumed or written elsewhere, must match byte for byte."""
+"""Build small, complete run folders without Ray: :func:`write_run` (the one builder: run.json, identities and
+each unit's rows as the caller draws them, committed as the writer does; no models), :func:`make_run` (its
+plainest use), and :func:`write_in_process` (the pipeline's own stages in this process), for a reference run that a
+real run, killed and resumed or written elsewhere, must match byte for byte."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from facefoundry.config import validate_config
-from facefoundry.dataset.manifest import plan_units
+from facefoundry.config import RunConfig, validate_config
+from facefoundry.dataset.manifest import Unit, plan_units
 from facefoundry.dataset.schema import image_struct
 from facefoundry.dataset.shards import write_unit
 from facefoundry.identities.store import write_identities
@@ -29,28 +31,46 @@ def png(seed: int, size: int = 16) -> bytes:
     return buf.getvalue()
 
 
-def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: int = 2) -> Path:
-    """A run folder as `facefoundry run` leaves it: run.json, identities.parquet, shards, manifests."""
-    cfg = validate_config({
-        "run": {"name": "fixture"},
-        "identities": {"count": identities},
-        "images": {"per_identity": per_identity},
-        "output": {"identities_per_unit": per_unit},
+def rows_table(ids, idx, images: list[bytes], **columns) -> pa.Table:
+    """A unit's rows as a shard holds them: ``image`` (named ``<identity>_<index>.png``), ``identity``,
+    ``image_index``, ``seed`` (identity * 100 + index), then ``columns`` (Arrow arrays) in the order given."""
+    ids, idx = np.asarray(ids, np.int64), np.asarray(idx, np.int32)
+    return pa.table({
+        "image": image_struct(images, [f"{i:07d}_{j:04d}.png" for i, j in zip(ids, idx, strict=True)]),
+        "identity": pa.array(ids, pa.int64()),
+        "image_index": pa.array(idx, pa.int32()),
+        "seed": pa.array(ids.astype(np.int64) * 100 + idx, pa.int64()),
+        **columns,
     })
+
+
+def write_run(out: Path, config: dict | RunConfig, unit_rows: Callable[[Unit], tuple[pa.Table, int, dict]],
+              metadata: Callable[[RunConfig], dict] | None = None) -> RunConfig:
+    """A run folder as `facefoundry run` leaves it, without models or Ray: ``run.json`` and ``identities.parquet``
+    for ``config`` (a raw mapping or a validated config), then per unit the rows ``unit_rows(unit)`` returns with its
+    generated count and drop counts, committed by the writer's own ``write_unit`` (shard, then manifest; row groups
+    of ``output.row_group_size``). The shards' ``facefoundry`` metadata is ``metadata(cfg)`` (default: the run's
+    name as its id)."""
+    cfg = config if isinstance(config, RunConfig) else validate_config(config)
     prepare_run_folder(out, cfg)
     write_identities(out, cfg)
-    for unit in plan_units(identities, per_unit):
+    meta = metadata(cfg) if metadata else {"run_id": cfg.run.name}
+    for unit in plan_units(cfg.identities.count, cfg.output.identities_per_unit):
+        table, generated, drops = unit_rows(unit)
+        write_unit(out, unit, table, generated=generated, drops=drops, config_hash=cfg.config_hash(),
+                   file_metadata=meta, row_group_size=cfg.output.row_group_size)
+    return cfg
+
+
+def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: int = 2) -> Path:
+    """A run of noise images, every row kept (the plainest :func:`write_run`)."""
+    def unit_rows(unit: Unit) -> tuple[pa.Table, int, dict]:
         ids = np.repeat(np.arange(unit.start, unit.stop), per_identity)
         idx = np.tile(np.arange(per_identity), unit.stop - unit.start)
-        table = pa.table({
-            "image": image_struct([png(int(i) * 1000 + int(j)) for i, j in zip(ids, idx, strict=True)],
-                                  [f"{i:07d}_{j:04d}.png" for i, j in zip(ids, idx, strict=True)]),
-            "identity": pa.array(ids, pa.int64()),
-            "image_index": pa.array(idx, pa.int32()),
-            "seed": pa.array(ids * 100 + idx, pa.int64()),
-        })
-        write_unit(out, unit, table, generated=len(ids), drops={}, config_hash=cfg.config_hash(),
-                   file_metadata={"run_id": "fixture"})
+        return rows_table(ids, idx, [png(int(i) * 1000 + int(j)) for i, j in zip(ids, idx, strict=True)]), len(ids), {}
+
+    write_run(out, {"run": {"name": "fixture"}, "identities": {"count": identities},
+                    "images": {"per_identity": per_identity}, "output": {"identities_per_unit": per_unit}}, unit_rows)
     return out
 
 

@@ -8,14 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+from runfolder import write_run
 
 from facefoundry.config import load_config
-from facefoundry.dataset.manifest import plan_units
 from facefoundry.dataset.schema import image_struct
-from facefoundry.dataset.shards import write_unit
 from facefoundry.faces.quality import pose_proxies
 from facefoundry.filters.face_filter import OUTPUT_FIELDS, REASONS
-from facefoundry.identities.store import write_identities
 from facefoundry.publishing import report
 from facefoundry.publishing.report import PLOTS, ReportError, build_report
 from facefoundry.runfolder.runfacts import read_run_facts
@@ -72,17 +70,16 @@ def unit_table(start: int, stop: int, null_scores: bool = False) -> pa.Table:
 def make_run(root, mode: str = "annotate", null_scores: bool = False):
     overrides = [f"filter.mode={mode}", "identities.count=6", f"images.per_identity={PER}",
                  "output.identities_per_unit=2"]
-    cfg = load_config(SMOKE, overrides)
-    prepare_run_folder(root, cfg)
-    write_identities(root, cfg)
-    for unit in plan_units(6, 2):
+
+    def unit_rows(unit):
         table = unit_table(unit.start, unit.stop, null_scores)
         reasons = table.column("filter_reason").to_pylist()
         drops = {r: reasons.count(r) for r in set(reasons) - {None}}
         if mode == "drop":
             table = table.filter(pa.array([r is None for r in reasons]))
-        write_unit(root, unit, table, generated=len(reasons), drops=drops, config_hash=cfg.config_hash(),
-                   file_metadata={"run_id": "test"})
+        return table, len(reasons), drops
+
+    cfg = write_run(root, load_config(SMOKE, overrides), unit_rows, metadata=lambda _: {"run_id": "test"})
     return cfg
 
 
