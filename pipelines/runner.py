@@ -98,17 +98,19 @@ def file_metadata(cfg: RunConfig) -> dict:
 
 
 def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None = None,
-        repair: bool = False) -> RunSummary:
+        repair: bool = False, fresh_eval: bool = False) -> RunSummary:
     """Run (or resume) ``cfg`` into ``out`` (a folder or a remote URI such as ``s3://bucket/prefix``).
 
     Units with a valid manifest are skipped untouched; with ``repair`` a unit is valid only if its
     shard's sha256 matches the manifest. The folder is locked for the whole call (one writer at a
-    time, see :mod:`facefoundry.runfolder.runlock`); a second writer gets :class:`RunLockedError`."""
+    time, see :mod:`facefoundry.runfolder.runlock`); a second writer gets :class:`RunLockedError`.
+    ``fresh`` deletes a previous run first, naming what it deletes (``eval/`` only with ``fresh_eval``)."""
     started = time.monotonic()
     store = open_store(out)
     terminal = log or sys.stderr
     with run_lock(store, "run", notify=lambda text: terminal.write(text + "\n")):
-        resuming = prepare_run_folder(store, cfg, fresh=fresh)
+        resuming = prepare_run_folder(store, cfg, fresh=fresh, fresh_eval=fresh_eval,
+                                      notify=lambda text: terminal.write(text + "\n"))
         local = work_dir(cfg, store)
         log_path = new_log_path(local)
         try:
