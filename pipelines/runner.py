@@ -25,8 +25,9 @@ from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_
 from facefoundry.generators.registry import spec_of
 from facefoundry.generators.spec import ModelPaths
 from facefoundry.identities.store import write_identities
-from facefoundry.layout import HUB_MAX_FILES_PER_FOLDER, MODELS_DIR
+from facefoundry.layout import HUB_MAX_FILES_PER_FOLDER, MODELS_DIR, RUN_ENTRIES
 from facefoundry.local_ray import ray_session
+from facefoundry.pipelines.preflight import PreflightError
 from facefoundry.pipelines.progress import Progress, StartupTicker
 from facefoundry.runfolder.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
 from facefoundry.runfolder.runinfo import prepare_run_folder, run_id
@@ -98,28 +99,51 @@ def file_metadata(cfg: RunConfig) -> dict:
 
 
 def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None = None,
-        repair: bool = False) -> RunSummary:
+        repair: bool = False, fresh_eval: bool = False) -> RunSummary:
     """Run (or resume) ``cfg`` into ``out`` (a folder or a remote URI such as ``s3://bucket/prefix``).
 
     Units with a valid manifest are skipped untouched; with ``repair`` a unit is valid only if its
     shard's sha256 matches the manifest. The folder is locked for the whole call (one writer at a
-    time, see :mod:`facefoundry.runfolder.runlock`); a second writer gets :class:`RunLockedError`."""
+    time, see :mod:`facefoundry.runfolder.runlock`); a second writer gets :class:`RunLockedError`.
+    ``fresh`` deletes a previous run first, naming what it deletes (``eval/`` only with ``fresh_eval``)."""
     started = time.monotonic()
     store = open_store(out)
     terminal = log or sys.stderr
     with run_lock(store, "run", notify=lambda text: terminal.write(text + "\n")):
-        resuming = prepare_run_folder(store, cfg, fresh=fresh)
-        local = work_dir(cfg, store)
-        log_path = new_log_path(local)
+        resuming = prepare_run_folder(store, cfg, fresh=fresh, fresh_eval=fresh_eval,
+                                      notify=lambda text: terminal.write(text + "\n"))
         try:
-            with run_log(log_path, terminal) as stream:
-                summary = _run(cfg, store, local, resuming, stream, started, repair)
-                stream.record(summary.line())
-        finally:
-            if not isinstance(store, LocalStore):  # the log joins the run folder whatever the outcome
-                with contextlib.suppress(OSError):
-                    store.put_bytes(f"{LOG_DIR}/{log_path.name}", log_path.read_bytes())
+            return _run_logged(cfg, store, resuming, terminal, started, repair)
+        except PreflightError:
+            if not resuming:  # the folder is not bound to a config that never ran
+                _unbind_new_run(store)
+            raise
+
+
+def _run_logged(cfg: RunConfig, store: RunStore, resuming: bool, terminal: TextIO, started: float,
+                repair: bool) -> RunSummary:
+    """:func:`_run` with this invocation's log (uploaded to a remote run folder whatever the outcome)."""
+    local = work_dir(cfg, store)
+    log_path = new_log_path(local)
+    try:
+        with run_log(log_path, terminal) as stream:
+            summary = _run(cfg, store, local, resuming, stream, started, repair)
+            stream.record(summary.line())
+    finally:
+        if not isinstance(store, LocalStore):  # the log joins the run folder whatever the outcome
+            with contextlib.suppress(OSError):
+                store.put_bytes(f"{LOG_DIR}/{log_path.name}", log_path.read_bytes())
     return summary
+
+
+def _unbind_new_run(store: RunStore) -> None:
+    """After a preflight failure of a new run: remove what this invocation wrote (run.json, its log, tiny model
+    builds), so the folder is as before. A new run starts in a folder without run entries (any other is refused,
+    or emptied by ``--fresh``), so every run entry there now is this invocation's."""
+    entries = store.entries()
+    for name in RUN_ENTRIES:
+        if name in entries:
+            store.delete(name)
 
 
 def _tidy(cfg: RunConfig, store: RunStore, units: list[Unit], repair: bool, log: TextIO) -> UnitFiles:

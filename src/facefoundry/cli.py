@@ -75,7 +75,10 @@ def _load(config: Path, overrides: list[str] | None) -> RunConfig:
 
 
 # Plain flags: metavar="" keeps typer from showing them as taking a value ("--fresh <bool>").
-FreshOpt = Annotated[bool, typer.Option("--fresh", metavar="", help="Discard a previous run in --out first.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", metavar="", help=(
+    "Discard a previous run in --out first (says what it deletes; refuses while --out holds eval/)."))]
+FreshEvalOpt = Annotated[bool, typer.Option("--fresh-eval", metavar="", help=(
+    "With --fresh: delete the previous run's eval/ (evaluation results, trained checkpoints) too."))]
 
 
 def _load_for_repair(config: Path | None, out: str, overrides: list[str] | None) -> RunConfig:
@@ -97,6 +100,7 @@ def run(
     out: RunOutOpt = ...,
     set_: SetOpt = None,
     fresh: FreshOpt = False,
+    fresh_eval: FreshEvalOpt = False,
     repair: Annotated[bool, typer.Option("--repair", metavar="", help=(
         "Check every shard's sha256 against its manifest and redo the units that differ (what verify advises)."
     ))] = False,
@@ -111,7 +115,7 @@ def run(
 
     try:
         with sigterm_raises():
-            summary = run_pipeline(cfg, out, fresh=fresh, repair=repair)
+            summary = run_pipeline(cfg, out, fresh=fresh, repair=repair, fresh_eval=fresh_eval)
     except KeyboardInterrupt as exc:
         _stopped(exc, "rerun the same command to resume (finished units are kept)")
     except Exception as exc:  # one line for users, the trace on request
@@ -180,7 +184,8 @@ def stop(run_id: RunIdArg, address: AddressOpt) -> None:
 
 
 @app.command()
-def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshOpt = False) -> None:
+def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshOpt = False,
+           fresh_eval: FreshEvalOpt = False) -> None:
     """Sample identities only: write identities.parquet and print the separation summary."""
     cfg = _load(config, set_)
     if cfg.balance is not None:
@@ -192,7 +197,8 @@ def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshO
 
     try:
         with run_lock(out, "sample"):
-            prepare_run_folder(out, cfg, fresh=fresh)
+            prepare_run_folder(out, cfg, fresh=fresh, fresh_eval=fresh_eval,
+                               notify=lambda text: typer.echo(text, err=True))
             meta = write_identities(out, cfg, progress=sys.stderr)
     except KeyboardInterrupt as exc:
         _stopped(exc, "nothing of the sampling is kept (rerun the same command)")

@@ -34,7 +34,7 @@ ID_REJECTED = (7, 3)  # id_filter_reason set
 def pixels(identity: int, index: int, size: int) -> np.ndarray:
     """A different image for every (identity, index); PNG keeps it exactly."""
     image = np.zeros((size, size, 3), np.uint8)
-    image[..., 0], image[..., 1] = identity * 15, index * 50
+    image[..., 0], image[..., 1] = identity * 15 % 256, index * 50  # distinct for 256 identities
     image[..., 2] = np.arange(size, dtype=np.uint8)[None, :]
     return image
 
@@ -129,6 +129,22 @@ def test_each_fold_holds_both_kinds_and_a_mix_of_cells(exported):
         assert len({listing[k]["cell"] for k in fold}) >= 2
     result = ten_fold_accuracy(np.where(issame, 0.5, 1.5), issame)
     assert result["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_cells_take_turns_across_the_folds(tmp_path, seed):
+    """4 cells x 50 pairs of each kind: every one of the 10 folds holds 5 +- 1 of each cell's genuine pairs and
+    5 +- 1 of its impostor pairs (the cells take turns, as promised), both kinds and every cell."""
+    labels = {i: (("female", "male")[i % 2], ("20-39", "40-59")[i // 2 % 2]) for i in range(40)}
+    run = make_run(tmp_path / "run", labels)
+    summary = export_pairs(run, tmp_path / "turns.bin", CELLS, 50, seed=seed)
+    assert summary["pairs"] == 400 and len(summary["per_cell"]) == 4
+    listing = json.loads(sidecar_path(tmp_path / "turns.bin").read_text())["pair_list"]
+    for fold in np.array_split(np.arange(len(listing)), 10):  # the contiguous folds of ten_fold_accuracy
+        for label in summary["per_cell"]:
+            for same in (True, False):
+                held = sum(listing[k]["cell"] == label and listing[k]["issame"] == same for k in fold)
+                assert abs(held - 5) <= 1, (label, same, held)
 
 
 def test_determinism(run_dir, exported, tmp_path):

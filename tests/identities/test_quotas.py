@@ -128,3 +128,23 @@ def test_exhausted_candidates_fill_within_tolerance_or_fail():
         fill3.offer(index, cell)
     with pytest.raises(QuotaError, match="usable identities"):
         fill3.finish(targets, tolerance=1.0)
+
+
+@pytest.mark.parametrize(("count", "attributes", "marginals", "joint"), [
+    (10**7, ("gender",), {"gender": {"female": 0.5000004, "male": 0.5000004}}, None),
+    (2 * 10**6, ("gender",), {"gender": {"a": 0.5000009, "b": 0.25, "c": 0.25}}, None),
+    (10**7, ATTRS, {"gender": {"female": 0.5000004, "male": 0.5000004},
+                    "age_group": {"0-29": 0.3000003, "30-59": 0.5, "60+": 0.2}}, None),
+    (10**7, ("gender",), {}, {"female": 0.5000004, "male": 0.5000004}),
+    (2 * 10**6, ATTRS, {}, {"female|0-29": 0.5000009, "male|0-29": 0.25, "male|60+": 0.25}),
+    (10**7 + 3, ATTRS, {}, {"female|0-29": 0.4999996, "male|0-29": 0.2500001, "male|60+": 0.25}),
+])
+def test_quotas_sum_exactly_to_the_count_when_targets_sum_to_1_within_tolerance(count, attributes, marginals,
+                                                                                 joint):
+    """Targets accepted as summing to 1 (within 1e-6) are normalised: the quotas add up to the identity count at
+    any size, and each cell misses its normalised share by less than one identity."""
+    targets = cell_targets(attributes, marginals, joint)
+    quotas = allocate(count, targets)
+    assert sum(quotas.values()) == count
+    total = sum(targets.values())
+    assert all(abs(q - count * targets[cell] / total) < 1 for cell, q in quotas.items())

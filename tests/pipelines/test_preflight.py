@@ -1,6 +1,7 @@
 """The driver's checks before any actor starts: cluster resources against the stages' declarations, and
 model files against local folders and the HF cache. Each failure is one line naming what is missing and the fix."""
 
+import io
 import os
 import subprocess
 import sys
@@ -192,3 +193,27 @@ def test_online_but_unreachable_hub_says_so(tmp_path):
     assert done.returncode == 1 and "PreflightError: model files missing: the Hub could not be reached" in last
     assert "arc2face (FoivosPar/Arc2Face: arc2face/config.json)" in last
     assert "run `facefoundry models fetch arc2face` where the Hub is reachable" in last
+
+
+@pytest.mark.slow
+def test_a_failed_preflight_leaves_the_folder_as_before(tmp_path, empty_cache, monkeypatch):
+    """A model missing (offline, empty cache): the run fails before Ray starts and the folder is as before, with no
+    run.json binding it to a config that never ran; an existing run's run.json is untouched."""
+    import ray
+
+    from facefoundry.pipelines.runner import run
+    from facefoundry.runfolder.runinfo import prepare_run_folder
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray must not start"))
+    cfg = load_config(REPO / "configs" / "arc2face.yaml", ["identities.count=16"])
+    new = tmp_path / "new"
+    with pytest.raises(PreflightError, match="model files missing"):
+        run(cfg, new, log=io.StringIO())
+    assert not new.exists() or not list(new.iterdir()), list(new.iterdir())
+    existing = tmp_path / "existing"
+    prepare_run_folder(existing, cfg)
+    (existing / "eval").mkdir()
+    before = (existing / "run.json").read_bytes()
+    with pytest.raises(PreflightError, match="model files missing"):
+        run(cfg, existing, log=io.StringIO())
+    assert (existing / "run.json").read_bytes() == before and (existing / "eval").is_dir()

@@ -124,6 +124,7 @@ def test_out_that_is_a_file_is_said_in_words(tmp_path):
 
 
 def test_sample_has_the_fresh_it_suggests(tmp_path):
+    """--fresh names what it deletes; it refuses to delete eval/ without --fresh-eval (orphans/ go, named)."""
     out = str(tmp_path / "run")
     assert CliRunner().invoke(app, ["sample", str(SMOKE), "--out", out]).exit_code == 0
     refused = CliRunner().invoke(app, ["sample", str(SMOKE), "--out", out, "--set", "run.seed=1"])
@@ -131,10 +132,24 @@ def test_sample_has_the_fresh_it_suggests(tmp_path):
     for stale in ("eval/intrinsic.json", "orphans/data/train-9999999-extra.parquet"):  # the old run's, too
         (tmp_path / "run" / stale).parent.mkdir(parents=True)
         (tmp_path / "run" / stale).write_text("{}")
-    fresh = CliRunner().invoke(app, ["sample", str(SMOKE), "--out", out, "--set", "run.seed=1", "--fresh"])
+    args = ["sample", str(SMOKE), "--out", out, "--set", "run.seed=1", "--fresh"]
+    kept = CliRunner().invoke(app, args)  # eval/ may hold hours of training: never deleted unasked
+    assert kept.exit_code == 1 and (tmp_path / "run" / "eval" / "intrinsic.json").exists()
+    errors = [line for line in kept.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"--fresh would delete {tmp_path / 'run' / 'eval'}" in errors[0], kept.output
+    assert "move it out" in errors[0] and "--fresh-eval" in errors[0] and "deleting" not in kept.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["run"]["seed"] == 0
+    fresh = CliRunner().invoke(app, [*args, "--fresh-eval"])
     assert fresh.exit_code == 0, fresh.output
     assert not (tmp_path / "run" / "eval").exists() and not (tmp_path / "run" / "orphans").exists()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["run"]["seed"] == 1
+    said = [line for line in fresh.output.splitlines() if line.startswith("--fresh: deleting")]
+    assert said == [f"--fresh: deleting the previous run's run.json, identities.parquet, eval/, orphans/ "
+                    f"in {tmp_path / 'run'}"], fresh.output
+    again = CliRunner().invoke(app, [*args[:-1], "--set", "run.seed=2", "--fresh"])  # no eval/ now: no option
+    assert again.exit_code == 0 and "deleting the previous run's run.json, identities.parquet" in again.output
+    alone = CliRunner().invoke(app, [*args[:-1], "--fresh-eval"])
+    assert alone.exit_code == 1 and "--fresh-eval only goes with --fresh" in alone.output
     help_text = CliRunner().invoke(app, ["run", "--help"], terminal_width=200).output
     fresh_line = next(line for line in help_text.splitlines() if "--fresh" in line)
     assert "<bool>" not in fresh_line, "a plain flag takes no value"

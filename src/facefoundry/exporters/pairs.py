@@ -18,7 +18,9 @@ other people's face-recognition models can be evaluated on it with their usual 1
   ``pairs_per_cell`` of each, the cells take turns, in a random order every turn), genuine and impostor
   pairs are spread evenly through the file (alternating when there are as many of each), then the pairs
   in each slot 2k, 2k+1 are swapped at random. Every fold thus holds both kinds (about half each, once a
-  kind has 10 pairs or more) and a mix of cells. The order is seeded like the choice.
+  kind has 10 pairs or more) and a mix of cells: with ``pairs_per_cell`` of each kind in every cell, a fold
+  holds about ``pairs_per_cell / 10`` of each cell's genuine pairs and as many of its impostor pairs (5 +- 1
+  of 50). The order is seeded like the choice.
 - Images must be 112x112 (the aligned faces these sets hold); another size is an error unless ``resize``
   (then resized with ``cv2.INTER_AREA``). Stored JPEG/PNG bytes of the right size are written unchanged;
   resized images are encoded as PNG by :func:`~facefoundry.evaluate.benchmarks.encode_image`.
@@ -137,15 +139,20 @@ def _impostor(rng: np.random.Generator, images: dict[int, list[int]], want: int)
     return pairs
 
 
-def _spread(rng: np.random.Generator, groups: list[list]) -> list:
-    """Interleave ``groups`` evenly: item j of a group of m (in a random order) sits at (j + offset) / m.
+def _interleave(rng: np.random.Generator, groups: list[list]) -> list:
+    """Interleave ``groups`` evenly, each in its own order: item j of a group of m sits at (j + offset) / m.
 
     One offset for all groups: groups of one size then take turns, in a random order in every turn."""
     keyed, offset = [], rng.random()
     for group in groups:
-        for j, k in enumerate(rng.permutation(len(group))):
-            keyed.append(((j + offset) / len(group), rng.random(), group[k]))
+        for j, item in enumerate(group):
+            keyed.append(((j + offset) / len(group), rng.random(), item))
     return [item for *_, item in sorted(keyed, key=lambda t: t[:2])]
+
+
+def _spread(rng: np.random.Generator, groups: list[list]) -> list:
+    """Each group shuffled, then the groups interleaved evenly (:func:`_interleave`)."""
+    return _interleave(rng, [[group[k] for k in rng.permutation(len(group))] for group in groups])
 
 
 def _encode(data: bytes, image: Image, resize: bool) -> bytes:
@@ -226,7 +233,8 @@ def export_pairs(run_dir: str | Path, out_path: str | Path, cells: Sequence[str]
     if not any(genuine + impostor):
         raise PairsError(f"{run_dir}: no cell has two images to pair ({len(per_cell)} cells)")
     order = np.random.default_rng([seed, _digest("pair order")])
-    pairs = _spread(order, [g for g in (_spread(order, genuine), _spread(order, impostor)) if g])
+    # the kinds interleaved in their own order: an outer shuffle would undo the cells' turns
+    pairs = _interleave(order, [g for g in (_spread(order, genuine), _spread(order, impostor)) if g])
     for k in np.flatnonzero(order.random(len(pairs) // 2) < 0.5):  # no strict genuine/impostor alternation
         pairs[2 * k], pairs[2 * k + 1] = pairs[2 * k + 1], pairs[2 * k]
     where = {image: images[image[0]][image[1]] for a, b, *_ in pairs for image in (a, b)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 Cell = tuple[str, ...]
 CELL_SEPARATOR = "|"  # joint cells in configs and reports: "female|20-39"
@@ -64,8 +65,15 @@ def _check_sum(values: Iterable[float], what: str) -> None:
 
 
 def allocate(count: int, targets: Mapping[Cell, float]) -> dict[Cell, int]:
-    """Split ``count`` identities among the cells by the largest-remainder rule (ties: the cells' order)."""
-    exact = {cell: count * p for cell, p in targets.items()}
+    """Split ``count`` identities among the cells by the largest-remainder rule (ties: the cells' order).
+
+    The targets are normalised first (they may sum to 1 only within the accepted 1e-6) and the shares are
+    computed exactly, so the quotas sum to ``count`` at any size."""
+    shares = {cell: Fraction(p) for cell, p in targets.items()}
+    total = sum(shares.values())
+    if total <= 0:
+        raise QuotaError(f"target proportions must sum to 1, got {list(targets.values())}")
+    exact = {cell: count * share / total for cell, share in shares.items()}
     quotas = {cell: int(x) for cell, x in exact.items()}
     left = count - sum(quotas.values())
     order = sorted(targets, key=lambda c: -(exact[c] - quotas[c]))  # stable: ties keep the targets' order
