@@ -61,3 +61,17 @@ def test_sample_refuses_a_balanced_config(tmp_path):
     result = invoke("sample", config, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "facefoundry run" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["config"], ["run", "--out", "x"]])
+def test_a_folder_as_config_is_one_line_exit_2(tmp_path, command):
+    result = invoke(command[0], tmp_path, *command[1:])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {tmp_path}: is a folder, not a config file (give a YAML file)\n"
+
+
+def test_config_takes_debug(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"identities": {"count": 4}, "images": {"per_identity": 2}}))
+    result = invoke("config", path, "--debug")
+    assert result.exit_code == 0 and '"config_hash"' in result.output

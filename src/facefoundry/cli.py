@@ -441,10 +441,20 @@ def publish(
 
 
 @app.command()
-def config(config: ConfigArg, set_: SetOpt = None) -> None:
+def config(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Print full tracebacks.")] = False,
+) -> None:
     """Validate a config and print it resolved (every default filled in) with its hash."""
     cfg = _load(config, set_)
-    typer.echo(json.dumps({"config_hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}, indent=2))
+    try:
+        resolved = {"config_hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}
+    except Exception as exc:  # one line for users, the trace on request
+        if debug:
+            traceback.print_exc()
+        _fail(_one_line(exc))
+    typer.echo(json.dumps(resolved, indent=2))
 
 
 @app.command("dcface-ids")
