@@ -270,12 +270,15 @@ def export_pairs(
     include_rejected: Annotated[bool, typer.Option(help="Also pair rows the filter marked.")] = False,
 ) -> None:
     """Export balanced verification pairs as an InsightFace .bin set (the layout of lfw.bin)."""
+    from facefoundry.exporters.export import ExportError
     from facefoundry.exporters.pairs import export_pairs as run_export
 
     try:
         summary = run_export(run_dir, out, [c.strip() for c in cells.split(",") if c.strip()], pairs_per_cell,
                              seed, allow_short=allow_short, overwrite=overwrite, resize=resize,
                              include_rejected=include_rejected)
+    except ExportError as exc:  # its own one-line message, as other commands print theirs
+        _fail(str(exc))
     except Exception as exc:
         _fail(_one_line(exc))
     short = sum(sum(c["shortfall"].values()) for c in summary["per_cell"].values())
