@@ -430,6 +430,12 @@ def publish(
     The run's README.md is published as it is; one is written only when missing or with --regenerate-card.
 
     Resumable: rerunning uploads only what the Hub does not have yet."""
+    from facefoundry.publishing.repo_id import PublishError, check_repo_id
+
+    try:
+        check_repo_id(repo)  # at once: the publishing code takes seconds to import, verifying the run longer
+    except PublishError as exc:
+        _fail(str(exc))
     from facefoundry.publishing.hub import publish as publish_run
 
     try:
