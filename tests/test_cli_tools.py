@@ -75,3 +75,13 @@ def test_config_takes_debug(tmp_path):
     path.write_text(yaml.safe_dump({"identities": {"count": 4}, "images": {"per_identity": 2}}))
     result = invoke("config", path, "--debug")
     assert result.exit_code == 0 and '"config_hash"' in result.output
+
+
+@pytest.mark.parametrize("command", [["export", "--out", "x", "--format", "imagefolder"], ["report"],
+                                     ["export-pairs", "--out", "p.bin", "--resize"]])
+def test_string_identities_are_one_clear_line(tmp_path, command):
+    run = make_run(tmp_path / "run", string_identities=True)
+    result = invoke(command[0], run, *[tmp_path / a if a in ("x", "p.bin") else a for a in command[1:]])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert "column identity holds string, not integers" in result.output

@@ -29,8 +29,10 @@ def png(seed: int, size: int = 16) -> bytes:
     return buf.getvalue()
 
 
-def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: int = 2) -> Path:
-    """A run folder as `facefoundry run` leaves it: run.json, identities.parquet, shards, manifests."""
+def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: int = 2,
+             string_identities: bool = False) -> Path:
+    """A run folder as `facefoundry run` leaves it: run.json, identities.parquet, shards, manifests.
+    ``string_identities``: a malformed run whose shards' ``identity`` column holds strings (``"id0"``, ...)."""
     cfg = validate_config({
         "run": {"name": "fixture"},
         "identities": {"count": identities},
@@ -45,7 +47,7 @@ def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: in
         table = pa.table({
             "image": image_struct([png(int(i) * 1000 + int(j)) for i, j in zip(ids, idx, strict=True)],
                                   [f"{i:07d}_{j:04d}.png" for i, j in zip(ids, idx, strict=True)]),
-            "identity": pa.array(ids, pa.int64()),
+            "identity": pa.array([f"id{i}" for i in ids]) if string_identities else pa.array(ids, pa.int64()),
             "image_index": pa.array(idx, pa.int32()),
             "seed": pa.array(ids * 100 + idx, pa.int64()),
         })
