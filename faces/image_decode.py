@@ -59,9 +59,25 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
 
 
+def _from_array(array: np.ndarray) -> np.ndarray:
+    """RGB uint8 pixels of an already decoded image: ``H x W x 3`` (or ``x 4``, alpha dropped) uint8, or an
+    ``H x W`` grey image (8-bit, 16-bit or float, scaled like a decoded file's)."""
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return np.ascontiguousarray(array[:, :, :3])
+    if array.ndim == 2 and array.dtype in (np.uint8, np.uint16, np.int32, np.float32):
+        return to_rgb8(Image.fromarray(array))
+    raise UndecodableImage(f"array of shape {array.shape} and dtype {array.dtype}; expected H x W x 3 uint8 RGB "
+                           "(or H x W grey)")
+
+
 def decode_with_reason(value: object) -> tuple[np.ndarray | None, str | None]:
-    """``(RGB uint8 array, None)`` for an image cell (HF Image struct ``{bytes, path}`` or raw bytes), or
-    ``(None, why)`` when it cannot be decoded; never raises for bad data."""
+    """``(RGB uint8 array, None)`` for an image cell (HF Image struct ``{bytes, path}``, raw bytes, or a numpy
+    array of pixels), or ``(None, why)`` when it cannot be decoded; never raises for bad data."""
+    if isinstance(value, np.ndarray):
+        try:
+            return _from_array(value), None
+        except UndecodableImage as exc:
+            return None, str(exc)
     data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (value, None)
     try:
         if data is not None:
@@ -79,6 +95,6 @@ def decode_with_reason(value: object) -> tuple[np.ndarray | None, str | None]:
 
 
 def decode_image(value: object) -> np.ndarray | None:
-    """RGB uint8 array of an image cell (HF Image struct ``{bytes, path}`` or raw bytes); None if it cannot be
-    decoded (:func:`decode_with_reason` says why)."""
+    """RGB uint8 array of an image cell (HF Image struct ``{bytes, path}``, raw bytes or a numpy array of
+    pixels); None if it cannot be decoded (:func:`decode_with_reason` says why)."""
     return decode_with_reason(value)[0]

@@ -61,3 +61,27 @@ def test_sample_refuses_a_balanced_config(tmp_path):
     result = invoke("sample", config, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "facefoundry run" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["config"], ["run", "--out", "x"]])
+def test_a_folder_as_config_is_one_line_exit_2(tmp_path, command):
+    result = invoke(command[0], tmp_path, *command[1:])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {tmp_path}: is a folder, not a config file (give a YAML file)\n"
+
+
+def test_config_takes_debug(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"identities": {"count": 4}, "images": {"per_identity": 2}}))
+    result = invoke("config", path, "--debug")
+    assert result.exit_code == 0 and '"config_hash"' in result.output
+
+
+@pytest.mark.parametrize("command", [["export", "--out", "x", "--format", "imagefolder"], ["report"],
+                                     ["export-pairs", "--out", "p.bin", "--resize"]])
+def test_string_identities_are_one_clear_line(tmp_path, command):
+    run = make_run(tmp_path / "run", string_identities=True)
+    result = invoke(command[0], run, *[tmp_path / a if a in ("x", "p.bin") else a for a in command[1:]])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert "column identity holds string, not integers" in result.output

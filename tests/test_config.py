@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,15 @@ def test_malformed_inputs(tmp_path):
         apply_overrides({"images": 3}, ["images.per_identity=2"])
     with pytest.raises(ConfigError, match="expected a mapping"):
         validate_config([1, 2])
+
+
+def test_a_folder_or_a_binary_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path))}: is a folder, not a config file"):
+        load_config(tmp_path)
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(b"identities: \xff\xfe\x00")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(binary))}: not UTF-8 text"):
+        load_config(binary)
 
 
 def test_roundtrip_through_json():

@@ -276,12 +276,15 @@ def export_pairs(
     include_rejected: Annotated[bool, typer.Option(help="Also pair rows the filter marked.")] = False,
 ) -> None:
     """Export balanced verification pairs as an InsightFace .bin set (the layout of lfw.bin)."""
+    from facefoundry.exporters.export import ExportError
     from facefoundry.exporters.pairs import export_pairs as run_export
 
     try:
         summary = run_export(run_dir, out, [c.strip() for c in cells.split(",") if c.strip()], pairs_per_cell,
                              seed, allow_short=allow_short, overwrite=overwrite, resize=resize,
                              include_rejected=include_rejected)
+    except ExportError as exc:  # its own one-line message, as other commands print theirs
+        _fail(str(exc))
     except Exception as exc:
         _fail(_one_line(exc))
     short = sum(sum(c["shortfall"].values()) for c in summary["per_cell"].values())
@@ -433,6 +436,12 @@ def publish(
     The run's README.md is published as it is; one is written only when missing or with --regenerate-card.
 
     Resumable: rerunning uploads only what the Hub does not have yet."""
+    from facefoundry.publishing.repo_id import PublishError, check_repo_id
+
+    try:
+        check_repo_id(repo)  # at once: the publishing code takes seconds to import, verifying the run longer
+    except PublishError as exc:
+        _fail(str(exc))
     from facefoundry.publishing.hub import publish as publish_run
 
     try:
@@ -447,10 +456,20 @@ def publish(
 
 
 @app.command()
-def config(config: ConfigArg, set_: SetOpt = None) -> None:
+def config(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Print full tracebacks.")] = False,
+) -> None:
     """Validate a config and print it resolved (every default filled in) with its hash."""
     cfg = _load(config, set_)
-    typer.echo(json.dumps({"config_hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}, indent=2))
+    try:
+        resolved = {"config_hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}
+    except Exception as exc:  # one line for users, the trace on request
+        if debug:
+            traceback.print_exc()
+        _fail(_one_line(exc))
+    typer.echo(json.dumps(resolved, indent=2))
 
 
 @app.command("dcface-ids")

@@ -320,9 +320,15 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = 
     """A YAML file's content with ``--set`` overrides applied; one-line errors for a missing or bad file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a {what} (give a YAML file)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); give a YAML {what}") from None
+    except OSError as exc:  # unreadable: permissions, a device, ...
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return apply_overrides(data if data is not None else {}, overrides or [])

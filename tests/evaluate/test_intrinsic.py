@@ -314,3 +314,30 @@ def test_intra_class_spread_and_separation_match_brute_force():
     assert result["verification"]["eer"] < 0.05 and result["uniqueness"]["indistinguishable_fraction"] < 0.05
     with pytest.raises(ValueError, match="sampled_vectors has 3 rows"):
         im.intrinsic_metrics(emb, labels, "cosine", 0.5, sampled_vectors=centres[:3])
+
+
+def test_a_run_with_no_kept_row_is_refused_not_judged(tmp_path):
+    """Every stored row rejected (annotate mode): no metric of n/a and 'no face found', but a one-line error."""
+    from typer.testing import CliRunner
+
+    from facefoundry.cli import app
+
+    cfg = validate_config({"run": {"name": "rejected"}, "identities": {"count": 2}, "images": {"per_identity": 2},
+                           "filter": {"mode": "annotate"}})
+    run = tmp_path / "run"
+    prepare_run_folder(run, cfg)
+    write_identities(run, cfg)
+    for unit in plan_units(2, cfg.output.identities_per_unit):
+        ids = [i for i in range(unit.start, unit.stop) for _ in range(2)]
+        table = pa.table({
+            "image": image_struct([noise_png(k) for k in range(len(ids))], [f"{k}.png" for k in range(len(ids))]),
+            "identity": pa.array(ids, pa.int64()), "image_index": pa.array([0, 1] * (len(ids) // 2), pa.int32()),
+            "filter_reason": pa.array(["no_face"] * len(ids), pa.string()),
+        })
+        write_unit(run, unit, table, generated=len(ids), drops={"no_face": len(ids)}, config_hash=cfg.config_hash(),
+                   file_metadata={"run_id": "rejected"})
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--intrinsic"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: {run}: no row is kept") and result.output.count("\n") == 1
+    assert "rejected all 4 stored row(s)" in result.output and "rejected rows are not judged" in result.output
+    assert "no face" not in result.output and not (run / "eval" / "intrinsic.json").exists()

@@ -173,7 +173,9 @@ def test_errors(run_dir, exported, tmp_path):
     with pytest.raises(PairsError, match=r"no column 'race'; available: .*age_group"):
         export_pairs(run_dir, tmp_path / "x.bin", ["gender", "race"], PAIRS)
     # the null-gender cell has two identities of four images: 2 * 6 genuine and 16 impostor pairs
-    with pytest.raises(PairsError, match=r"cell gender=unknown,age_group=20-39 has 2 identities with 8 images"):
+    with pytest.raises(PairsError, match=r"cell gender=unknown,age_group=20-39 has 2 identities with 8 images: "
+                                         r"12 genuine and 16 impostor pairs possible, 13 of each asked "
+                                         r"\(--allow-short takes what there is\)"):
         export_pairs(run_dir, tmp_path / "x.bin", CELLS, 13)
     assert not (tmp_path / "x.bin").exists() and not sidecar_path(tmp_path / "x.bin").exists()
     summary = export_pairs(run_dir, tmp_path / "x.bin", CELLS, 13, allow_short=True)
@@ -212,3 +214,37 @@ def test_cli(run_dir, tmp_path):
     assert result.exit_code == 1 and "error:" in result.output and "overwrite" in result.output
     result = CliRunner().invoke(app, [*args[:4], "--cells", "race", "--overwrite"])
     assert result.exit_code == 1 and "no column 'race'" in result.output
+
+
+def test_impostor_pairs_possible_are_counted_in_full(tmp_path):
+    """8 identities of 4 images: 8 * 6 = 48 genuine and (32 ** 2 - 8 * 16) / 2 = 448 impostor pairs."""
+    run = make_run(tmp_path / "eight", {i: ("female", "20-39") for i in range(8)})
+    with pytest.raises(PairsError, match=r"8 identities with 30 images: 42 genuine and 393 impostor pairs possible, "
+                                         r"49 of each asked"):  # (5, 0) and (7, 3) are rejected
+        export_pairs(run, tmp_path / "a.bin", [], 49)
+    with pytest.raises(PairsError, match=r"8 identities with 32 images: 48 genuine and 448 impostor pairs possible"):
+        export_pairs(run, tmp_path / "a.bin", [], 449, include_rejected=True)
+
+
+@pytest.mark.parametrize("identities,kind", [(1, "impostor"), (2, None)])
+def test_allow_short_refuses_a_set_of_one_kind(tmp_path, identities, kind):
+    run = make_run(tmp_path / "one", {i: ("female", "20-39") for i in range(identities)})
+    if kind is None:  # two identities: both kinds, short but allowed
+        assert export_pairs(run, tmp_path / "a.bin", [], 20, allow_short=True)["impostor"] == 16
+        return
+    with pytest.raises(PairsError, match=r"6 genuine and 0 impostor pairs: a verification set needs both kinds; "
+                                         r"impostor pairs need two identities in a cell"):
+        export_pairs(run, tmp_path / "a.bin", [], 20, allow_short=True)
+    assert not (tmp_path / "a.bin").exists()
+    result = CliRunner().invoke(app, ["export-pairs", str(run), "--out", str(tmp_path / "a.bin"), "--allow-short"])
+    assert result.exit_code == 1 and result.output.startswith(f"error: {run}: 6 genuine and 0 impostor pairs")
+
+
+def test_cli_errors_print_no_class_name(run_dir, tmp_path):
+    args = ["export-pairs", str(run_dir), "--out", str(tmp_path / "c.bin"), "--cells", "gender,age_group"]
+    result = CliRunner().invoke(app, [*args, "--pairs-per-cell", "13"])
+    assert result.exit_code == 1 and result.output.startswith("error: cell gender=unknown,age_group=20-39 has")
+    assert "PairsError" not in result.output and "--allow-short" in result.output
+    assert CliRunner().invoke(app, [*args, "--pairs-per-cell", "6"]).exit_code == 0
+    result = CliRunner().invoke(app, [*args, "--pairs-per-cell", "6"])
+    assert result.exit_code == 1 and result.output.startswith(f"error: {tmp_path / 'c.bin'} exists;"), result.output

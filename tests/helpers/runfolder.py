@@ -62,12 +62,17 @@ def write_run(out: Path, config: dict | RunConfig, unit_rows: Callable[[Unit], t
     return cfg
 
 
-def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: int = 2) -> Path:
-    """A run of noise images, every row kept (the plainest :func:`write_run`)."""
+def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: int = 2,
+             string_identities: bool = False) -> Path:
+    """A run of noise images, every row kept (the plainest :func:`write_run`). ``string_identities``: a malformed
+    run whose shards' ``identity`` column holds strings (``"id0"``, ...)."""
     def unit_rows(unit: Unit) -> tuple[pa.Table, int, dict]:
         ids = np.repeat(np.arange(unit.start, unit.stop), per_identity)
         idx = np.tile(np.arange(per_identity), unit.stop - unit.start)
-        return rows_table(ids, idx, [png(int(i) * 1000 + int(j)) for i, j in zip(ids, idx, strict=True)]), len(ids), {}
+        table = rows_table(ids, idx, [png(int(i) * 1000 + int(j)) for i, j in zip(ids, idx, strict=True)])
+        if string_identities:
+            table = table.set_column(1, "identity", pa.array([f"id{i}" for i in ids]))
+        return table, len(ids), {}
 
     write_run(out, {"run": {"name": "fixture"}, "identities": {"count": identities},
                     "images": {"per_identity": per_identity}, "output": {"identities_per_unit": per_unit}}, unit_rows)

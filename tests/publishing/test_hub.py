@@ -248,3 +248,17 @@ def test_cli_card_then_edit_then_publish_unreachable(run, monkeypatch):
     assert again.exit_code == 0, again.output
     text = path.read_text()
     assert "license: cc-by-4.0" in text and "pretty_name: N" in text and "edited by hand" in text
+
+
+@pytest.mark.parametrize("repo", ["faces", "org/team/faces", "/faces", "org/"])
+def test_cli_refuses_a_malformed_repo_id_before_anything_slow(repo, tmp_path, monkeypatch):
+    """The id is checked before the publishing code is even imported (it pulls in the card, run and identity
+    modules: seconds), let alone before the run is verified."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "facefoundry.publishing.hub")
+    result = CliRunner().invoke(app, ["publish", str(tmp_path), "--repo", repo])
+    assert "facefoundry.publishing.hub" not in sys.modules
+    assert result.exit_code == 1
+    assert result.output == (f"error: --repo must be NAMESPACE/NAME (a user or organisation, and a dataset name), "
+                             f"got {repo!r}\n")

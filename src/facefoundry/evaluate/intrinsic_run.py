@@ -153,11 +153,16 @@ def evaluate_intrinsic(run_dir: str | Path, judge: str | Path | FaceJudge = DLIB
     out_path = run_dir / EVAL_DIR / INTRINSIC_FILE
     previous = _load(out_path) if reuse else None
     if previous is not None and previous.get("key") == key:
+        if not (previous.get("sample") or {}).get("kept_images", 1):
+            raise _nothing_kept(run_dir, manifests)
         result = previous
     else:
+        selection, sample = select_sample(run_dir, manifests, max_identities, max_images_per_identity, seed)
+        if not sample["kept_images"]:  # before the judge loads: there is nothing for it to judge
+            raise _nothing_kept(run_dir, manifests)
         if not isinstance(judge, FaceJudge):
             judge = FaceJudge(judge, threshold=threshold, device=device)
-        result = _evaluate(run_dir, record, manifests, judge, judge.info(), key, workers)
+        result = _evaluate(run_dir, record, selection, sample, judge, judge.info(), key, workers)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_path, (json.dumps(result, indent=1, allow_nan=False) + "\n").encode())
     if plots_dir is not None:
@@ -165,6 +170,15 @@ def evaluate_intrinsic(run_dir: str | Path, judge: str | Path | FaceJudge = DLIB
 
         result = {**result, "plots": plot_intrinsic(result, Path(plots_dir))}
     return result
+
+
+def _nothing_kept(run_dir: Path, manifests: list[dict]) -> IntrinsicError:
+    """The error for a run whose finished units keep no row: rejected rows are never judged."""
+    stored = sum(int(m.get("rows") or 0) for m in manifests)
+    why = (f"the filters rejected all {stored} stored row(s) (annotate mode) and rejected rows are not judged"
+           if stored else "the filters dropped every generated image")
+    return IntrinsicError(f"{run_dir}: no row is kept in its {len(manifests)} finished unit(s): {why}; "
+                          f"nothing to evaluate (loosen the filters and run again)")
 
 
 def _load(path: Path) -> dict | None:
@@ -175,10 +189,8 @@ def _load(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _evaluate(run_dir: Path, record: dict, manifests: list[dict], judge: FaceJudge, info: dict, key: dict,
-              workers: int) -> dict:
-    selection, sample = select_sample(run_dir, manifests, key["max_identities"], key["max_images_per_identity"],
-                                      key["seed"])
+def _evaluate(run_dir: Path, record: dict, selection: dict[str, dict[int, list[int]]], sample: dict,
+              judge: FaceJudge, info: dict, key: dict, workers: int) -> dict:
     labels, status, emb, extra = [], [], [], {c: [] for c in SPREAD_COLUMNS}
     marks, scores, counts = [], [], []
     for part, judged in _judge_shards(run_dir, selection, judge, workers):

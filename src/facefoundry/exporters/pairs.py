@@ -102,6 +102,17 @@ def _scan(shards: list[Path], cells: Sequence[str],
     return images, {i: v for i, (_, v) in first.items()}, skipped
 
 
+def genuine_room(images: dict[int, list[int]]) -> int:
+    """How many distinct same-identity pairs ``{identity: [image_index, ...]}`` holds."""
+    return sum(comb(len(v), 2) for v in images.values())
+
+
+def impostor_room(images: dict[int, list[int]]) -> int:
+    """How many distinct pairs of images of two different identities ``{identity: [image_index, ...]}`` holds."""
+    total = sum(map(len, images.values()))
+    return (total ** 2 - sum(len(v) ** 2 for v in images.values())) // 2
+
+
 def _genuine(rng: np.random.Generator, images: dict[int, list[int]], want: int) -> list[Pair]:
     """Up to ``want`` distinct same-identity pairs, one identity after another in a shuffled order."""
     ids = [i for i in sorted(images) if len(images[i]) >= 2]
@@ -124,7 +135,7 @@ def _genuine(rng: np.random.Generator, images: dict[int, list[int]], want: int) 
 def _impostor(rng: np.random.Generator, images: dict[int, list[int]], want: int) -> list[Pair]:
     """Up to ``want`` distinct pairs of images of two different identities (lower identity first)."""
     flat = [(i, j) for i in sorted(images) for j in images[i]]
-    room = (len(flat) ** 2 - sum(len(v) ** 2 for v in images.values())) // 2
+    room = impostor_room(images)
     if 2 * want >= room:  # few enough to list them all, and drawing would mostly hit used pairs
         every = [(a, b, False) for n, a in enumerate(flat) for b in flat[n + 1:] if a[0] != b[0]]
         return [every[k] for k in sorted(rng.choice(len(every), min(want, room), replace=False))]
@@ -187,13 +198,24 @@ def _read_images(shards: list[Path], where: dict[Image, tuple], resize: bool) ->
     return out
 
 
+def _check_both_kinds(run_dir: Path, genuine: int, impostor: int) -> None:
+    """A verification set needs genuine and impostor pairs (``allow_short`` may leave a kind with none)."""
+    if genuine and impostor:
+        return
+    need = ("impostor pairs need two identities in a cell" if genuine
+            else "genuine pairs need an identity with two images")
+    raise PairsError(f"{run_dir}: {genuine} genuine and {impostor} impostor pairs: a verification set needs both "
+                     f"kinds; {need} (fewer --cells make larger cells)")
+
+
 def export_pairs(run_dir: str | Path, out_path: str | Path, cells: Sequence[str], pairs_per_cell: int,
                  seed: int = 0, *, allow_short: bool = False, overwrite: bool = False,
                  resize: bool = False, include_rejected: bool = False) -> dict:
     """Write balanced verification pairs of the finished run ``run_dir`` to ``out_path`` (see module doc).
 
     Returns the summary, which ``<out_path>.pairs.json`` holds too, with every pair in file order.
-    ``allow_short`` takes what a cell has when it cannot give ``pairs_per_cell`` of a kind (else an error);
+    ``allow_short`` takes what a cell has when it cannot give ``pairs_per_cell`` of a kind (else an error), but
+    a set with no pair of one kind is always an error;
     ``overwrite`` replaces an existing output; ``resize`` resizes images that are not 112x112;
     ``include_rejected`` pairs rows a filter rejected too.
     """
@@ -224,14 +246,15 @@ def export_pairs(run_dir: str | Path, out_path: str | Path, cells: Sequence[str]
         short = {"genuine": pairs_per_cell - len(same), "impostor": pairs_per_cell - len(other)}
         if any(short.values()) and not allow_short:
             raise PairsError(f"cell {label} has {count['identities']} identities with {count['images']} images: "
-                             f"{len(same)} genuine and {len(other)} impostor pairs possible, {pairs_per_cell} "
-                             f"of each asked (allow_short takes what there is)")
+                             f"{genuine_room(cell)} genuine and {impostor_room(cell)} impostor pairs possible, "
+                             f"{pairs_per_cell} of each asked (--allow-short takes what there is)")
         per_cell[label] = {"values": dict(zip(cells, values, strict=True)), **count, "genuine": len(same),
                            "impostor": len(other), "shortfall": short}
         genuine.append([(*p, label) for p in same])
         impostor.append([(*p, label) for p in other])
     if not any(genuine + impostor):
         raise PairsError(f"{run_dir}: no cell has two images to pair ({len(per_cell)} cells)")
+    _check_both_kinds(run_dir, sum(map(len, genuine)), sum(map(len, impostor)))
     order = np.random.default_rng([seed, _digest("pair order")])
     # the kinds interleaved in their own order: an outer shuffle would undo the cells' turns
     pairs = _interleave(order, [g for g in (_spread(order, genuine), _spread(order, impostor)) if g])

@@ -39,6 +39,7 @@ from facefoundry.models import human_bytes
 from facefoundry.publishing.card import card_problems, render_card
 from facefoundry.publishing.card.user import card_metadata, user_choices
 from facefoundry.publishing.licensing import DEFAULT_LICENSE, check_license, licence_conflicts, run_components
+from facefoundry.publishing.repo_id import PublishError, check_repo_id
 from facefoundry.runfolder.runfacts import RunFactsError, read_run_facts
 
 # What publish uploads (patterns relative to the run folder) and deletes remotely when absent locally.
@@ -47,9 +48,6 @@ UPLOAD_PATTERNS = [CARD_FILE, RUN_FILE, DATA_PATTERN, f"{MANIFEST_DIR}/*.json", 
 IGNORE_PATTERNS = [".tmp-*", "*/.tmp-*", f"{MODELS_DIR}/*", f"{LOG_DIR}/*", "*.log"]
 DELETE_PATTERNS = [f"{DATA_DIR}/*", f"{MANIFEST_DIR}/*", f"{REPORT_DIR}/*", IDENTITIES_FILE, RUN_FILE]
 
-
-class PublishError(RuntimeError):
-    """Publishing failed; the message is one line, safe to print (it never holds the token)."""
 
 # ---------------------------------------------------------------- publish
 
@@ -188,9 +186,7 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
         license = None if license is None else check_license(license)
     except ValueError as exc:
         raise PublishError(str(exc)) from None
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PublishError(f"--repo must be NAMESPACE/NAME (a user or organisation, and a dataset name), "
-                           f"got {repo_id!r}")
+    check_repo_id(repo_id)
     problems = _verify(run_dir)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")

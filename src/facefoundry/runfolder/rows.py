@@ -51,15 +51,30 @@ def kept_mask(table: pa.Table) -> np.ndarray:
     return kept
 
 
+class ShardSchemaError(ValueError):
+    """A shard's column has a type the readers cannot use (one line naming the shard and the column)."""
+
+
+def _checked(path: str | Path, schema: pa.Schema, columns: list[str]) -> list[str]:
+    """``columns``, after checking that an ``identity`` among them holds integers (class labels)."""
+    if "identity" in columns:
+        kind = schema.field("identity").type
+        if not pa.types.is_integer(kind):
+            raise ShardSchemaError(f"{path}: column identity holds {kind}, not integers: identities are class "
+                                   f"labels 0..N-1 (rewrite the shard with integer identities, or rerun the run)")
+    return columns
+
+
 def read_shard(path: str | Path, columns: Iterable[str]) -> pa.Table:
     """The ``columns`` a shard has, with its reason columns, in one read (one file open)."""
     with pq.ParquetFile(path) as shard:
-        return shard.read(columns=with_reasons(shard.schema_arrow.names, columns))
+        return shard.read(columns=_checked(path, shard.schema_arrow,
+                                           with_reasons(shard.schema_arrow.names, columns)))
 
 
 def iter_row_groups(path: str | Path, columns: Iterable[str]) -> Iterator[pa.Table]:
     """A shard one row group at a time (a row group in memory), with the ``columns`` it has and its reasons."""
     with pq.ParquetFile(path) as shard:
-        wanted = with_reasons(shard.schema_arrow.names, columns)
+        wanted = _checked(path, shard.schema_arrow, with_reasons(shard.schema_arrow.names, columns))
         for group in range(shard.num_row_groups):
             yield shard.read_row_group(group, columns=wanted)

@@ -1,0 +1,18 @@
+"""Hub dataset repository ids, checked before anything slow: ``publish --repo`` fails at once on a bad id.
+
+Kept apart from :mod:`facefoundry.publishing.hub`, whose imports (card, run facts, identities) take seconds.
+"""
+
+from __future__ import annotations
+
+
+class PublishError(RuntimeError):
+    """Publishing failed; the message is one line, safe to print (it never holds the token)."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` when it is ``NAMESPACE/NAME``; else :class:`PublishError` naming the option and the id."""
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise PublishError(f"--repo must be NAMESPACE/NAME (a user or organisation, and a dataset name), "
+                           f"got {repo_id!r}")
+    return repo_id
