@@ -322,20 +322,15 @@ def test_a_run_with_no_kept_row_is_refused_not_judged(tmp_path):
 
     from facefoundry.cli import app
 
-    cfg = validate_config({"run": {"name": "rejected"}, "identities": {"count": 2}, "images": {"per_identity": 2},
-                           "filter": {"mode": "annotate"}})
-    run = tmp_path / "run"
-    prepare_run_folder(run, cfg)
-    write_identities(run, cfg)
-    for unit in plan_units(2, cfg.output.identities_per_unit):
+    def unit_rows(unit):
         ids = [i for i in range(unit.start, unit.stop) for _ in range(2)]
-        table = pa.table({
-            "image": image_struct([noise_png(k) for k in range(len(ids))], [f"{k}.png" for k in range(len(ids))]),
-            "identity": pa.array(ids, pa.int64()), "image_index": pa.array([0, 1] * (len(ids) // 2), pa.int32()),
-            "filter_reason": pa.array(["no_face"] * len(ids), pa.string()),
-        })
-        write_unit(run, unit, table, generated=len(ids), drops={"no_face": len(ids)}, config_hash=cfg.config_hash(),
-                   file_metadata={"run_id": "rejected"})
+        table = rows_table(ids, [0, 1] * (len(ids) // 2), [noise_png(k) for k in range(len(ids))],
+                           filter_reason=pa.array(["no_face"] * len(ids), pa.string()))
+        return table, len(ids), {"no_face": len(ids)}
+
+    run = tmp_path / "run"
+    write_run(run, {"run": {"name": "rejected"}, "identities": {"count": 2}, "images": {"per_identity": 2},
+                    "filter": {"mode": "annotate"}}, unit_rows)
     result = CliRunner().invoke(app, ["evaluate", str(run), "--intrinsic"])
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"error: {run}: no row is kept") and result.output.count("\n") == 1
