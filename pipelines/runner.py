@@ -205,7 +205,7 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
         progress = Progress(len(units), (cfg.identities.count / len(units)) * cfg.images.per_identity, log,
                             done_units=skipped)
         log.write(f"starting the pipeline for {len(pending)} units: Ray, its workers and the models load before "
-                  "the first unit lands (10-20 s on a laptop)\n")
+                  "the first unit lands (seconds to minutes: the start-up ticker below counts them)\n")
         log.flush()
         with StartupTicker(log, started=started) as ticker:
             ray_ready()
