@@ -75,6 +75,13 @@ def missing_model_files(needs: Iterable[ModelFiles], offline: bool) -> list[Miss
     return found
 
 
+def _registry_name(need: ModelFiles) -> str | None:
+    """``need.name`` when the model registry has it (what `facefoundry models fetch` takes), else None."""
+    from facefoundry.models import REGISTRY
+
+    return need.name if need.name in REGISTRY else None
+
+
 def _registry_repo(need: ModelFiles) -> str | None:
     """The Hub repo of ``need.name``'s registry entry (None when unnamed, unknown or not on the Hub)."""
     from facefoundry.models import REGISTRY
@@ -121,6 +128,7 @@ def describe_missing(found: Sequence[Missing], cache: str) -> str:
         parts.append(f"model files missing: {why} {listed}; {how}")
     for m in local:
         lacks = f"lacks {_files(m)}" if m.detail == "" else m.detail
-        fix = f" (the files of `facefoundry models fetch {m.need.name}`)" if m.need.name else ""
+        fix = (f" ({m.need.how})" if m.need.how else
+               f" (the files of `facefoundry models fetch {m.need.name}`)" if _registry_name(m.need) else "")
         parts.append(f"{m.need.role} folder {m.need.source} {lacks}{fix}; fix the path or put the files there")
     return " | ".join(parts)

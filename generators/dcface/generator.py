@@ -58,6 +58,8 @@ from facefoundry.generators.lightning_checkpoint import CheckpointError as Light
 from facefoundry.generators.lightning_checkpoint import read_state_dict
 
 ID_DIM = 512
+ID_SET_HOW = "build the ID set with `facefoundry dcface-ids` (docs/models.md, DCFace)"
+STYLE_BANK_HOW = "a folder of aligned 112x112 face images, or Parquet with an `image` column (docs/models.md, DCFace)"
 TRAIN_TIMESTEPS = 1000
 EMA_PREFIX, LIVE_PREFIX = "ema_model.averaged_model.", "model."
 ID_PREFIX, STYLE_PREFIX, HEAD_PREFIX = "label_mapping.", "recognition_model.", "external_mapping."
@@ -194,15 +196,15 @@ class DCFaceGenerator:
     def model_files(cls, cfg: DCFaceConfig, model: str | None = None, base_model: str | None = None,
                     extra: str | None = None) -> list[ModelFiles]:
         """The checkpoint (``model``), the ID set (``base_model``) and the style bank (``extra``): local paths."""
-        def file(path: str, name: str, role: str) -> ModelFiles:
+        def file(path: str, name: str | None, role: str, how: str | None = None) -> ModelFiles:
             p = Path(path).expanduser()
-            return ModelFiles(str(p.parent), ((p.name,),), name, None, role, hub=False)
+            return ModelFiles(str(p.parent), ((p.name,),), name, None, role, hub=False, how=how)
 
         bank = Path(str(extra or cfg.style_bank)).expanduser()
         return [file(str(model or cfg.checkpoint), "dcface", "generator.checkpoint"),
-                file(str(base_model or cfg.id_set), "dcface-id-set", "generator.id_set"),
-                file(str(bank), "dcface-style-bank", "generator.style_bank") if bank.is_file()
-                else ModelFiles(str(bank), (), "dcface-style-bank", None, "generator.style_bank", hub=False)]
+                file(str(base_model or cfg.id_set), None, "generator.id_set", ID_SET_HOW),
+                file(str(bank), None, "generator.style_bank", STYLE_BANK_HOW) if bank.is_file()
+                else ModelFiles(str(bank), (), None, None, "generator.style_bank", hub=False, how=STYLE_BANK_HOW)]
 
     @classmethod
     def from_paths(cls, cfg: DCFaceConfig, model: str | None = None, base_model: str | None = None,

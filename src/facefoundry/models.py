@@ -358,10 +358,16 @@ def fetch(name: str, revision: str | None = None) -> FetchResult:
         raise ModelFetchError(f"{name} is not on the Hugging Face Hub: {spec.manual}")
     rev = revision or spec.revision
     before = cache_status(spec, rev)
+    # What fetching cannot do without the Hub: this command again would not help, a local copy would.
+    local = (f"or copy {', '.join(spec.files)} from {spec.repo_id} into a folder elsewhere and point the config at "
+             f"it ({spec.used_by})")
     if offline():
         if before.missing:
-            raise missing_file_error(before.missing[0], spec.repo_id, name=name,
-                                     reason=f"{len(before.missing)} of {len(spec.files)} files not cached")
+            raise missing_file_error(
+                before.missing[0], spec.repo_id, name=name,
+                reason=f"{len(before.missing)} of {len(spec.files)} files not cached, and HF_HUB_OFFLINE=1 forbids "
+                "downloading them", fix=f"unset HF_HUB_OFFLINE where the Hub is reachable and fetch there (then share "
+                f"its HF_HOME), {local}")
         folder = before.files[spec.files[0]].parents[len(Path(spec.files[0]).parts) - 1]
         return FetchResult(name, spec.repo_id, folder.name, folder, [], before.nbytes)
     from huggingface_hub import snapshot_download
@@ -370,8 +376,10 @@ def fetch(name: str, revision: str | None = None) -> FetchResult:
         folder = Path(snapshot_download(spec.repo_id, repo_type=spec.repo_type, revision=rev,
                                         allow_patterns=list(spec.files)))
     except _download_errors() as exc:
-        raise missing_file_error((before.missing or list(spec.files))[0], spec.repo_id, name=name,
-                                 **_why(exc, rev)) from exc
+        why = _why(exc, rev)
+        if why["fix"] is None and "cannot be reached" in (why["reason"] or ""):
+            why["fix"] = f"check the network or proxy (HF_ENDPOINT) and fetch again, {local}"
+        raise missing_file_error((before.missing or list(spec.files))[0], spec.repo_id, name=name, **why) from exc
     absent = [f for f in spec.files if not (folder / f).is_file()]
     if absent:
         raise missing_file_error(absent[0], spec.repo_id, name=name,

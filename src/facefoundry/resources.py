@@ -68,3 +68,4 @@ class ModelFiles:
     revision: str | None = None
     role: str = "model"  # what the files are for, in messages: "generator.model", "generator.base_model", ...
     hub: bool = True  # False: always a local path, never read as a Hub repo id
+    how: str | None = None  # how to make the files when no `facefoundry models fetch` provides them

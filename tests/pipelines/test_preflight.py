@@ -217,3 +217,19 @@ def test_a_failed_preflight_leaves_the_folder_as_before(tmp_path, empty_cache, m
     with pytest.raises(PreflightError, match="model files missing"):
         run(cfg, existing, log=io.StringIO())
     assert (existing / "run.json").read_bytes() == before and (existing / "eval").is_dir()
+
+
+def test_dcface_inputs_are_named_with_how_to_make_them(tmp_path):
+    """The ID set and style bank are not registry models: the advice is `facefoundry dcface-ids` and the style-bank
+    docs, never a `facefoundry models fetch` of a name that does not exist."""
+    cfg = load_config(REPO / "configs" / "dcface.yaml", [f"generator.checkpoint={tmp_path / 'dcface_3x3.ckpt'}",
+                                                         f"generator.id_set={tmp_path / 'ids.parquet'}",
+                                                         f"identities.file={tmp_path / 'ids.parquet'}",
+                                                         f"generator.style_bank={tmp_path / 'styles'}"])
+    paths = ModelPaths(cfg.generator.checkpoint, cfg.generator.id_set, style_bank=cfg.generator.style_bank)
+    with pytest.raises(PreflightError) as err:
+        check_before_start(cfg, paths)
+    text = str(err.value)
+    assert "`facefoundry dcface-ids`" in text and "aligned 112x112 face images" in text
+    assert "models fetch dcface-id-set" not in text and "models fetch dcface-style-bank" not in text
+    assert "the files of `facefoundry models fetch dcface`" in text  # the checkpoint's registry entry is real

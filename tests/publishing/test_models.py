@@ -186,7 +186,9 @@ def test_offline_cold_cache_names_file_repo_and_command(hub: str, tmp_path: Path
     line = res.stderr.strip()
     assert "\n" not in line
     assert line.startswith("error: weights/vec2face_generator.pth not found in Hub repo BooBooWu/Vec2Face")
-    assert "`facefoundry models fetch vec2face`" in line and "HF_HUB_OFFLINE=1" in line
+    # fetch does not advise running itself again: it says what stops it and how to use a local copy
+    assert "HF_HUB_OFFLINE=1 forbids downloading" in line and "`facefoundry models fetch" not in line
+    assert "into a folder elsewhere and point the config at it (generator.kind=vec2face" in line
     assert not (tmp_path / "hf" / "hub" / "models--BooBooWu--Vec2Face").exists()
     code = ("from facefoundry.generators.vec2face.generator import Vec2FaceGenerator, Vec2FaceSettings\n"
             "Vec2FaceGenerator(Vec2FaceSettings(tiny=True)).setup('cpu')\n")
