@@ -12,7 +12,7 @@ import pytest
 from trainsets import held_out_pairs, write_trainset
 
 from facefoundry.config import validate_config
-from facefoundry.evaluate.benchmarks import encode_image, write_bin
+from facefoundry.evaluate.benchmarks import BenchmarkError, encode_image, write_bin
 from facefoundry.evaluate.config import load_evaluate_config
 from facefoundry.evaluate.train_verify import read_results, results_table_markdown, train_and_verify
 from facefoundry.identities.store import write_identities
@@ -88,3 +88,21 @@ def test_bad_invocations_fail_in_one_line(run_and_benchmarks, tmp_path):
         proc = evaluate(*args)
         assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_benchmarks_are_checked_before_training(run_and_benchmarks, tmp_path, monkeypatch):
+    """An empty folder, or one whose .bin files cannot be read, fails before the training (hours on a GPU), not
+    after it with a table of dashes and exit 0."""
+    from facefoundry.evaluate import train as train_module
+
+    monkeypatch.setattr(train_module, "finished_training", lambda *a, **k: None)
+    monkeypatch.setattr(train_module, "train_on_run", lambda *a, **k: pytest.fail("trained before checking"))
+    run, _ = run_and_benchmarks
+    empty, unreadable = tmp_path / "empty", tmp_path / "unreadable"
+    empty.mkdir()
+    unreadable.mkdir()
+    (unreadable / "lfw.bin").write_bytes(b"not a pickle")
+    for folder, why in ((empty, "no .bin benchmark files"), (unreadable, "lfw: ")):
+        with pytest.raises(BenchmarkError, match="no benchmark can be verified") as err:
+            train_and_verify(run, load_evaluate_config(TINY), folder, progress=lambda _: None)
+        assert why in str(err.value)

@@ -206,6 +206,17 @@ def load_benchmarks(sources: str | Path | Iterable[str | Path]) -> tuple[list[Be
     return loaded, errors
 
 
+def check_benchmarks(sources: str | Path | Iterable[str | Path]) -> dict[str, str]:
+    """Open and validate every benchmark of ``sources`` without keeping them: what a training checks before it starts
+    (hours of GPU otherwise end in an empty table). Returns the bad sets' reasons; raises :class:`BenchmarkError`
+    naming each problem when no set can be verified (no ``.bin`` file, or none readable)."""
+    loaded, errors = load_benchmarks(sources)
+    if not loaded:
+        found = "; ".join(f"{name}: {why}" for name, why in errors.items()) or "no .bin benchmark files in it"
+        raise BenchmarkError(f"{sources}: no benchmark can be verified ({found})")
+    return errors
+
+
 def encode_image(image: np.ndarray, fmt: str = ".png") -> bytes:
     """An RGB ``uint8`` image -> encoded bytes (``.png`` lossless, or ``.jpg``) for :func:`write_bin`."""
     ok, buf = cv2.imencode(fmt, cv2.cvtColor(np.ascontiguousarray(image, dtype=np.uint8), cv2.COLOR_RGB2BGR))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facefoundry.dataset.atomic import atomic_write_bytes
-from facefoundry.evaluate.benchmarks import STANDARD_SETS, paper_order
+from facefoundry.evaluate.benchmarks import STANDARD_SETS, BenchmarkError, check_benchmarks, paper_order
 from facefoundry.evaluate.config import EvaluateConfig
 from facefoundry.evaluate.intrinsic_run import INTRINSIC_FILE
 from facefoundry.layout import EVAL_DIR
@@ -36,6 +36,9 @@ def train_and_verify(run_dir: str | Path, cfg: EvaluateConfig, benchmarks: str |
     from facefoundry.sections import RayConfig
 
     run_dir = Path(run_dir)
+    if benchmarks is not None:  # before training: a bad folder must not cost the training first
+        for name, error in check_benchmarks(benchmarks).items():
+            progress(f"benchmark {name} will be skipped: {error}")
     trained = finished_training(run_dir, cfg, progress)  # a finished training needs no Ray
     if trained is None:
         with ray_session(RayConfig(address=address)):
@@ -55,6 +58,9 @@ def train_and_verify(run_dir: str | Path, cfg: EvaluateConfig, benchmarks: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
     result["file"] = str(path)
+    if benchmarks is not None and not result["benchmarks"]["sets"]:  # the training is kept; the verification failed
+        why = "; ".join(f"{name}: {error}" for name, error in result["benchmarks"]["errors"].items())
+        raise BenchmarkError(f"{benchmarks}: no benchmark could be verified ({why}); the training is kept in {path}")
     return result
 
 
