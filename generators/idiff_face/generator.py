@@ -70,6 +70,31 @@ def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     return load_plain_state_dict(path, CheckpointError, what)
 
 
+LITE_PREFIXES = ("_original_module.", "_forward_module.")  # PyTorch Lightning 1.7's _LiteModule wrapper
+
+
+def unwrap_lite(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The model's own state dict from one saved through PyTorch Lightning 1.7's ``LightningLite`` wrapper (what the
+    official ``main.py`` trains with): there every key is stored twice, under ``_forward_module.`` (the module, or
+    its DDP wrapper's ``module.``) and ``_original_module.``; the original module's keys are taken. A plain state
+    dict is returned as it is; one where only some keys are wrapped is refused, naming a key of each kind."""
+    wrapped = [k for k in state if k.startswith(LITE_PREFIXES)]
+    if not wrapped:
+        return state
+    if len(wrapped) != len(state):
+        plain = next(k for k in state if not k.startswith(LITE_PREFIXES))
+        raise CheckpointError(f"{source}: some keys carry Lightning's wrapper prefixes ({wrapped[0]}) and some do "
+                              f"not ({plain}); save the module's own state_dict()")
+    for prefix, inner in (("_original_module.", ""), ("_forward_module.", "module.")):
+        keys = [k for k in state if k.startswith(prefix)]
+        if keys:
+            unwrapped = {k[len(prefix):]: state[k] for k in keys}
+            if inner and all(k.startswith(inner) for k in unwrapped):  # DDP inside the wrapper
+                unwrapped = {k[len(inner):]: v for k, v in unwrapped.items()}
+            return unwrapped
+    return state
+
+
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
     """Load ``state`` into ``module`` (built on the meta device) only when keys and shapes match exactly."""
     problem = state_dict_mismatch(state, module.state_dict())
@@ -155,7 +180,8 @@ class IDiffFaceGenerator:
                                   "are latent models and only those are supported")
         ckpt = self.model_dir / self.cfg.checkpoint_file
         diffusion = DiffusionModel(arch).to("meta")
-        load_strict(diffusion, load_state_dict(ckpt, "IDiff-Face checkpoint"), str(ckpt), "IDiff-Face DDPM")
+        state = unwrap_lite(load_state_dict(ckpt, "IDiff-Face checkpoint"), str(ckpt))
+        load_strict(diffusion, state, str(ckpt), "IDiff-Face DDPM")
         decoder_path = self.autoencoder_dir / DECODER_FILE
         decoder = VQDecoder(self.read_vq_arch()).to("meta")
         load_strict(decoder, load_state_dict(decoder_path, "VQ decoder"), str(decoder_path), "VQ-f4 decoder")

@@ -351,6 +351,41 @@ def test_strict_loading_names_the_wrong_key(release: tuple[Path, Path], tmp_path
         generator((model, ae))
 
 
+@pytest.mark.slow
+def test_a_checkpoint_saved_through_lightning_lite_loads(release: tuple[Path, Path], tmp_path: Path) -> None:
+    """The official main.py trains through PyTorch Lightning 1.7's LightningLite, whose wrapper (``_LiteModule``)
+    registers the module twice, as ``_forward_module`` (or its DDP wrapper) and ``_original_module``: a state dict
+    saved from it (the non-EMA ``checkpoints/model.ckpt``) holds every key under both prefixes. It loads as the
+    module's own; a file where only some keys are wrapped is refused."""
+    class LiteModule(torch.nn.Module):  # the two attributes PL 1.7's _LiteModule registers
+        def __init__(self, forward_module: torch.nn.Module, original_module: torch.nn.Module | None = None):
+            super().__init__()
+            self._forward_module = forward_module
+            self._original_module = original_module or forward_module
+
+    class DDP(torch.nn.Module):  # DistributedDataParallel's own attribute
+        def __init__(self, module: torch.nn.Module):
+            super().__init__()
+            self.module = module
+
+    model, ae = _copy_release(release, tmp_path)
+    reference = generator((model, ae), sampler="ddim", steps=1)
+    vectors, seeds = unit_vectors(2), np.array([3, 4])
+    expected = reference.generate(vectors, seeds)
+    inner = reference.diffusion
+    for wrapper in (LiteModule(inner), LiteModule(DDP(inner), inner)):
+        state = wrapper.state_dict()
+        assert any(k.startswith("_forward_module.") for k in state) and any(k.startswith("_original_module.")
+                                                                             for k in state)
+        torch.save(state, model / "checkpoints" / "model.ckpt")
+        lite = generator((model, ae), sampler="ddim", steps=1, checkpoint_file="checkpoints/model.ckpt")
+        assert all(np.array_equal(a, b) for a, b in zip(lite.generate(vectors, seeds), expected, strict=True))
+    mixed = {**{f"_original_module.{k}": v for k, v in inner.state_dict().items()}, "sigmas": torch.zeros(1)}
+    torch.save(mixed, model / "checkpoints" / "model.ckpt")
+    with pytest.raises(CheckpointError, match="some keys carry Lightning's wrapper prefixes"):
+        generator((model, ae), checkpoint_file="checkpoints/model.ckpt")
+
+
 def test_files_that_are_not_plain_state_dicts_are_refused(release: tuple[Path, Path], tmp_path: Path) -> None:
     model, ae = _copy_release(release, tmp_path)
     with open(model / CHECKPOINT, "wb") as f:
