@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from facefoundry.resources import ModelFiles
 
@@ -132,3 +133,29 @@ def describe_missing(found: Sequence[Missing], cache: str) -> str:
                f" (the files of `facefoundry models fetch {m.need.name}`)" if _registry_name(m.need) else "")
         parts.append(f"{m.need.role} folder {m.need.source} {lacks}{fix}; fix the path or put the files there")
     return " | ".join(parts)
+
+
+def present_files(needs: Iterable[ModelFiles]) -> list[Path]:
+    """The file of each group of ``needs`` that is there: in its local folder, or in the HF cache for a Hub repo
+    (a Hub file not cached yet is downloaded by the actor, and checked by its loader)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found: list[Path] = []
+    for need in needs:
+        folder = Path(need.source).expanduser()
+        local = not need.hub or _looks_local(need.source)
+        for group in need.groups:
+            for name in group:
+                path = folder / name if local else try_to_load_from_cache(need.source, name, revision=need.revision)
+                if isinstance(path, (str, Path)) and Path(path).is_file():
+                    found.append(Path(path))
+                    break
+    return found
+
+
+def unreadable_model_files(needs: Iterable[ModelFiles]) -> list[str]:
+    """``<path> <problem>`` for each model file that is there but is not what its name says
+    (:func:`facefoundry.pipelines.filecheck.file_problem`)."""
+    from facefoundry.pipelines.filecheck import file_problem
+
+    return [f"model file {path} {problem}" for path in present_files(needs) if (problem := file_problem(path))]

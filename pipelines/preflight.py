@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from facefoundry.pipelines.modelcheck import describe_missing, missing_model_files
+from facefoundry.pipelines.modelcheck import describe_missing, missing_model_files, unreadable_model_files
 from facefoundry.resources import ModelFiles, Resources
 
 log = logging.getLogger(__name__)
@@ -175,12 +175,17 @@ def check_cluster(stages: Iterable[Any], embedded: bool = True) -> None:
 
 def check_model_files(needs: Iterable[ModelFiles]) -> None:
     """Raise :class:`PreflightError` (one line) when a model file ``needs`` lists is not there and cannot be
-    downloaded; nothing is downloaded here (the actors do, as the loaders always have)."""
+    downloaded, or is there but is not what its name says (empty, truncated, another format); nothing is downloaded
+    here (the actors do, as the loaders always have)."""
     from facefoundry.models import hub_cache, offline
 
+    needs = list(needs)
     found = missing_model_files(needs, offline())
     if found:
         raise PreflightError(describe_missing(found, str(hub_cache())))
+    broken = unreadable_model_files(needs)  # there, but empty, truncated or of another format
+    if broken:
+        raise PreflightError("; ".join(broken))
 
 
 def check_before_start(cfg: Any, paths: Any) -> None:

@@ -233,3 +233,34 @@ def test_dcface_inputs_are_named_with_how_to_make_them(tmp_path):
     assert "`facefoundry dcface-ids`" in text and "aligned 112x112 face images" in text
     assert "models fetch dcface-id-set" not in text and "models fetch dcface-style-bank" not in text
     assert "the files of `facefoundry models fetch dcface`" in text  # the checkpoint's registry entry is real
+
+
+CHECKED = (".safetensors", ".pth", ".pt", ".ckpt", ".bin", ".yaml", ".yml", ".json", ".onnx", ".parquet")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["arc2face", "vec2face", "idiff_face", "dcface"])
+@pytest.mark.parametrize("damage", ["empty", "text"])
+def test_a_broken_model_file_fails_in_one_line_before_ray(kind, damage, tmp_path):
+    """An empty or wrong-format file where a model file should be (every checked kind of each generator's tiny
+    build, one at a time) is named with what is wrong, in the driver: not hundreds of lines of actor tracebacks."""
+    from facefoundry.generators.registry import SPECS
+    from facefoundry.pipelines.modelcheck import present_files
+
+    spec = SPECS[kind]
+    gen = spec.config(tiny=True)
+    paths = spec.model_paths(gen, tmp_path / "models", seed=0, identities=2)
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["identities.count=2"]).model_copy(update={"generator": gen})
+    needs = generator_model_files(cfg, paths)
+    check_model_files(needs)  # the build as written passes
+    files = [p for p in present_files(needs) if p.suffix in CHECKED]
+    assert files, f"{kind}: nothing to check"
+    for path in files:
+        original = path.read_bytes()
+        path.write_bytes(b"" if damage == "empty" else b"<html>404 Not Found</html>\n\x00\xff")
+        with pytest.raises(PreflightError) as err:
+            check_model_files(needs)
+        text = str(err.value)
+        assert "\n" not in text and f"model file {path} " in text, text
+        assert ("is empty" in text) if damage == "empty" else ("is not" in text), text
+        path.write_bytes(original)
