@@ -57,3 +57,9 @@ def test_manifest_row_count_and_identities_checked(run):
 
 def test_not_a_run(tmp_path):
     assert "run.json missing" in verify_run(tmp_path)[0]
+
+
+def test_a_shard_with_string_identities_is_a_problem_not_a_crash(tmp_path):
+    run = make_run(tmp_path / "run", string_identities=True)
+    problems = verify_run(run)
+    assert problems and all("column identity holds string, not int64" in p for p in problems), problems

@@ -63,6 +63,11 @@ def _check_shard(manifest: dict, store: RunStore, name: str, lo: int, hi: int) -
     missing = [f.name for f in BASE_FIELDS if f.name not in schema.names]
     if missing:
         problems.append(f"{name}: missing columns {missing}")
+    mistyped = [f"{f.name} holds {schema.field(f.name).type}, not {f.type}" for f in BASE_FIELDS
+                if f.name in schema.names and schema.field(f.name).type != f.type]
+    if mistyped:
+        problems.append(f"{name}: column {'; column '.join(mistyped)}")
+        return problems, schema.remove_metadata()  # identities of another type cannot be compared with the unit
     if b"huggingface" not in (schema.metadata or {}):
         problems.append(f"{name}: no huggingface features metadata (images would not decode)")
     if len(identities) and (identities.min() < lo or identities.max() >= hi):
