@@ -85,3 +85,16 @@ def test_string_identities_are_one_clear_line(tmp_path, command):
     assert result.exit_code == 1, result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
     assert "column identity holds string, not integers" in result.output
+
+
+def test_export_errors_name_the_cli_options_and_no_class(tmp_path):
+    """export's own errors print as every command's do (no class name), and name options as typed (--allow-partial,
+    --overwrite), not as Python parameters."""
+    run = make_run(tmp_path / "run")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("taken")
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "full"), "--format", "imagefolder"])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "ExportError" not in result.output
+    (run / "manifests" / next(p.name for p in (run / "manifests").iterdir())).unlink()
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "e"), "--format", "imagefolder"])
+    assert result.exit_code == 1 and "--allow-partial" in result.output and "allow_partial" not in result.output

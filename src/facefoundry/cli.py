@@ -255,9 +255,13 @@ def export(
 
     if fmt not in ("imagefolder", "rec", "lmdb"):
         _fail(f"--format must be one of imagefolder, rec, lmdb (got {fmt!r})", code=2)
+    from facefoundry.exporters.export import ExportError
+
     try:
         summary = export_run(run_dir, out, fmt, jpeg_quality, include_rejected=include_rejected,
                              allow_partial=allow_partial, rec_header=rec_header)
+    except ExportError as exc:  # its own one-line message, as other commands print theirs
+        _fail(str(exc))
     except Exception as exc:
         _fail(_one_line(exc))
     typer.echo(f"{summary['images']} images of {summary['identities']} identities -> {out} ({summary['bytes']} bytes)")

@@ -184,7 +184,7 @@ def test_errors(run_dir, exported, tmp_path):
     assert summary["genuine"] == 5 * 13 - 1 and load_benchmark(tmp_path / "x.bin").num_pairs == 129
     out, _ = exported
     before = out.read_bytes()
-    with pytest.raises(PairsError, match="exists; pass overwrite"):
+    with pytest.raises(PairsError, match="exists; add --overwrite"):
         export_pairs(run_dir, out, CELLS, PAIRS, seed=3)
     assert out.read_bytes() == before
     export_pairs(run_dir, tmp_path / "x.bin", CELLS, PAIRS, overwrite=True)

@@ -147,7 +147,7 @@ def _shards(run_dir: Path, allow_partial: bool) -> tuple[list[Path], dict]:
         first = next(u for u in units if u not in finished)
         raise ExportError(
             f"{run_dir} is incomplete: {len(units) - len(done)} of {len(units)} units are not done "
-            f"(first: {first.shard_name}); finish the run, or export what is done with allow_partial"
+            f"(first: {first.shard_name}); finish the run, or export what is done with --allow-partial"
         )
     info = {"run_id": run_id(cfg), "config_hash": cfg.config_hash(), "units": len(units), "units_exported": len(done)}
     return [shard_path(run_dir, u) for u in done], info

@@ -176,7 +176,7 @@ def _encode(data: bytes, image: Image, resize: bool) -> bytes:
     if decoded.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         if not resize:
             raise PairsError(f"image {image[1]} of identity {image[0]} is {decoded.shape[1]}x{decoded.shape[0]}; "
-                             f"verification sets hold {IMAGE_SIZE}x{IMAGE_SIZE} aligned faces (resize to resize)")
+                             f"verification sets hold {IMAGE_SIZE}x{IMAGE_SIZE} aligned faces (--resize to resize them)")
         decoded = cv2.resize(decoded, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
     return encode_image(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB))
 
@@ -227,7 +227,7 @@ def export_pairs(run_dir: str | Path, out_path: str | Path, cells: Sequence[str]
         raise PairsError(f"cells name a column twice: {cells}")
     for path in (out, sidecar):
         if path.exists() and (not overwrite or path.is_dir()):
-            raise PairsError(f"{path} exists; pass overwrite to replace it" if not path.is_dir()
+            raise PairsError(f"{path} exists; add --overwrite to replace it" if not path.is_dir()
                              else f"{path} is a folder")
     shards, info = _shards(run_dir, allow_partial=False)
     images, cell_of, skipped = _scan(shards, cells, include_rejected)
