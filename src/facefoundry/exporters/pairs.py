@@ -176,7 +176,7 @@ def _encode(data: bytes, image: Image, resize: bool) -> bytes:
     if decoded.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         if not resize:
             raise PairsError(f"image {image[1]} of identity {image[0]} is {decoded.shape[1]}x{decoded.shape[0]}; "
-                             f"verification sets hold {IMAGE_SIZE}x{IMAGE_SIZE} aligned faces (--resize to resize them)")
+                             f"verification sets hold {IMAGE_SIZE}x{IMAGE_SIZE} aligned faces (add --resize)")
         decoded = cv2.resize(decoded, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
     return encode_image(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB))
 
