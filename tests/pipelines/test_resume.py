@@ -22,6 +22,7 @@ from facefoundry.runfolder.verify import verify_run
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 # 6 identities x 2 images, one identity per unit: several units, so the kill lands mid-run.
+SLOW_COMMITS = Path(__file__).resolve().parents[1] / "helpers" / "slowcommits"
 ARGS = ["--set", "identities.count=6", "--set", "images.per_identity=2", "--set", "output.identities_per_unit=1"]
 
 
@@ -29,6 +30,14 @@ def shard_digests(out) -> dict[str, str]:
     store = open_store(out)
     return {name: hashlib.sha256(store.read_bytes(f"data/{name}")).hexdigest()
             for name in sorted(store.sizes("data")) if name.startswith("train-")}
+
+
+def slowed_env(delay: float = 1.0) -> dict[str, str]:
+    """The environment for a run that commits one unit every ``delay`` seconds or slower, so that a kill
+    lands between two units (tests/helpers/slowcommits/sitecustomize.py)."""
+    env = dict(os.environ, FACEFOUNDRY_TEST_COMMIT_DELAY=str(delay))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SLOW_COMMITS), env.get("PYTHONPATH")]))
+    return env
 
 
 def manifest_count(out) -> int:
@@ -51,7 +60,7 @@ def settled_manifest_count(out) -> int:
 def test_sigterm_mid_run_ends_in_one_line_and_the_log_says_so(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-c", "from facefoundry.cli import app; app()", "run", str(CONFIG), "--out", str(out), *ARGS]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=slowed_env())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and manifest_count(out) < 1:
         time.sleep(0.2)
@@ -83,7 +92,8 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, request, where,
     else:
         out = str(tmp_path / "killed")
     cmd = [sys.executable, "-c", "from facefoundry.cli import app; app()", "run", str(CONFIG), "--out", out, *ARGS]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=slowed_env())
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:

@@ -1,0 +1,50 @@
+"""Loaded by Python at start-up in every process of a run whose ``PYTHONPATH`` holds this folder (see
+``slowed_env`` in tests/pipelines/test_resume.py): each unit's commit then waits
+``FACEFOUNDRY_TEST_COMMIT_DELAY`` seconds after it lands.
+
+The kill tests need a run that is caught between two units. The smoke preset's six units otherwise commit
+within a fifth of a second of each other, so a poller could see none or all of them; spaced out, the kill
+lands mid-run however fast or loaded the machine is. Nothing is imported here until the run itself
+imports the stages module: a finder wraps that one module's loading."""
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import time
+
+STAGES = "facefoundry.pipelines.stages"
+
+
+def _slow_commits(module) -> None:
+    delay = float(os.environ.get("FACEFOUNDRY_TEST_COMMIT_DELAY", "0"))
+    commit = module.WriteStage.__call__
+
+    def delayed(self, result):
+        manifest = commit(self, result)
+        time.sleep(delay)
+        return manifest
+
+    module.WriteStage.__call__ = delayed
+
+
+class _StagesFinder(importlib.abc.MetaPathFinder):
+    """Finds the stages module as the path finder would, then patches it right after it executes."""
+
+    def find_spec(self, name, path, target=None):
+        if name != STAGES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _slow_commits(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _StagesFinder())
