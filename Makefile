@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 smoke: $(STAMP)
 	$(BIN)/facefoundry run configs/smoke.yaml --out runs/smoke
 
+# The whole suite, one test file per pytest-xdist worker: most of a Ray test's time is waiting on processes to
+# start, so three workers on 2 cores overlap it (a file's tests share its module fixtures and embedded Ray).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests
 
 # The inner loop (under 2 minutes on 2 cores): no Ray, no processes, no training, no slow sampler.
 test-fast: $(STAMP)

@@ -27,6 +27,7 @@ from facefoundry.generators.spec import ModelPaths
 from facefoundry.identities.store import write_identities
 from facefoundry.layout import HUB_MAX_FILES_PER_FOLDER, MODELS_DIR, RUN_ENTRIES
 from facefoundry.local_ray import ray_session
+from facefoundry.pipelines import tinycache
 from facefoundry.pipelines.preflight import PreflightError
 from facefoundry.pipelines.progress import Progress, StartupTicker
 from facefoundry.runfolder.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
@@ -78,8 +79,9 @@ def folder_limit_warning(cfg: RunConfig, units: int) -> str:
 
 def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
     """Hub ids / folders from the config, or a tiny random-weight build in the official layout
-    (under ``out/models``, ``out`` being a local folder)."""
-    return spec_of(cfg.generator).model_paths(cfg.generator, out / MODELS_DIR, cfg.run.seed, cfg.identities.count)
+    (under ``out/models``, ``out`` being a local folder; copied from :mod:`~facefoundry.pipelines.tinycache`
+    when that is set)."""
+    return tinycache.model_paths(cfg.generator, out / MODELS_DIR, cfg.run.seed, cfg.identities.count)
 
 
 def file_metadata(cfg: RunConfig) -> dict:

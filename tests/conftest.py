@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,9 +10,25 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `make test` runs pytest-xdist workers, more than the cores: each worker's torch keeps to one thread, else their
+# OpenMP pools spin against each other (a 4 s sampler test took 84 s with 2 workers of 2 threads on 2 cores).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Tiny preset runs copy their random-weight build from one cache per test session (pipelines/tinycache.py) instead
+# of each building it. Set here, in the process that starts the xdist workers: they and every run's subprocess
+# inherit it. One set from outside is used as is and kept.
+OWN_TINY_CACHE = None
+if "FACEFOUNDRY_TINY_CACHE" not in os.environ:
+    OWN_TINY_CACHE = os.environ["FACEFOUNDRY_TINY_CACHE"] = tempfile.mkdtemp(prefix="fftiny-")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))  # test helpers (runfolder.py) import by name
+
+
+def pytest_unconfigure(config):
+    if OWN_TINY_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(OWN_TINY_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

@@ -46,6 +46,8 @@ def test_a_background_ray_outlives_its_start_and_serves_tasks(temp_dirs):
         time.sleep(1)  # Ray's daemons die with the thread that spawned them: that thread must still be alive
         assert ray.get(ray.remote(lambda x: x + 1).remote(41), timeout=120) == 42
         assert len(_start_threads()) == 1
+        # what its processes inherit: no usage statistics leave the machine
+        assert ray.get(ray.remote(lambda: os.environ.get("RAY_USAGE_STATS_ENABLED")).remote(), timeout=120) == "0"
     assert not ray.is_initialized() and not _start_threads()
     assert len(temp_dirs) == 1 and not os.path.exists(temp_dirs[0])  # its temp dir is gone
 

@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterator
 from facefoundry.sections import RayConfig
 from facefoundry.termination import keep_sigterm_handler
 
-# An embedded Ray must listen on loopback only and must not need an auth token. Its workers start at
+# An embedded Ray must listen on loopback only, must not need an auth token and sends no usage statistics
+# (Ray's default reports them to its maintainers over the network). Its workers start at
 # the priority of Ray's own processes rather than Ray's default nice 15, so the generator is not
 # preempted by every wake-up of those. (Not lower for the filter and writer: on a busy machine they
-# would starve, and finished images would wait uncommitted.)
-LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
+# would starve, and finished images would wait uncommitted.) A user's environment overrides each.
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0",
+             "RAY_USAGE_STATS_ENABLED": "0"}
 # Ray's own progress bars and per-operator logs are replaced by facefoundry's progress line.
 QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
