@@ -112,6 +112,8 @@ def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None
     store = open_store(out)
     terminal = log or sys.stderr
     with run_lock(store, "run", notify=lambda text: terminal.write(text + "\n")):
+        if fresh:
+            _check_before_discarding(cfg, store)
         resuming = prepare_run_folder(store, cfg, fresh=fresh, fresh_eval=fresh_eval,
                                       notify=lambda text: terminal.write(text + "\n"))
         try:
@@ -136,6 +138,17 @@ def _run_logged(cfg: RunConfig, store: RunStore, resuming: bool, terminal: TextI
             with contextlib.suppress(OSError):
                 store.put_bytes(f"{LOG_DIR}/{log_path.name}", log_path.read_bytes())
     return summary
+
+
+def _check_before_discarding(cfg: RunConfig, store: RunStore) -> None:
+    """``--fresh`` deletes the previous run only once the new config passes the preflight: a missing model
+    or GPU must not cost the run that was there. A tiny build is made in the emptied folder, so a tiny
+    config is checked after the deletion, as every new run is."""
+    if cfg.generator.tiny:
+        return
+    from facefoundry.pipelines.preflight import check_before_start
+
+    check_before_start(cfg, resolve_model_paths(cfg, work_dir(cfg, store)))
 
 
 def _unbind_new_run(store: RunStore) -> None:

@@ -175,6 +175,17 @@ def test_real_arc2face_config_offline_fails_in_the_driver_without_ray(tmp_path, 
     assert not ray.is_initialized()
 
 
+def test_fresh_keeps_the_previous_run_when_the_new_config_fails_its_preflight(tmp_path, empty_cache):
+    out = tmp_path / "r"
+    assert CliRunner().invoke(app, ["sample", str(REPO / "configs" / "smoke.yaml"), "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = CliRunner().invoke(app, ["run", str(REPO / "configs" / "arc2face.yaml"), "--out", str(out), "--fresh",
+                                      "--set", "identities.count=16"])
+    assert result.exit_code == 1 and "`facefoundry models fetch arc2face sd15`" in result.output, result.output
+    assert "--fresh: deleting" not in result.output, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # run.json, identities
+
+
 def test_cluster_runs_skip_the_driver_cache_check(empty_cache):
     cfg = load_config(REPO / "configs" / "arc2face.yaml", ["ray.address=ray://head:10001"])
     check_before_start(cfg, ModelPaths(cfg.generator.model, cfg.generator.base_model))  # nodes: their own caches
