@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from facefoundry.sections import yaml_problem
+
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 ZIP_MAGIC, PICKLE_START = b"PK\x03\x04", b"\x80"  # torch.save's zip format; the legacy format opens with a pickle
 
@@ -67,16 +69,18 @@ def _safetensors_problem(path: Path, head: bytes, size: int) -> str | None:
 
 
 def _text_problem(path: Path, suffix: str) -> str | None:
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
         if suffix == ".json":
             json.loads(text)
         else:
-            import yaml
-
             yaml.safe_load(text)
     except UnicodeDecodeError:
         return "is not UTF-8 text"
+    except yaml.YAMLError as exc:
+        return f"is not valid YAML ({yaml_problem(exc)})"
     except Exception as exc:  # noqa: BLE001 - the parser's first line says where
         return f"is not valid {'JSON' if suffix == '.json' else 'YAML'} ({_first_line(exc)})"
     return None

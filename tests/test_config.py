@@ -74,9 +74,14 @@ def test_malformed_inputs(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("identities: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("identities:\n  count: [1, 2\nimages:\n  per_identity: 3\n")
+    with pytest.raises(ConfigError) as err:  # one line: where, what, and what was left open
         load_config(bad)
+    assert str(err.value) == (f"{bad}: not valid YAML: line 3, column 7: expected ',' or ']', but got ':' "
+                              "(while parsing a flow sequence at line 2, column 10)")
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({}, ["identities.count=[1"])
+    assert "\n" not in str(err.value) and "value is not valid YAML: line 1, column 3: expected" in str(err.value)
     with pytest.raises(ConfigError, match="expected section.key=value"):
         apply_overrides({}, ["identities.count"])
     with pytest.raises(ConfigError, match="is not a section"):

@@ -298,7 +298,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {yaml_problem(exc)}") from None
     return path, value
 
 
@@ -330,5 +330,16 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = 
     except OSError as exc:  # unreadable: permissions, a device, ...
         raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     return apply_overrides(data if data is not None else {}, overrides or [])
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A parser error on one line: where (1-based line and column), what, and what was open there."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return " ".join(str(exc).split())
+    where = f"line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
+    opened = ""
+    if exc.context and exc.context_mark is not None:
+        opened = f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    return f"{where}: {exc.problem}{opened}"
