@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 smoke: $(STAMP)
 	$(BIN)/facefoundry run configs/smoke.yaml --out runs/smoke
 
-# The whole suite, one test file per pytest-xdist worker: most of a Ray test's time is waiting on processes to
-# start, so three workers on 2 cores overlap it (a file's tests share its module fixtures and embedded Ray).
+# The whole suite, one test file per pytest-xdist worker (a file's tests share its module fixtures and embedded Ray).
+# Three workers keep both cores busy through the Ray tests' start-up waits; four were no faster (docs/architecture.md).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests
 

@@ -48,7 +48,7 @@ def model_paths(gen: Any, models_dir: Path, seed: int, identities: int) -> Model
     filled from the cache when one is set, the build is tiny and ``models_dir`` does not exist yet."""
     spec = spec_of(gen)
     cache = os.environ.get(CACHE_ENV)
-    if cache and getattr(gen, "tiny", False) and not models_dir.exists():
+    if cache and gen.tiny and not models_dir.exists():
         entry = Path(cache) / cache_key(gen, seed, identities)
         with _locked(entry.with_suffix(".lock")):
             if not (entry / DONE).is_file():

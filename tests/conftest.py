@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from facefoundry.pipelines.tinycache import CACHE_ENV
+
 # Any Ray a test starts stays on loopback and needs no token.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -19,15 +21,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # of each building it. Set here, in the process that starts the xdist workers: they and every run's subprocess
 # inherit it. One set from outside is used as is and kept.
 OWN_TINY_CACHE = None
-if "FACEFOUNDRY_TINY_CACHE" not in os.environ:
-    OWN_TINY_CACHE = os.environ["FACEFOUNDRY_TINY_CACHE"] = tempfile.mkdtemp(prefix="fftiny-")
+if CACHE_ENV not in os.environ:
+    OWN_TINY_CACHE = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="fftiny-")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))  # test helpers (runfolder.py) import by name
 
 
 def pytest_unconfigure(config):
-    if OWN_TINY_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+    if OWN_TINY_CACHE:  # the process that made it (the xdist controller, or the one pytest process)
         shutil.rmtree(OWN_TINY_CACHE, ignore_errors=True)
 
 
