@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from facefoundry.sections import AttributesConfig
 
 # What shard metadata says instead of a model id when the weights were built in code.
 TINY_WEIGHTS = "tiny-random (built in code)"
@@ -41,6 +44,9 @@ class ModelPaths:
     lcm_lora: str | None = None  # Arc2Face fast mode: the LCM-LoRA (tiny builds); None = generator.lcm_lora
     face_models: str | None = None  # Vec2Face AttrOP's models (tiny builds); None = generator.attrop.models
     style_bank: str | None = None  # DCFace's style images (tiny builds); None = generator.style_bank
+    # The attributes section the annotator loads, its tiny build's files in it (filters.tiny_attributes; set by
+    # pipelines.runner.resolve_model_paths); None = the config's own section, which must not be tiny.
+    attributes: AttributesConfig | None = None
 
     @property
     def extra(self) -> str | None:

@@ -84,11 +84,11 @@ class Prober:
 
     def __init__(self, cfg: RunConfig, paths):
         from facefoundry.filters.attribute_annotator import AttributeAnnotator
-        from facefoundry.pipelines.stages import build_generator
+        from facefoundry.pipelines.stages import attributes_section, build_generator
 
         self.cfg = cfg
         self.generator = build_generator(cfg, paths)
-        self.annotator = AttributeAnnotator(cfg.attributes)
+        self.annotator = AttributeAnnotator(attributes_section(cfg, paths))
         self.schema = AttributeAnnotator.output_schema()
 
     def __call__(self, vectors: np.ndarray, candidates: list[int]) -> list[dict | None]:

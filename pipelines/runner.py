@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from facefoundry.dataset.manifest import (
     plan_units,
 )
 from facefoundry.dataset.storage import LocalStore, RemoteStore, RunStore, open_store
+from facefoundry.filters.tiny_attributes import resolve_attributes
 from facefoundry.generators.registry import spec_of
 from facefoundry.generators.spec import ModelPaths
 from facefoundry.identities.store import write_identities
@@ -80,8 +82,15 @@ def folder_limit_warning(cfg: RunConfig, units: int) -> str:
 def resolve_model_paths(cfg: RunConfig, out: Path) -> ModelPaths:
     """Hub ids / folders from the config, or a tiny random-weight build in the official layout
     (under ``out/models``, ``out`` being a local folder; copied from :mod:`~facefoundry.pipelines.tinycache`
-    when that is set)."""
-    return tinycache.model_paths(cfg.generator, out / MODELS_DIR, cfg.run.seed, cfg.identities.count)
+    when that is set); with them the attributes section the annotator loads (``attributes.tiny``: its tiny
+    build, :mod:`~facefoundry.filters.tiny_attributes`)."""
+    paths = tinycache.model_paths(cfg.generator, out / MODELS_DIR, cfg.run.seed, cfg.identities.count)
+    return dataclasses.replace(paths, attributes=resolve_attributes(cfg.attributes, out / MODELS_DIR, cfg.run.seed))
+
+
+def builds_tiny(cfg: RunConfig) -> bool:
+    """Whether the run builds tiny random-weight models in its folder (generator or attribute models)."""
+    return cfg.generator.tiny or (cfg.attributes is not None and cfg.attributes.tiny)
 
 
 def file_metadata(cfg: RunConfig) -> dict:
@@ -144,7 +153,7 @@ def _check_before_discarding(cfg: RunConfig, store: RunStore) -> None:
     """``--fresh`` deletes the previous run only once the new config passes the preflight: a missing model
     or GPU must not cost the run that was there. A tiny build is made in the emptied folder, so a tiny
     config is checked after the deletion, as every new run is."""
-    if cfg.generator.tiny:
+    if builds_tiny(cfg):
         return
     from facefoundry.pipelines.preflight import check_before_start
 

@@ -26,7 +26,7 @@ from facefoundry.generators.spec import ModelPaths
 from facefoundry.identities.variation import perturb, sigma_schedule
 from facefoundry.pipelines.stage import Stage, UnitResult
 from facefoundry.resources import ModelFiles, Resources
-from facefoundry.sections import ImagesConfig
+from facefoundry.sections import AttributesConfig, ImagesConfig
 from facefoundry.seeds import image_seeds
 
 
@@ -47,6 +47,16 @@ def build_generator(cfg: RunConfig, paths: ModelPaths):
 def generator_model_files(cfg: RunConfig, paths: ModelPaths) -> list[ModelFiles]:
     """The model files the configured generator will load from ``paths`` (checked before Ray starts)."""
     return generator_class(cfg.generator).model_files(cfg.generator, paths.model, paths.base_model, paths.extra)
+
+
+def attributes_section(cfg: RunConfig, paths: ModelPaths | None) -> AttributesConfig | None:
+    """What the attribute annotator loads: ``paths.attributes`` (``pipelines.runner.resolve_model_paths``, tiny
+    builds resolved), else the config's own section, which names real files only when it is not tiny."""
+    if paths is not None and paths.attributes is not None:
+        return paths.attributes
+    if cfg.attributes is not None and cfg.attributes.tiny:
+        raise ValueError("attributes.tiny: the tiny build's files come with pipelines.runner.resolve_model_paths")
+    return cfg.attributes
 
 
 def generator_threads(cfg: RunConfig, node_cpus: int | None) -> int:
@@ -154,9 +164,10 @@ class FilterStage(Stage):
 
     name = "filter"
 
-    def __init__(self, cfg: RunConfig, out: str, batch_size: int = 1):
+    def __init__(self, cfg: RunConfig, out: str, batch_size: int = 1, paths: ModelPaths | None = None):
         super().__init__(cfg, batch_size)
         self.out = out
+        self.attributes = attributes_section(cfg, paths)  # the annotator's section, its model files resolved
         self.filters: list | None = None
         self.annotator = None
 
@@ -170,7 +181,7 @@ class FilterStage(Stage):
             from facefoundry.filters.identity_filter import IdentityFilter
 
             resources = resources.merge(IdentityFilter.resources)
-        if self.cfg.attributes is not None:
+        if self.attributes is not None:
             from facefoundry.filters.attribute_annotator import AttributeAnnotator
 
             resources = resources.merge(AttributeAnnotator.resources)
@@ -188,10 +199,10 @@ class FilterStage(Stage):
             from facefoundry.filters.identity_filter import IdentityFilter
 
             needs += IdentityFilter.model_files(self.cfg.id_filter)
-        if self.cfg.attributes is not None:
+        if self.attributes is not None:
             from facefoundry.filters.attribute_annotator import AttributeAnnotator
 
-            needs += AttributeAnnotator.model_files(self.cfg.attributes)
+            needs += AttributeAnnotator.model_files(self.attributes)
         return needs
 
     def setup(self) -> None:
@@ -207,10 +218,10 @@ class FilterStage(Stage):
         for f in filters:
             f.setup()
         self.annotator = None
-        if self.cfg.attributes is not None:
+        if self.attributes is not None:
             from facefoundry.filters.attribute_annotator import AttributeAnnotator
 
-            self.annotator = AttributeAnnotator(self.cfg.attributes)
+            self.annotator = AttributeAnnotator(self.attributes)
             self.annotator.setup()
         self.filters = filters
 
@@ -285,5 +296,5 @@ class WriteStage(Stage):
 
 def pipeline(cfg: RunConfig, out: str, paths: ModelPaths, file_metadata: dict, batch_size: int = 1) -> list[Stage]:
     """The stages a unit goes through, in order, each taking ``batch_size`` units per call."""
-    return [GenerateStage(cfg, out, paths, batch_size), FilterStage(cfg, out, batch_size),
+    return [GenerateStage(cfg, out, paths, batch_size), FilterStage(cfg, out, batch_size, paths),
             WriteStage(cfg, out, file_metadata, batch_size)]

@@ -42,6 +42,7 @@ GeneratorConfig = Annotated[Union[tuple(spec.config for spec in SPECS.values())]
 # generators' own later keys are declared by their specs.
 LATER_KEYS: dict[str, Any] = {
     "attributes": None,
+    "attributes.tiny": False,
     "balance": None,
     **{f"generator.{key}": value for spec in SPECS.values() for key, value in spec.later_keys.items()},
 }

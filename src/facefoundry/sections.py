@@ -233,11 +233,15 @@ class AttributesConfig(StrictModel):
     )
     batch_size: int = Field(64, ge=1, description="Faces per estimator call.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    tiny: bool = Field(False, description="Build a tiny random genderage.onnx and 6DRepNet under <out>/models "
+                       "(model, detector_model and pose_model are then not read; the image is the face box).")
 
     @model_validator(mode="after")
     def _check_edges(self) -> AttributesConfig:
         if list(self.age_edges) != sorted(set(self.age_edges)):
             raise ValueError(f"attributes.age_edges must increase strictly, got {self.age_edges}")
+        if self.tiny and self.estimator != "genderage":
+            raise ValueError("attributes.tiny builds a tiny genderage estimator: set attributes.estimator=genderage")
         if self.estimator == "fairface":
             starts = {fairface_age_lower(b) for b in FAIRFACE_AGES}
             if not set(self.age_edges) <= starts:

@@ -72,11 +72,22 @@ def run_components(cfg: RunConfig) -> list[Component]:
 ESTIMATOR_ROLE = "attribute estimator (estimates, not ground truth)"
 
 
+def estimator_file(attrs: AttributesConfig) -> str:
+    """The attribute estimator's file name as the card names it (never a local path)."""
+    if attrs.tiny:
+        from facefoundry.faces.genderage import GENDERAGE_FILE
+
+        return GENDERAGE_FILE
+    return Path(attrs.model).name
+
+
 def attribute_components(attrs: AttributesConfig | None) -> list[Component]:
     """The attribute estimator (and genderage's detector) of a run with an ``attributes`` section."""
     if attrs is None:
         return []
-    comps = [component(attrs.estimator, ESTIMATOR_ROLE, Path(attrs.model).name)]
+    if attrs.tiny:  # random weights built in code: no upstream model, no detector
+        return [component("tiny", ESTIMATOR_ROLE, f"facefoundry (tiny {estimator_file(attrs)})")]
+    comps = [component(attrs.estimator, ESTIMATOR_ROLE, estimator_file(attrs))]
     if attrs.estimator == "genderage" and attrs.detector_model is not None:
         comps.append(component("scrfd", "face detector (attributes)",
                                f"InsightFace model pack ({Path(attrs.detector_model).name})"))

@@ -9,7 +9,7 @@ from facefoundry.models import human_bytes
 from facefoundry.publishing.card.context import CardContext
 from facefoundry.publishing.card.markdown import feature_type, num, table
 from facefoundry.publishing.card.references import COLUMN_DOCS
-from facefoundry.publishing.licensing import ESTIMATOR_ROLE
+from facefoundry.publishing.licensing import ESTIMATOR_ROLE, estimator_file
 
 
 def structure(ctx: CardContext) -> list[str]:
@@ -148,7 +148,7 @@ def demographics(ctx: CardContext) -> list[str]:
                    "says whether this dataset is.\n")
         return out
     comp = next(c for c in ctx.comps if c.role == ESTIMATOR_ROLE)
-    out.append(f"Every image was annotated by **{comp.name}** (`{Path(attrs.model).name}`; licence: {comp.licence}). "
+    out.append(f"Every image was annotated by **{comp.name}** (`{estimator_file(attrs)}`; licence: {comp.licence}). "
                "These are **estimates of a model, not ground truth**: such models err more for some groups than "
                "for others, and categories like gender and race are reduced to the labels the model was trained "
                "with. Use them to audit the dataset's balance in aggregate, never to label a person.\n")
