@@ -175,6 +175,41 @@ def test_real_arc2face_config_offline_fails_in_the_driver_without_ray(tmp_path, 
     assert not ray.is_initialized()
 
 
+def test_attribute_models_are_checked_unless_tiny(tmp_path):
+    """attributes.tiny off: the files the section names are checked; on: the tiny build the run resolves passes."""
+    from facefoundry.pipelines.runner import resolve_model_paths
+    from facefoundry.pipelines.stages import FilterStage
+
+    missing = tmp_path / "nowhere" / "genderage.onnx"
+    real = load_config(REPO / "configs" / "smoke-evalset.yaml", ["attributes.tiny=false", f"attributes.model={missing}",
+                                                                 "attributes.detector_model=null"])
+    with pytest.raises(PreflightError) as err:
+        check_model_files(FilterStage(real, "").model_files())
+    line = str(err.value)
+    assert "\n" not in line and f"attributes.model folder {missing.parent} does not exist" in line, line
+    tiny = load_config(REPO / "configs" / "smoke-evalset.yaml", ["generator.tiny=false"])  # no generator build
+    with pytest.raises(ValueError, match="attributes.tiny"):  # a tiny section names no files until resolved
+        FilterStage(tiny, "")
+    check_model_files(FilterStage(tiny, "", paths=resolve_model_paths(tiny, tmp_path / "run")).model_files())
+
+
+@pytest.mark.slow
+def test_the_evalset_smoke_preset_without_tiny_attributes_needs_the_real_estimator(tmp_path, monkeypatch):
+    """attributes.tiny off: the estimator the config names must be there; a missing file fails in one line before
+    Ray starts, through the CLI (with tiny on, the same preset builds its own: tests/pipelines/test_evalset_run.py)."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray must not start"))
+    missing = tmp_path / "nowhere" / "genderage.onnx"
+    result = CliRunner().invoke(app, ["run", str(REPO / "configs" / "smoke-evalset.yaml"), "--out", str(tmp_path / "r"),
+                                      "--set", "attributes.tiny=false", "--set", f"attributes.model={missing}",
+                                      "--set", "attributes.detector_model=null"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert f"attributes.model folder {missing.parent} does not exist" in errors[0], errors[0]
+
+
 def test_fresh_keeps_the_previous_run_when_the_new_config_fails_its_preflight(tmp_path, empty_cache):
     out = tmp_path / "r"
     assert CliRunner().invoke(app, ["sample", str(REPO / "configs" / "smoke.yaml"), "--out", str(out)]).exit_code == 0
