@@ -32,7 +32,8 @@ def hub_id(value: str | None, default: str) -> str:
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """Where the generator loads from: Hub ids or local folders (tiny builds live under ``<out>/models``).
+    """Where the generator loads from: Hub ids or local folders (tiny builds live under ``<out>/models``); and,
+    in :attr:`attributes`, the attribute annotator's section with its files resolved.
 
     Arc2Face: ``model`` holds arc2face/ and encoder/, ``base_model`` the SD-1.5 parts; Vec2Face: ``model`` is the
     checkpoint (Hub id, folder or file) and ``base_model`` is unused; IDiff-Face: ``model`` is the released model
