@@ -1,5 +1,5 @@
 """``attributes.tiny``: the attribute models as tiny random-weight builds, so that attribute balance and an
-evaluation set run offline (``configs/evalset-smoke.yaml``), as ``generator.tiny`` does for the generator.
+evaluation set run offline (``configs/smoke-evalset.yaml``), as ``generator.tiny`` does for the generator.
 
 :func:`resolve_attributes` is the one place that decides what the annotator loads: the ``attributes`` section as
 written, or, with ``tiny`` on, a copy of it whose ``model`` and ``pose_model`` are a tiny ``genderage.onnx`` and

@@ -93,6 +93,8 @@ def test_balanced_run_end_to_end(tmp_path):
     section = text.split("## Demographic attributes (estimated)")[1].split("\n## ")[0]
     assert "not ground truth" in section and "genderage" in section and "Balanced by quota" in section
     assert f"| {young} | 0.500 | 0.500 |" in section
+    bias = text.split("### Bias")[1].split("\n### ")[0]
+    assert "balanced on age_group as the genderage estimator labels them" in bias, bias
 
     again = CliRunner().invoke(app, ["run", str(config), "--out", str(out)])
     assert again.exit_code == 0 and "nothing to do" in again.output

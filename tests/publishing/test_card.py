@@ -59,6 +59,7 @@ def test_card_yaml_and_every_section_filled(run):
     assert ".tmp-" not in found["Plots"] and "summary.json" in found["Plots"]
     assert "@inproceedings{paraperas2024arc2face" in found["Citation"]
     assert "not published" in found["Privacy"]  # identity vectors policy
+    assert found["Bias"].strip().startswith("- No demographic attribute was estimated or balanced.")
     assert f"{USER_START}\n{USER_END}" in found["Dataset description"]  # an empty block for the user
 
 

@@ -8,6 +8,21 @@ from facefoundry.publishing.card.context import CardContext
 from facefoundry.publishing.card.references import CITATIONS, citation_keys
 
 
+def _balance_line(ctx: CardContext) -> str:
+    """The first Bias bullet: whether demographic attributes were estimated, and balanced, and what that means."""
+    attrs, balance = ctx.cfg.attributes, ctx.cfg.balance
+    inherited = ("Random vectors in the encoder's space inherit that space's training distribution (WebFace, "
+                 "web-crawled celebrities), so demographic groups are probably not equally represented.")
+    if attrs is None:
+        return f"- No demographic attribute was estimated or balanced. {inherited}\n"
+    if balance is None:
+        return (f"- Demographic attributes were estimated ({attrs.estimator} estimator; see Demographics) but the "
+                f"identities were not balanced on them. {inherited}\n")
+    return (f"- The identities were balanced on {', '.join(balance.attributes)} as the {attrs.estimator} estimator "
+            "labels them (see Demographics): the balance holds for the estimator's labels, which err more for "
+            "some groups than for others, not for how people would perceive the faces.\n")
+
+
 def considerations(ctx: CardContext) -> list[str]:
     icfg, gen, meta, comps, tiny = ctx.cfg.identities, ctx.cfg.generator, ctx.meta, ctx.comps, ctx.tiny
     vectors_public = ctx.vectors_public
@@ -34,9 +49,7 @@ def considerations(ctx: CardContext) -> list[str]:
         "republished.",
     ]) + "\n")
     add("### Bias\n")
-    add("- No demographic attribute was estimated or balanced. Random vectors in the encoder's space inherit "
-        "that space's training distribution (WebFace, web-crawled celebrities), so demographic groups are "
-        "probably not equally represented.\n"
+    add(_balance_line(ctx) +
         "- The dlib detector and judge have their own error rates across groups; filtering can remove images "
         "of some groups more often. Report per-group accuracy on real benchmarks for any model trained on this "
         "data.\n")
