@@ -99,7 +99,7 @@ def _digests(store) -> dict[str, str]:
             for name in sorted(store.sizes(DATA_DIR))}
 
 
-@pytest.mark.ray
+@pytest.mark.usefixtures("shared_ray")  # after s3_endpoint (session scope first): its workers have the credentials
 def test_run_to_s3_matches_a_local_run_and_resumes(s3_endpoint, tmp_path):
     args = ["--set", "identities.count=3", "--set", "images.per_identity=2", "--set", "output.identities_per_unit=1"]
     local = tmp_path / "local"  # the reference: the same stages in this process (a Ray run writes the same bytes)

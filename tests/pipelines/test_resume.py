@@ -1,5 +1,5 @@
 """Crash safety: SIGKILL of the whole process tree mid-run, then the same command again, gives the
-same dataset byte for byte as an uninterrupted run; GPU-stage scheduling works with logical GPUs."""
+same dataset byte for byte as an uninterrupted run."""
 
 import hashlib
 import os
@@ -83,12 +83,12 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.mark.ray
 @pytest.mark.parametrize("where", ["folder", "s3"])
-def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, request, where, reference):
-
-    if where == "s3":  # a loopback S3 server living in this process: the killed run is a subprocess
-        out = bucket_uri(request.getfixturevalue("s3_endpoint"), "killed", "run")
+def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, where, reference, s3_endpoint, shared_ray):
+    """The killed run is a subprocess with its own embedded Ray; the resume runs here, on the module's Ray
+    (started after the session's loopback S3 server, so its workers have the server's credentials)."""
+    if where == "s3":  # a loopback S3 server living in this process
+        out = bucket_uri(s3_endpoint, "killed", "run")
     else:
         out = str(tmp_path / "killed")
     cmd = [sys.executable, "-c", "from facefoundry.cli import app; app()", "run", str(CONFIG), "--out", out, *ARGS]
@@ -115,57 +115,3 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, request, where,
     assert f"{6 - int(found.group(1))} units written" in result.output, result.output
     assert shard_digests(out) == shard_digests(reference) and len(shard_digests(out)) == 6
     assert verify_run(out) == []
-
-
-@pytest.mark.ray
-def test_generator_stage_scheduled_on_logical_gpus(tmp_path):
-    """``num_gpus`` declared for generator actors on a CPU machine: Ray schedules them on logical GPUs."""
-    out = tmp_path / "gpu"
-    result = CliRunner().invoke(app, ["run", str(CONFIG), "--out", str(out), "--set", "identities.count=2",
-                                      "--set", "images.per_identity=1", "--set", "ray.num_gpus=1",
-                                      "--set", "ray.generator_gpus=1"])
-    assert result.exit_code == 0, result.output
-    # One vocabulary: the run's line and the report count the same accepted images (annotate mode stores
-    # rejected rows too, so rows written is not the accepted count).
-    accepted = re.search(r"(\d+)/2 images accepted, 2 rows written", result.output)
-    assert accepted, result.output
-    report = CliRunner().invoke(app, ["report", str(out)])
-    assert report.exit_code == 0 and f"{accepted.group(1)}/2 images accepted" in report.output, report.output
-
-
-def test_generator_actors_request_the_configured_gpus(monkeypatch):
-    """The wiring the logical-GPU run relies on: generator actors ask Ray for ``ray.generator_gpus``."""
-    import ray.data
-
-    from facefoundry.config import load_config
-    from facefoundry.dataset.manifest import Unit
-    from facefoundry.pipelines import executor
-    from facefoundry.pipelines.stages import ModelPaths
-
-    calls = []
-
-    class FakeDataset:
-        def map_batches(self, fn, **kwargs):
-            calls.append((fn, kwargs))
-            return self
-
-        def iter_batches(self, **kwargs):
-            return iter([])
-
-    monkeypatch.setattr(ray.data, "from_items", lambda items, **kw: FakeDataset())
-    cfg = load_config(CONFIG, ["ray.generator_gpus=0.5", "ray.generator_actors=3"])
-    list(executor.stream_units(cfg, "/tmp/x", [Unit(0, 1)], ModelPaths("m", "b"), {}))
-    generate = dict(calls)[executor.GenerateActor]
-    assert generate["num_gpus"] == 0.5 and generate["compute"].max_size == 3
-    assert [fn for fn, _ in calls] == [executor.GenerateActor, executor.FilterActor, executor.WriteActor]
-    assert all(kw["compute"].min_size == 1 for _, kw in calls)  # every stage's process starts with the pipeline
-
-
-def test_generator_threads_default_to_the_node_cpus_shared_among_generator_actors():
-    from facefoundry.config import load_config
-    from facefoundry.pipelines.executor import generator_threads
-
-    assert generator_threads(load_config(CONFIG, []), 16) == 16
-    assert generator_threads(load_config(CONFIG, ["ray.generator_actors=3"]), 16) == 5
-    assert generator_threads(load_config(CONFIG, ["ray.generator_actors=32"]), 16) == 1
-    assert generator_threads(load_config(CONFIG, ["ray.generator_threads=2"]), 16) == 2
