@@ -1,6 +1,7 @@
 """Crash safety: SIGKILL of the whole process tree mid-run, then the same command again, gives the
 same dataset byte for byte as an uninterrupted run."""
 
+import contextlib
 import hashlib
 import os
 import re
@@ -32,10 +33,10 @@ def shard_digests(out) -> dict[str, str]:
             for name in sorted(store.sizes("data")) if name.startswith("train-")}
 
 
-def slowed_env(delay: float = 1.0) -> dict[str, str]:
-    """The environment for a run that commits one unit every ``delay`` seconds or slower, so that a kill
-    lands between two units (tests/helpers/slowcommits/sitecustomize.py)."""
-    env = dict(os.environ, FACEFOUNDRY_TEST_COMMIT_DELAY=str(delay))
+def slowed_env(delay: float = 1.0, hold_after: int = 0) -> dict[str, str]:
+    """The environment for a run that commits one unit every ``delay`` seconds or slower, and with ``hold_after``
+    stops after that many units, so that a kill lands between two units (tests/helpers/slowcommits)."""
+    env = dict(os.environ, FACEFOUNDRY_TEST_COMMIT_DELAY=str(delay), FACEFOUNDRY_TEST_HOLD_AFTER=str(hold_after))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SLOW_COMMITS), env.get("PYTHONPATH")]))
     return env
 
@@ -92,8 +93,9 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, where, referenc
     else:
         out = str(tmp_path / "killed")
     cmd = [sys.executable, "-c", "from facefoundry.cli import app; app()", "run", str(CONFIG), "--out", out, *ARGS]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=slowed_env())
+    with open(tmp_path / "killed.err", "w") as err:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err,
+                                env=slowed_env(hold_after=2))
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -101,8 +103,10 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, where, referenc
                 break
             time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and every worker
+        with contextlib.suppress(ProcessLookupError):  # the run may have ended by itself: said below
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and every worker
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill: {(tmp_path / 'killed.err').read_text()}"
     done_before = settled_manifest_count(out)
     assert 2 <= done_before < 6, f"the kill did not land mid-run ({done_before} units done)"
 

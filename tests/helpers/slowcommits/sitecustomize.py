@@ -1,10 +1,12 @@
 """Loaded by Python at start-up in every process of a run whose ``PYTHONPATH`` holds this folder (see
 ``slowed_env`` in tests/pipelines/test_resume.py): each unit's commit then waits
-``FACEFOUNDRY_TEST_COMMIT_DELAY`` seconds after it lands.
+``FACEFOUNDRY_TEST_COMMIT_DELAY`` seconds after it lands, and with ``FACEFOUNDRY_TEST_HOLD_AFTER=N`` a writer
+stops for good after its N-th commit.
 
 The kill tests need a run that is caught between two units. The smoke preset's six units otherwise commit
-within a fifth of a second of each other, so a poller could see none or all of them; spaced out, the kill
-lands mid-run however fast or loaded the machine is. Nothing is imported here until the run itself
+within a fifth of a second of each other, so a poller could see none or all of them; spaced out, or held after
+N units, the kill lands mid-run however fast or loaded the machine is (a poller starved for seconds on a loaded
+machine once saw a spaced-out run end whole). Nothing is imported here until the run itself
 imports the stages module: a finder wraps that one module's loading."""
 
 import importlib.abc
@@ -14,15 +16,21 @@ import sys
 import time
 
 STAGES = "facefoundry.pipelines.stages"
+HOLD_S = 3600.0  # longer than any test waits
 
 
 def _slow_commits(module) -> None:
     delay = float(os.environ.get("FACEFOUNDRY_TEST_COMMIT_DELAY", "0"))
+    hold_after = int(os.environ.get("FACEFOUNDRY_TEST_HOLD_AFTER", "0"))
     commit = module.WriteStage.__call__
+    commits = 0
 
     def delayed(self, result):
+        nonlocal commits
         manifest = commit(self, result)
-        time.sleep(delay)
+        commits += 1
+        # With a hold, this writer stops for good after that many commits: the run waits there to be killed.
+        time.sleep(HOLD_S if hold_after and commits >= hold_after else delay)
         return manifest
 
     module.WriteStage.__call__ = delayed
