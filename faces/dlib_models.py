@@ -93,7 +93,9 @@ class DlibFaceModel:
     Images are ``H x W x 3`` uint8 RGB numpy arrays.
     """
 
-    def __init__(self, detector: Literal["hog", "cnn"] = "hog", folder: str | Path | None = None):
+    def __init__(self, detector: Literal["hog", "cnn"] = "hog", folder: str | Path | None = None,
+                 cnn_file: str | Path | None = None):
+        """``cnn_file``: the MMOD detector file to load instead of the one in ``folder`` (or the package)."""
         import dlib
 
         self.detector_kind = detector
@@ -102,7 +104,10 @@ class DlibFaceModel:
             self._cnn = None
         elif detector == "cnn":
             self._hog = None
-            self._cnn = dlib.cnn_face_detection_model_v1(str(model_path(CNN_DETECTOR_FILE, folder)))
+            path = Path(cnn_file).expanduser() if cnn_file is not None else model_path(CNN_DETECTOR_FILE, folder)
+            if not path.is_file():
+                raise DlibModelError(f"dlib CNN (MMOD) detector file {path} not found")
+            self._cnn = dlib.cnn_face_detection_model_v1(str(path))
         else:
             raise ValueError(f"detector must be 'hog' or 'cnn', got {detector!r}")
         self._shape = dlib.shape_predictor(str(model_path(SHAPE_5_FILE, folder)))

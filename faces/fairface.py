@@ -9,12 +9,26 @@ not installed): :class:`FairFaceResNet` has the same module and key names (``con
 ``layer1..4.N.{conv1,bn1,conv2,bn2,downsample.0,downsample.1}``, ``fc``) and takes its widths and block counts
 from the state dict, so narrow test files (``tiny_face_models.write_tiny_fairface``) load through the same path.
 
-Preprocessing as ``predict.py``: a dlib face chip, ``get_face_chips(img, shapes, size=300, padding=0.25)`` from
-the 5-point shape predictor, then ``ToPILImage -> Resize((224, 224)) -> ToTensor -> Normalize(ImageNet)``
-(PIL bilinear resize, as torchvision does on PIL images). Not restated: ``predict.py`` first resizes the whole
-photo to 800 px on its longer side (for the CNN detector) and cuts chips from that copy; here chips come from
-the image given. Outputs: ``[:7]`` race, ``[7:9]`` gender, ``[9:18]`` age bin, each softmaxed separately;
-label orders from ``predict.py`` (gender index 0 is male). Weights: CC BY 4.0 per the repositories' READMEs.
+Preprocessing as ``predict.py`` (its ``detect_face`` and ``predidct_age_gender_race``), step by step:
+
+1. ``resize_image``: the whole photo is always resized (down or up) so that its longer side is 800 px, the other
+   side ``int(800 * short / long)`` (a square goes to 800 x 800), with ``dlib.resize_image(img, rows, cols)``
+   (bilinear): :func:`predict_resize`. Detection, landmarks and chips all use this copy.
+2. ``find_faces_in_image``: ``cnn_face_detection_model_v1('mmod_human_face_detector.dat')`` with 1 upsample, then
+   ``shape_predictor_5_face_landmarks.dat`` on each box (here: the largest box only, one face per image).
+3. ``dlib.get_face_chips(img, faces, size=300, padding=0.25)``: :meth:`FairFaceEstimator.chip`.
+4. ``save_face_chips`` writes each chip with ``dlib.save_image`` under the input file's extension and
+   ``predidct_age_gender_race`` reads it back with ``dlib.load_rgb_image``: for the ``.jpg`` photos of its README
+   and tests that is a JPEG at dlib's default quality 75 (a ``.png`` input would give a lossless chip). Chips here
+   always take the JPEG round trip, through dlib's own libjpeg (:func:`jpeg_round_trip`; PIL's encoder and decoder
+   differ from dlib's by up to 14 grey levels), whatever ``images.format`` is, so probes and stored rows match.
+5. ``ToPILImage -> Resize((224, 224)) -> ToTensor -> Normalize(ImageNet)`` (PIL bilinear resize, as torchvision
+   does on PIL images): :meth:`FairFaceEstimator.preprocess`.
+
+Step 2 runs dlib's HOG detector unless ``attributes.detector_model`` names the MMOD ``.dat`` file (it ships with
+``face-recognition-models``); the annotator's docstring says what that changes. Outputs: ``[:7]`` race, ``[7:9]``
+gender, ``[9:18]`` age bin, each softmaxed separately; label orders from ``predict.py`` (gender index 0 is male).
+Weights: CC BY 4.0 per the repositories' READMEs.
 """
 
 from __future__ import annotations
@@ -46,6 +60,9 @@ GENDERS = tuple(g.lower() for g in FAIRFACE_GENDERS)  # predict.py: 0 'Male', 1 
 RESNET34_BLOCKS = (3, 4, 6, 3)
 RESNET34_WIDTHS = (64, 64, 128, 256, 512)  # stem, then layer1..4
 CHIP_SIZE, CHIP_PADDING, INPUT_SIZE = 300, 0.25, 224
+PREDICT_MAX_SIZE = 800  # predict.py: detect_face(default_max_size=800) -> resize_image
+DETECT_UPSAMPLE = 1  # predict.py: find_faces_in_image, cnn_face_detector(img, 1)
+CHIP_JPEG_QUALITY = 75  # dlib.save_image's default quality (save_face_chips passes none)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -158,6 +175,39 @@ def decode(logits: np.ndarray) -> FairFaceResult:
     rows = np.arange(len(logits))
     return FairFaceResult(race=[RACES[i] for i in r], race_probs=race, gender=[GENDERS[i] for i in g],
                           gender_score=gender[rows, g], age=[AGE_BINS[i] for i in a], age_score=age[rows, a])
+
+
+def predict_size(height: int, width: int, max_size: int = PREDICT_MAX_SIZE) -> tuple[int, int]:
+    """``(rows, cols)`` that ``predict.py``'s ``resize_image`` gives an ``height x width`` photo: the longer side
+    becomes ``max_size`` (the width only when strictly wider), the other ``int(max_size * short / long)``."""
+    if width > height:
+        return int(max_size * height / width), max_size
+    return max_size, int(max_size * width / height)
+
+
+def predict_resize(image: np.ndarray, max_size: int = PREDICT_MAX_SIZE) -> np.ndarray:
+    """The photo as ``predict.py`` detects and chips it: ``dlib.resize_image`` (bilinear) to :func:`predict_size`,
+    smaller photos enlarged as well."""
+    import dlib
+
+    rows, cols = predict_size(*image.shape[:2], max_size=max_size)
+    return np.asarray(dlib.resize_image(np.ascontiguousarray(image, dtype=np.uint8), rows=rows, cols=cols))
+
+
+def jpeg_round_trip(chips: Sequence[np.ndarray], quality: int = CHIP_JPEG_QUALITY) -> list[np.ndarray]:
+    """Each chip written by ``dlib.save_image`` as ``.jpg`` (``quality``) and read back by ``dlib.load_rgb_image``,
+    as ``predict.py``'s ``save_face_chips`` and ``load_and_preprocess_image`` do (dlib's libjpeg, not PIL's)."""
+    import tempfile
+
+    import dlib
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="fairface-chips-") as folder:
+        path = str(Path(folder) / "chip.jpg")
+        for chip in chips:
+            dlib.save_image(np.ascontiguousarray(chip, dtype=np.uint8), path, quality)
+            out.append(np.asarray(dlib.load_rgb_image(path)))
+    return out
 
 
 def to_full_object_detection(shape):

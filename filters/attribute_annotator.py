@@ -1,8 +1,17 @@
 """Attribute estimates of every image: the columns a run's rows get, and the probes a balanced run measures.
 
 The annotator finds the face itself (``genderage``: SCRFD, or the whole image when ``attributes.detector_model``
-is null; ``fairface``: dlib's detector and 5-point predictor, as FairFace's own ``predict.py``), estimates, and
-never drops a row: a row without a face gets nulls. Values are estimates of the named model, not ground truth.
+is null; ``fairface``: dlib's detector and 5-point predictor), estimates, and never drops a row: a row without a
+face gets nulls. Values are estimates of the named model, not ground truth.
+
+FairFace chips are cut as its ``predict.py`` cuts them (:mod:`facefoundry.faces.fairface`: the photo resized to
+800 px on its longer side with ``dlib.resize_image``, 300 px chips with padding 0.25, a JPEG round trip at
+quality 75 through dlib), with two differences. One face per image: the largest box (``predict.py`` chips every
+face). The detector: ``predict.py`` runs dlib's CNN (MMOD) detector with 1 upsample; here that happens when
+``attributes.detector_model`` is a ``.dat`` file (``mmod_human_face_detector.dat``, shipped by
+``face-recognition-models``; about 10 s per 800 px photo on one CPU core), and otherwise dlib's HOG detector runs
+with 1 upsample on the same resized photo (about 0.2 s). HOG and CNN boxes differ, so the landmarks and chips
+differ a little; measured on insightface's group photo (6 faces, both detectors find all 6), see docs/balance.md.
 
 Columns (:data:`OUTPUT_FIELDS`, always all of them, always these types): ``age`` (years; genderage only),
 ``age_group`` (``attributes.age_edges``), ``age_score`` (FairFace: probability of its age bin), ``gender`` and
@@ -56,12 +65,22 @@ class AttributeAnnotator:
         return pa.schema(OUTPUT_FIELDS)
 
     @staticmethod
+    def mmod_file(cfg: AttributesConfig) -> Path | None:
+        """FairFace's CNN detector file: ``attributes.detector_model`` when it is a ``.dat`` file, else None (HOG)."""
+        if cfg.estimator != "fairface" or cfg.detector_model is None:
+            return None
+        path = Path(cfg.detector_model).expanduser()
+        return path if path.suffix.lower() == ".dat" else None
+
+    @staticmethod
     def model_files(cfg: AttributesConfig) -> list[ModelFiles]:
-        """The estimator's file (or pack folder) and, for genderage, the detector: checked before workers start."""
+        """The estimator's file (or pack folder) and its detector (genderage's SCRFD, FairFace's MMOD ``.dat``
+        file when configured): checked before workers start."""
         needs = []
         for value, role in ((cfg.model, "attributes.model"), (cfg.detector_model, "attributes.detector_model"),
                             (cfg.pose_model, "attributes.pose_model")):
-            if value is None or (role == "attributes.detector_model" and cfg.estimator == "fairface"):
+            if value is None or (role == "attributes.detector_model" and cfg.estimator == "fairface"
+                                 and AttributeAnnotator.mmod_file(cfg) is None):
                 continue
             path = Path(value).expanduser()
             if path.suffix:
@@ -94,7 +113,8 @@ class AttributeAnnotator:
             from facefoundry.faces.dlib_models import DlibFaceModel
             from facefoundry.faces.fairface import FairFaceEstimator
 
-            self.detector = DlibFaceModel("hog")
+            mmod = self.mmod_file(cfg)
+            self.detector = DlibFaceModel("hog") if mmod is None else DlibFaceModel("cnn", cnn_file=mmod)
             self.estimator = FairFaceEstimator(Path(cfg.model), self._torch_device())
 
     def _torch_device(self) -> str:
@@ -119,16 +139,7 @@ class AttributeAnnotator:
                               "race": None, "race_score": None}
                 self._head_pose(images, rows, boxes, out)
             return out
-        rows, chips, boxes = [], [], []
-        for i, image in enumerate(images):
-            if image is None:
-                continue
-            found = self.detector.detect(image)
-            if found:
-                best = max(found, key=lambda d: d.area)
-                chips.append(self.estimator.chip(image, self.detector.shape(image, best)))
-                rows.append(i)
-                boxes.append(np.asarray(best.box, np.float32))
+        rows, chips, boxes = self._fairface_chips(images)
         if rows:
             result = self.estimator.estimate_chips(chips)
             for k, i in enumerate(rows):
@@ -138,6 +149,27 @@ class AttributeAnnotator:
                           "race_score": float(result.race_probs[k].max())}
             self._head_pose(images, rows, boxes, out)
         return out
+
+    def _fairface_chips(self, images: list) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+        """Rows with a face, their chips as ``predict.py`` cuts them, and the face boxes in the given image's
+        pixels (for 6DRepNet)."""
+        from facefoundry.faces.fairface import DETECT_UPSAMPLE, jpeg_round_trip, predict_resize
+
+        rows, chips, boxes = [], [], []
+        for i, image in enumerate(images):
+            if image is None:
+                continue
+            small = predict_resize(image)  # predict.py detect_face: img = resize_image(img, default_max_size)
+            found = self.detector.detect(small, DETECT_UPSAMPLE)  # find_faces_in_image: cnn_face_detector(img, 1)
+            if found:
+                best = max(found, key=lambda d: d.area)
+                # find_faces_in_image: sp(img, rect); detect_face: get_face_chips(img, faces, size=300, padding=0.25)
+                chips.append(self.estimator.chip(small, self.detector.shape(small, best)))
+                rows.append(i)
+                scale = np.array([image.shape[1] / small.shape[1], image.shape[0] / small.shape[0]] * 2, np.float32)
+                boxes.append(np.asarray(best.box, np.float32) * scale)
+        # save_face_chips: dlib.save_image(chip, '<name>_face<i>.jpg'); load_and_preprocess_image: load_rgb_image
+        return rows, jpeg_round_trip(chips), boxes
 
     def _head_pose(self, images: list, rows: list[int], boxes: list[np.ndarray], out: list[dict | None]) -> None:
         """6DRepNet's (yaw, pitch, roll) of each measured face, on the crop its demo cuts around the box."""
