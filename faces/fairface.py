@@ -18,10 +18,11 @@ Preprocessing as ``predict.py`` (its ``detect_face`` and ``predidct_age_gender_r
    ``shape_predictor_5_face_landmarks.dat`` on each box (here: the largest box only, one face per image).
 3. ``dlib.get_face_chips(img, faces, size=300, padding=0.25)``: :meth:`FairFaceEstimator.chip`.
 4. ``save_face_chips`` writes each chip with ``dlib.save_image`` under the input file's extension and
-   ``predidct_age_gender_race`` reads it back with ``dlib.load_rgb_image``: for the ``.jpg`` photos of its README
-   and tests that is a JPEG at dlib's default quality 75 (a ``.png`` input would give a lossless chip). Chips here
-   always take the JPEG round trip, through dlib's own libjpeg (:func:`jpeg_round_trip`; PIL's encoder and decoder
-   differ from dlib's by up to 14 grey levels), whatever ``images.format`` is, so probes and stored rows match.
+   ``predidct_age_gender_race`` reads it back with ``dlib.load_rgb_image``: for the ``.jpg`` photos its
+   ``test/test_imgs.csv`` lists that is a JPEG at dlib's default quality 75 (a ``.png`` input would give a lossless
+   chip). Chips here always take the JPEG round trip, through dlib's own libjpeg (:func:`jpeg_round_trip`; PIL's
+   round trip differs from dlib's by up to 14 grey levels on a face chip), whatever ``images.format`` is, so
+   balance probes (never encoded) and stored rows are treated alike.
 5. ``ToPILImage -> Resize((224, 224)) -> ToTensor -> Normalize(ImageNet)`` (PIL bilinear resize, as torchvision
    does on PIL images): :meth:`FairFaceEstimator.preprocess`.
 

@@ -9,9 +9,10 @@ FairFace chips are cut as its ``predict.py`` cuts them (:mod:`facefoundry.faces.
 quality 75 through dlib), with two differences. One face per image: the largest box (``predict.py`` chips every
 face). The detector: ``predict.py`` runs dlib's CNN (MMOD) detector with 1 upsample; here that happens when
 ``attributes.detector_model`` is a ``.dat`` file (``mmod_human_face_detector.dat``, shipped by
-``face-recognition-models``; about 10 s per 800 px photo on one CPU core), and otherwise dlib's HOG detector runs
+``face-recognition-models``; 10-20 s per 800 px photo on one CPU core), and otherwise dlib's HOG detector runs
 with 1 upsample on the same resized photo (about 0.2 s). HOG and CNN boxes differ, so the landmarks and chips
-differ a little; measured on insightface's group photo (6 faces, both detectors find all 6), see docs/balance.md.
+differ a little: 0-7 grey levels per chip on 17 real faces, where both found the same faces (docs/balance.md,
+``bench/fairface_chips.py``).
 
 Columns (:data:`OUTPUT_FIELDS`, always all of them, always these types): ``age`` (years; genderage only),
 ``age_group`` (``attributes.age_edges``), ``age_score`` (FairFace: probability of its age bin), ``gender`` and

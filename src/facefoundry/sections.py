@@ -221,7 +221,8 @@ class AttributesConfig(StrictModel):
     )
     detector_model: str | None = Field(
         "models/antelopev2", description="genderage: SCRFD file or pack for the face box; null: the whole image is "
-        "the face box (aligned crops). FairFace finds faces with dlib."
+        "the face box (aligned crops). FairFace: a .dat file is dlib's CNN (MMOD) detector, as its predict.py; "
+        "anything else: dlib's HOG detector."
     )
     age_edges: list[Annotated[int, Field(gt=0)]] = Field(
         list(DEFAULT_AGE_EDGES), min_length=1, description="age_group boundaries in years: [20, 40, 60] gives "
