@@ -30,7 +30,6 @@ from facefoundry.identities.store import write_identities
 from facefoundry.layout import HUB_MAX_FILES_PER_FOLDER, MODELS_DIR, RUN_ENTRIES
 from facefoundry.local_ray import ray_session
 from facefoundry.pipelines import tinycache
-from facefoundry.pipelines.preflight import PreflightError
 from facefoundry.pipelines.progress import Progress, StartupTicker
 from facefoundry.runfolder.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
 from facefoundry.runfolder.runinfo import prepare_run_folder, run_id
@@ -127,8 +126,10 @@ def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None
                                       notify=lambda text: terminal.write(text + "\n"))
         try:
             return _run_logged(cfg, store, resuming, terminal, started, repair)
-        except PreflightError:
-            if not resuming:  # the folder is not bound to a config that never ran
+        except BaseException:
+            # A new run that fails before its first unit (preflight, a bad identities file, a model that does
+            # not load) leaves the folder unbound, so the fixed config can start there: not a run to resume.
+            if not resuming and not list_unit_files(store)[MANIFEST_DIR]:
                 _unbind_new_run(store)
             raise
 
@@ -150,9 +151,12 @@ def _run_logged(cfg: RunConfig, store: RunStore, resuming: bool, terminal: TextI
 
 
 def _check_before_discarding(cfg: RunConfig, store: RunStore) -> None:
-    """``--fresh`` deletes the previous run only once the new config passes the preflight: a missing model
-    or GPU must not cost the run that was there. A tiny build is made in the emptied folder, so a tiny
-    config is checked after the deletion, as every new run is."""
+    """``--fresh`` deletes the previous run only once the new config passes the preflight: a bad identities
+    file, a missing model or GPU must not cost the run that was there. A tiny build is made in the emptied
+    folder, so a tiny config's models are checked after the deletion, as every new run's are."""
+    from facefoundry.identities.sampling import check_input_files
+
+    check_input_files(cfg.identities)
     if builds_tiny(cfg):
         return
     from facefoundry.pipelines.preflight import check_before_start
@@ -161,7 +165,7 @@ def _check_before_discarding(cfg: RunConfig, store: RunStore) -> None:
 
 
 def _unbind_new_run(store: RunStore) -> None:
-    """After a preflight failure of a new run: remove what this invocation wrote (run.json, its log, tiny model
+    """After a new run failed before its first unit: remove what this invocation wrote (run.json, its log, tiny model
     builds), so the folder is as before. A new run starts in a folder without run entries (any other is refused,
     or emptied by ``--fresh``), so every run entry there now is this invocation's."""
     entries = store.entries()
@@ -197,7 +201,9 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
     done = {m["unit"] for m in finished_manifests(store, cfg.config_hash(), files)} if resuming else set()
     pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
+    from facefoundry.identities.sampling import check_input_files
 
+    check_input_files(cfg.identities)  # a bad vector file fails now, not after the tiny build and Ray's start
     paths = resolve_model_paths(cfg, local)
 
     def announce() -> None:  # after the identities are there: the line names their separation

@@ -191,12 +191,14 @@ def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshO
     if cfg.balance is not None:
         _fail("sample: this config balances identities by probe images (balance section), which needs the generator "
               "and the attribute models; `facefoundry run` samples, probes and keeps them", code=2)
+    from facefoundry.identities.sampling import check_input_files
     from facefoundry.identities.store import write_identities
     from facefoundry.runfolder.runinfo import prepare_run_folder
     from facefoundry.runfolder.runlock import run_lock
 
     try:
         with run_lock(out, "sample"):
+            check_input_files(cfg.identities)  # before the folder is bound to cfg, or --fresh deletes anything
             prepare_run_folder(out, cfg, fresh=fresh, fresh_eval=fresh_eval,
                                notify=lambda text: typer.echo(text, err=True))
             meta = write_identities(out, cfg, progress=sys.stderr)

@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from facefoundry.cli import app
 from facefoundry.config import load_config
+from facefoundry.layout import RUN_ENTRIES
 from facefoundry.pipelines.preflight import (
     PreflightError,
     check_before_start,
@@ -219,6 +221,35 @@ def test_fresh_keeps_the_previous_run_when_the_new_config_fails_its_preflight(tm
     assert result.exit_code == 1 and "`facefoundry models fetch arc2face sd15`" in result.output, result.output
     assert "--fresh: deleting" not in result.output, result.output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # run.json, identities
+
+
+@pytest.mark.parametrize("command", ["run", "sample"])
+@pytest.mark.parametrize("config", ["smoke.yaml", "arc2face.yaml"])  # a tiny build and a real one
+def test_fresh_keeps_the_previous_run_when_the_identities_file_is_bad(tmp_path, command, config):
+    out = tmp_path / "r"
+    assert CliRunner().invoke(app, ["sample", str(REPO / "configs" / "smoke.yaml"), "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    bad = tmp_path / "ids.npy"
+    np.save(bad, np.full((8, 512), np.nan, np.float32))
+    result = CliRunner().invoke(app, [command, str(REPO / "configs" / config), "--out", str(out), "--fresh",
+                                      "--set", "identities.sampler=from_file", "--set", f"identities.file={bad}",
+                                      "--set", "identities.count=8"])
+    assert result.exit_code == 1 and "8 identity vectors contain NaN" in result.output, result.output
+    assert "--fresh: deleting" not in result.output, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # run.json, identities
+
+
+def test_a_new_run_that_fails_before_its_first_unit_leaves_the_folder_unbound(tmp_path):
+    """The identities file is found bad after run.json was written (before the tiny build and Ray): the folder is
+    left as it was, so the fixed config can start there (it is not a run to resume)."""
+    out = tmp_path / "r"
+    bad = tmp_path / "ids.npy"
+    np.save(bad, np.zeros((1, 512), np.float32))  # a vector of zeros: no direction
+    result = CliRunner().invoke(app, ["run", str(REPO / "configs" / "smoke.yaml"), "--out", str(out),
+                                      "--set", "identities.sampler=from_file", "--set", f"identities.file={bad}",
+                                      "--set", "identities.count=1"])
+    assert result.exit_code == 1, result.output
+    assert not out.exists() or not [p.name for p in out.iterdir() if p.name in RUN_ENTRIES], list(out.iterdir())
 
 
 def test_cluster_runs_skip_the_driver_cache_check(empty_cache):

@@ -84,6 +84,18 @@ def _from_file(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed
     return SampledIdentities(vectors if cfg.space == "raw" else _unit(vectors), count, details={"file": cfg.file})
 
 
+def check_input_files(cfg: IdentitiesConfig) -> None:
+    """Read every vector file the sampler will read (``identities.file``, ``identities.gallery``), with the checks
+    sampling makes: a bad file is found before anything is deleted or built (``run --fresh``, ``sample --fresh``)."""
+    if cfg.sampler == "from_file":
+        vectors = load_vectors(cfg.file, cfg.dim, "identity vectors")
+        if len(vectors) < cfg.count:
+            raise SamplingError(f"identities.file {cfg.file} holds {len(vectors)} vectors; identities.count is "
+                                f"{cfg.count}")
+    if cfg.gallery and cfg.sampler in ("pca_gaussian", "hyperface"):
+        load_vectors(cfg.gallery, cfg.dim, "gallery vectors")
+
+
 _SAMPLERS = {
     "gaussian_rejection": _gaussian_rejection,
     "uniform_sphere": _uniform_sphere,
