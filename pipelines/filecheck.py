@@ -1,14 +1,16 @@
 """Is a model file what its name says? Checked in the driver before any actor starts, so that an empty, truncated
 or wrong file fails in one line naming it, not in hundreds of lines of actor tracebacks.
 
-Each check reads what identifies the format and no more: the safetensors header, the first bytes of a PyTorch
-file (a zip archive or a pickle), a YAML or JSON parse, the ONNX protobuf (without external data), a Parquet
+Each check reads what identifies the format and no more: the safetensors header (and that the file is as long as it
+says), the first bytes of a PyTorch file (a zip archive, whose central directory must be there, or a pickle), a
+YAML or JSON parse, the ONNX protobuf (without external data), a Parquet
 footer. Files of other kinds (a tokenizer's ``merges.txt``) are only checked to be non-empty.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 from facefoundry.sections import yaml_problem
@@ -33,6 +35,8 @@ def file_problem(path: Path) -> str | None:
     if suffix in TORCH_SUFFIXES:
         if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_START)):
             return "is not a PyTorch checkpoint (neither a zip archive nor a pickle); download it again"
+        if head.startswith(ZIP_MAGIC) and not zipfile.is_zipfile(path):  # the directory is at the end of the file
+            return "is truncated or damaged (a zip archive without its central directory); download it again"
         return None
     if suffix in (".yaml", ".yml", ".json"):
         return _text_problem(path, suffix)
@@ -65,6 +69,13 @@ def _safetensors_problem(path: Path, head: bytes, size: int) -> str | None:
         return "is not a safetensors file (its header is not JSON); download it again"
     if not isinstance(header, dict):
         return "is not a safetensors file (its header is not a JSON object); download it again"
+    try:
+        data = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError):
+        return "is not a safetensors file (a tensor without data_offsets); download it again"
+    if size != 8 + length + data:
+        return (f"is truncated or damaged ({size} bytes where its header describes {8 + length + data}); "
+                "download it again")
     return None
 
 

@@ -313,14 +313,16 @@ def test_dcface_inputs_are_named_with_how_to_make_them(tmp_path):
 
 
 CHECKED = (".safetensors", ".pth", ".pt", ".ckpt", ".bin", ".yaml", ".yml", ".json", ".onnx", ".parquet")
+BINARY = (".safetensors", ".pth", ".pt", ".ckpt", ".bin", ".onnx", ".parquet")  # a cut-short copy fails to parse
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["arc2face", "vec2face", "idiff_face", "dcface"])
-@pytest.mark.parametrize("damage", ["empty", "text"])
+@pytest.mark.parametrize("damage", ["empty", "text", "truncated"])
 def test_a_broken_model_file_fails_in_one_line_before_ray(kind, damage, tmp_path):
-    """An empty or wrong-format file where a model file should be (every checked kind of each generator's tiny
-    build, one at a time) is named with what is wrong, in the driver: not hundreds of lines of actor tracebacks."""
+    """An empty, wrong-format or truncated (a download cut short) file where a model file should be (every checked
+    kind of each generator's tiny build, one at a time; truncated: the binary kinds, as a text file cut short may
+    still parse) is named with what is wrong, in the driver: not hundreds of lines of actor tracebacks."""
     from facefoundry.generators.registry import SPECS
     from facefoundry.pipelines.modelcheck import present_files
 
@@ -332,12 +334,16 @@ def test_a_broken_model_file_fails_in_one_line_before_ray(kind, damage, tmp_path
     check_model_files(needs)  # the build as written passes
     files = [p for p in present_files(needs) if p.suffix in CHECKED]
     assert files, f"{kind}: nothing to check"
+    if damage == "truncated":
+        files = [p for p in files if p.suffix in BINARY]
     for path in files:
         original = path.read_bytes()
-        path.write_bytes(b"" if damage == "empty" else b"<html>404 Not Found</html>\n\x00\xff")
+        path.write_bytes({"empty": b"", "text": b"<html>404 Not Found</html>\n\x00\xff",
+                          "truncated": original[: len(original) * 9 // 10]}[damage])
         with pytest.raises(PreflightError) as err:
             check_model_files(needs)
         text = str(err.value)
         assert "\n" not in text and f"model file {path} " in text, text
-        assert ("is empty" in text) if damage == "empty" else ("is not" in text), text
+        expected = {"empty": ("is empty",), "text": ("is not",), "truncated": ("is truncated", "is not")}[damage]
+        assert any(phrase in text for phrase in expected), text
         path.write_bytes(original)
