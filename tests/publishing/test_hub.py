@@ -262,3 +262,10 @@ def test_cli_refuses_a_malformed_repo_id_before_anything_slow(repo, tmp_path, mo
     assert result.exit_code == 1
     assert result.output == (f"error: --repo must be NAMESPACE/NAME (a user or organisation, and a dataset name), "
                              f"got {repo!r}\n")
+
+
+@pytest.mark.parametrize("repo", ["my org/na me", "org/name!!", "org/..", "org/a--b", "org/faces.git"])
+def test_cli_refuses_characters_the_hub_refuses_even_on_a_dry_run(repo, tmp_path):
+    result = CliRunner().invoke(app, ["publish", str(tmp_path), "--repo", repo, "--dry-run"])
+    assert result.exit_code == 1 and result.output.startswith(f"error: --repo {repo!r} is not a valid Hub id: ")
+    assert result.output.count("\n") == 1 and "would be published" not in result.output, result.output
