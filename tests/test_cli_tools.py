@@ -98,3 +98,15 @@ def test_export_errors_name_the_cli_options_and_no_class(tmp_path):
     (run / "manifests" / next(p.name for p in (run / "manifests").iterdir())).unlink()
     result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "e"), "--format", "imagefolder"])
     assert result.exit_code == 1 and "--allow-partial" in result.output and "allow_partial" not in result.output
+
+
+@pytest.mark.parametrize("args, option", [
+    (["export-pairs", "RUN", "--out", "x.bin", "--pairs-per-cell", "0"], "--pairs-per-cell"),
+    (["export-pairs", "RUN", "--out", "x.bin", "--seed", "-1"], "--seed"),
+    (["export", "RUN", "--out", "x", "--jpeg-quality", "500"], "--jpeg-quality"),
+    (["report", "RUN", "--max-rows", "-5"], "--max-rows"),
+])
+def test_out_of_range_options_are_usage_errors(args, option, tmp_path):
+    """Refused by the option itself (exit 2, naming the flag), before any run folder is opened."""
+    result = CliRunner().invoke(app, [str(tmp_path / "run") if a == "RUN" else a for a in args])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output

@@ -247,7 +247,7 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.", callback=_local_run)],
     out: OutOpt,
     fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder | rec | lmdb")],
-    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality for PNG-stored images.")] = 95,
+    jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality for PNG-stored images.")] = 95,
     include_rejected: Annotated[bool, typer.Option(help="Also export rows the filter marked.")] = False,
     allow_partial: Annotated[bool, typer.Option(help="Export the finished units of an unfinished run.")] = False,
     rec_header: Annotated[bool, typer.Option("--rec-header/--plain-rec", help="InsightFace header records.")] = True,
@@ -274,8 +274,8 @@ def export_pairs(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.", callback=_local_run)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The .bin file to write (and <out>.pairs.json).")],
     cells: Annotated[str, typer.Option(help="Comma-separated columns whose values make a cell (none: one cell).")] = "",
-    pairs_per_cell: Annotated[int, typer.Option(help="Genuine pairs, and as many impostor pairs, per cell.")] = 300,
-    seed: Annotated[int, typer.Option(help="Seed of the pair choice and order.")] = 0,
+    pairs_per_cell: Annotated[int, typer.Option(min=1, help="Genuine pairs per cell, and as many impostor.")] = 300,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the pair choice and order.")] = 0,
     allow_short: Annotated[bool, typer.Option(help="Take what a too-small cell has instead of failing.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     resize: Annotated[bool, typer.Option(help="Resize images that are not 112x112 instead of failing.")] = False,
@@ -303,7 +303,7 @@ def export_pairs(
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (holds run.json).", callback=_local_run)],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default RUN/report).")] = None,
-    max_rows: Annotated[int, typer.Option("--max-rows", help="Rows sampled for histograms.")] = 200_000,
+    max_rows: Annotated[int, typer.Option("--max-rows", min=1, help="Rows sampled for histograms.")] = 200_000,
 ) -> None:
     """Statistics and plots of a run: report/*.png and summary.json (from manifests + a bounded sample)."""
     from facefoundry.publishing.report import build_report

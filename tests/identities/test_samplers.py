@@ -78,6 +78,16 @@ def test_bad_vector_files(tmp_path, content, needle):
         load_vectors(tmp_path / "x.npy", 4)
 
 
+@pytest.mark.parametrize("raw", [b"", b"1,2,3\n", b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': "])
+def test_files_that_are_not_npy_arrays_are_named_without_unpickling_advice(tmp_path, raw):
+    """Empty, text, or cut short: one clear error naming the file (numpy alone says EOFError, or advises
+    allow_pickle for text)."""
+    (tmp_path / "x.npy").write_bytes(raw)
+    with pytest.raises(VectorFileError, match=r"x\.npy: (not a NumPy \.npy array file|cannot read)") as err:
+        load_vectors(tmp_path / "x.npy", 4)
+    assert "allow_pickle" not in str(err.value) and "pickled" not in str(err.value)
+
+
 def test_missing_and_unknown_files(tmp_path):
     with pytest.raises(VectorFileError, match="not found"):
         load_vectors(tmp_path / "nope.npy", 4)

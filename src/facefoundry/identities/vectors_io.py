@@ -35,6 +35,9 @@ def _from_parquet(path: Path) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), dim)
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+
+
 def load_vectors(path: str | Path, dim: int, what: str = "vectors") -> np.ndarray:
     """Load an (N, dim) float32 array; reject missing files, other shapes, NaN/inf and zero rows."""
     path = Path(path)
@@ -42,12 +45,16 @@ def load_vectors(path: str | Path, dim: int, what: str = "vectors") -> np.ndarra
         raise VectorFileError(f"{what} file not found: {path}")
     try:
         if path.suffix == ".npy":
+            with open(path, "rb") as fh:
+                if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:  # numpy would call it pickled data and advise unpickling
+                    raise VectorFileError(f"{path}: not a NumPy .npy array file (empty, or no .npy header); "
+                                          "write it with numpy.save")
             arr = np.load(path, allow_pickle=False)
         elif path.suffix == ".parquet":
             arr = _from_parquet(path)
         else:
             raise VectorFileError(f"{path}: unsupported {what} file type {path.suffix!r}; use .npy or .parquet")
-    except (OSError, ValueError, pa.ArrowException) as exc:
+    except (OSError, ValueError, EOFError, pa.ArrowException) as exc:  # EOFError: a .npy file cut short
         if isinstance(exc, VectorFileError):
             raise
         raise VectorFileError(f"{path}: cannot read {what}: {exc}") from None
