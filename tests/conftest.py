@@ -33,30 +33,12 @@ def pytest_unconfigure(config):
         shutil.rmtree(OWN_TINY_CACHE, ignore_errors=True)
 
 
-# Marker tiers, longest-running first. `make test` hands whole files to xdist workers in collection order
-# (--no-loadscope-reorder), so the files that train or start processes begin first and the short ones fill the
-# end, instead of one training file starting late and running on alone.
-LONGEST_FIRST = ("train", "spawn", "ray", "slow")
-
-
-def _tier(item) -> int:
-    names = {mark.name for mark in item.iter_markers()}
-    return next((rank for rank, name in enumerate(LONGEST_FIRST) if name in names), len(LONGEST_FIRST))
-
-
 def pytest_collection_modifyitems(items):
     """A test that shares a module's embedded Ray (``shared_ray``) needs Ray: it is a ``ray`` test whatever its
-    module says, so ``make test-fast`` leaves it out. Files are then ordered by their heaviest test's tier
-    (:data:`LONGEST_FIRST`), keeping each file's tests together and in order."""
+    module says, so ``make test-fast`` leaves it out."""
     for item in items:
         if "shared_ray" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
-    files: dict[str, int] = {}  # file -> its heaviest tier, in collection order
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        files[path] = min(files.get(path, len(LONGEST_FIRST)), _tier(item))
-    order = {path: (tier, i) for i, (path, tier) in enumerate(files.items())}
-    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])  # stable: a file's tests keep their order
 
 
 @pytest.fixture
