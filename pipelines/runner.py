@@ -129,8 +129,9 @@ def run(cfg: RunConfig, out: str | Path, fresh: bool = False, log: TextIO | None
         except BaseException:
             # A new run that fails before its first unit (preflight, a bad identities file, a model that does
             # not load) leaves the folder unbound, so the fixed config can start there: not a run to resume.
-            if not resuming and not list_unit_files(store)[MANIFEST_DIR]:
-                _unbind_new_run(store)
+            with contextlib.suppress(Exception):  # an unreachable store must not hide the failure itself
+                if not resuming and not list_unit_files(store)[MANIFEST_DIR]:
+                    _unbind_new_run(store)
             raise
 
 

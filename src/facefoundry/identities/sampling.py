@@ -77,21 +77,23 @@ def _hyperface(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed
 
 def _from_file(cfg: IdentitiesConfig, count: int, rng: np.random.Generator, seed: int,
                on_batch: OnBatch = None) -> SampledIdentities:
+    vectors = _file_vectors(cfg, count)[:count]
+    return SampledIdentities(vectors if cfg.space == "raw" else _unit(vectors), count, details={"file": cfg.file})
+
+
+def _file_vectors(cfg: IdentitiesConfig, count: int) -> np.ndarray:
+    """``identities.file``'s vectors, checked, holding at least ``count``."""
     vectors = load_vectors(cfg.file, cfg.dim, "identity vectors")
     if len(vectors) < count:
         raise SamplingError(f"identities.file {cfg.file} holds {len(vectors)} vectors; identities.count is {count}")
-    vectors = vectors[:count]
-    return SampledIdentities(vectors if cfg.space == "raw" else _unit(vectors), count, details={"file": cfg.file})
+    return vectors
 
 
 def check_input_files(cfg: IdentitiesConfig) -> None:
     """Read every vector file the sampler will read (``identities.file``, ``identities.gallery``), with the checks
     sampling makes: a bad file is found before anything is deleted or built (``run --fresh``, ``sample --fresh``)."""
     if cfg.sampler == "from_file":
-        vectors = load_vectors(cfg.file, cfg.dim, "identity vectors")
-        if len(vectors) < cfg.count:
-            raise SamplingError(f"identities.file {cfg.file} holds {len(vectors)} vectors; identities.count is "
-                                f"{cfg.count}")
+        _file_vectors(cfg, cfg.count)
     if cfg.gallery and cfg.sampler in ("pca_gaussian", "hyperface"):
         load_vectors(cfg.gallery, cfg.dim, "gallery vectors")
 
