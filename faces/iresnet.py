@@ -137,16 +137,21 @@ def _build_loaded(state: dict, path: Path, model_name: str, device: str | torch.
     return model.eval().to(device)
 
 
-def load_arcface_r100(path: str | Path, device: str | torch.device = "cpu") -> IResNet:
-    """Vec2Face's ArcFace-R100 (Glint360K) from ``weights/arcface-r100-glint360k.pth``, eval mode, frozen.
+def load_arcface_r100(path: str | Path, device: str | torch.device = "cpu", filename: str = ARCFACE_FILE,
+                      fp16: bool = False) -> IResNet:
+    """An ``arcface_torch`` IResNet-100 state dict, eval mode, frozen: by default Vec2Face's ArcFace-R100
+    (Glint360K, ``weights/arcface-r100-glint360k.pth``); ID-Booth passes its ``ArcFace_r100_ms1mv3_backbone.pth``
+    and ``fp16`` (its ``get_model("r100", fp16=True)``: convolutions under CUDA autocast).
 
-    ``path``: the file, or a folder holding ``weights/<file>`` or ``<file>``. Input ``(N, 3, 112, 112)`` RGB in
-    [-1, 1]; output raw ``(N, 512)`` features (not L2-normalised).
+    ``path``: the file, or a folder holding ``weights/<filename>`` or ``<filename>``. Input ``(N, 3, 112, 112)``
+    RGB in [-1, 1]; output raw ``(N, 512)`` features (not L2-normalised).
     """
     name = "ArcFace-R100"
-    path = resolve_weights(path, ARCFACE_FILE, name)
+    path = resolve_weights(path, filename, name)
     state = tensor_dict(read_checkpoint(path, name), path, name)
-    return _build_loaded(state, path, name, device, BN_EPS)
+    model = _build_loaded(state, path, name, device, BN_EPS)
+    model.fp16 = fp16
+    return model
 
 
 def magface_backbone_state(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], bool]:

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from facefoundry.generators.tiny_weights import write_clip_tokenizer, write_json
+
 MODEL_DIR = "Arc2Face"
 BASE_DIR = "stable-diffusion-v1-5"
 LCM_DIR = "lcm-lora-sdv1-5"
@@ -49,7 +51,6 @@ POSE_DIR = "arc2face-pose-images"
 EMBED_STD, ZERO_CONV_STD = 4.0, 0.3  # init of the parts a fresh ControlNet zeroes (see make_tiny_controlnet)
 POSE_YAWS = (0.0, 0.5, -0.5)  # one condition image per entry: a head-like ellipsoid turned by this much
 FORMAT_VERSION = 2
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Whole words of the vocabulary (each one BPE token); anything else falls back to byte-level pieces.
 WORDS = ("photo", "of", "a", "id", "person", "face", "portrait", "smiling")
 HIDDEN = 768
@@ -68,58 +69,6 @@ SD15_SCHEDULER = {
     "trained_betas": None,
     "clip_sample": False,
 }
-
-
-def _byte_alphabet() -> list[str]:
-    """The 256 printable characters that byte-level BPE uses for bytes 0..255, in byte order."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)}
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def tiny_clip_vocab(words: tuple[str, ...] = WORDS) -> tuple[dict[str, int], list[str]]:
-    """A small CLIP-style BPE vocabulary: byte pieces, byte pieces + ``</w>``, whole words, BOS, EOS.
-
-    Same ordering as the real CLIP vocabulary (specials last). Each word gets a left-to-right merge
-    chain so it becomes a single ``word</w>`` token.
-    """
-    base = _byte_alphabet()
-    tokens = base + [c + "</w>" for c in base]
-    merges: list[str] = []
-    for word in words:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        left = pieces[0]
-        for right in pieces[1:]:
-            merge = f"{left} {right}"
-            if merge not in merges:
-                merges.append(merge)
-                tokens.append(left + right)
-            left = left + right
-    tokens += [BOS, EOS]
-    return {tok: i for i, tok in enumerate(tokens)}, merges
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _write_tokenizer(folder: Path) -> dict[str, int]:
-    vocab, merges = tiny_clip_vocab()
-    _write_json(folder / "vocab.json", vocab)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}
-    _write_json(folder / "special_tokens_map.json", specials)
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
-              "errors": "replace", "add_prefix_space": False, **specials}
-    _write_json(folder / "tokenizer_config.json", config)
-    return vocab
 
 
 def make_tiny_components(vocab_size: int, seed: int = 0) -> dict[str, Any]:
@@ -219,7 +168,7 @@ def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
     try:
-        vocab = _write_tokenizer(tmp / BASE_DIR / "tokenizer")
+        vocab = write_clip_tokenizer(tmp / BASE_DIR / "tokenizer", WORDS)
         parts = make_tiny_components(len(vocab), seed)
         parts["unet"].save_pretrained(tmp / MODEL_DIR / "arc2face")
         from transformers.utils import logging as hf_logging
@@ -227,8 +176,8 @@ def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
         hf_logging.disable_progress_bar()  # a tiny save needs no "Writing model shards" bar
         parts["text_encoder"].save_pretrained(tmp / MODEL_DIR / "encoder")
         parts["vae"].save_pretrained(tmp / BASE_DIR / "vae")
-        _write_json(tmp / BASE_DIR / "scheduler" / "scheduler_config.json", SD15_SCHEDULER)
-        _write_json(tmp / BASE_DIR / "model_index.json", _model_index())
+        write_json(tmp / BASE_DIR / "scheduler" / "scheduler_config.json", SD15_SCHEDULER)
+        write_json(tmp / BASE_DIR / "model_index.json", _model_index())
         from safetensors.torch import save_file
 
         (tmp / LCM_DIR).mkdir()
@@ -240,7 +189,7 @@ def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
                 shutil.rmtree(root / name)
             os.replace(tmp / name, root / name)
         marker_tmp = tmp / MARKER
-        _write_json(marker_tmp, {"format": FORMAT_VERSION, "seed": seed, "files": files})
+        write_json(marker_tmp, {"format": FORMAT_VERSION, "seed": seed, "files": files})
         os.replace(marker_tmp, root / MARKER)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -326,7 +275,7 @@ def build_tiny_arc2face_controlnet(root: Path, seed: int = 0) -> tuple[Path, Pat
                 shutil.rmtree(dst)
             os.replace(src, dst)
         marker_tmp = tmp / CONTROLNET_MARKER
-        _write_json(marker_tmp, {"format": FORMAT_VERSION, "seed": seed, "files": sorted(files)})
+        write_json(marker_tmp, {"format": FORMAT_VERSION, "seed": seed, "files": sorted(files)})
         os.replace(marker_tmp, root / CONTROLNET_MARKER)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
