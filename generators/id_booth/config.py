@@ -32,6 +32,7 @@ class IDBoothConfig(StrictModel):
     instance_prompt: str = "photo of sks person"
     class_prompt: str = "photo of a person"
     class_images: int = Field(200, ge=1, description="Prior-preservation images generated from class_prompt.")
+    class_steps: int = Field(50, ge=1, description="Sampling steps of a class image (the base pipeline's default).")
     prior_loss_weight: float = Field(1.0, ge=0.0)
     lora_rank: int = Field(4, ge=1, description="LoRA rank (alpha = rank) on the UNet attention projections.")
     learning_rate: float = Field(1e-4, gt=0.0)

@@ -149,14 +149,14 @@ def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def _save_checkpoint(folder: Path, epoch: int, step: int, unet: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     lr_scheduler: object) -> Path:
+                     lr_scheduler: object, scaler: torch.amp.GradScaler | None) -> Path:
     final = folder / f"checkpoint-{epoch}-{step}"
     tmp = folder / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_lora(tmp, unet)
-    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()},
-               tmp / TRAINING_STATE)
+    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {}}, tmp / TRAINING_STATE)
     (tmp / STATE_FILE).write_text(json.dumps({"epoch": epoch, "step": step}) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -165,10 +165,13 @@ def _save_checkpoint(folder: Path, epoch: int, step: int, unet: torch.nn.Module,
 
 def train_person(models: Models, data: TrainingData, folder: str | Path, run_seed: int, identity: int,
                  plan: Plan, settings: StepSettings, resolution: int, lr: float = 1e-4,
-                 lr_scheduler_name: str = "cosine", warmup_steps: int = 0,
+                 lr_scheduler_name: str = "cosine", warmup_steps: int = 0, dtype: torch.dtype = torch.float32,
                  progress: Callable[[int, int, LossTerms], None] | None = None) -> Path:
     """Fine-tune ``models.unet``'s LoRA (already added, :func:`~.training.add_lora`) on one person, resuming from
-    the latest complete checkpoint in ``folder``; return the finished LoRA file (reused when it exists)."""
+    the latest complete checkpoint in ``folder``; return the finished LoRA file (reused when it exists).
+
+    ``dtype`` float16 on CUDA trains as the official mixed precision does: frozen parts in float16, the LoRA in
+    float32, the loss scaled (the scaler's state is part of a checkpoint)."""
     folder = Path(folder)
     done = folder / LORA_FILE
     if done.is_file():
@@ -177,6 +180,7 @@ def train_person(models: Models, data: TrainingData, folder: str | Path, run_see
     folder.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(lora_parameters(models.unet), lr=lr)
     lr_scheduler = make_lr_scheduler(optimizer, plan.total_steps, lr_scheduler_name, warmup_steps)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and models.vae.device.type == "cuda" else None
     start = 0
     if (found := _checkpoints(folder)):
         start, latest = found[-1]
@@ -184,17 +188,19 @@ def train_person(models: Models, data: TrainingData, folder: str | Path, run_see
         state = torch.load(latest / TRAINING_STATE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
     for step in range(start, plan.total_steps):
         epoch, k = divmod(step, plan.steps_per_epoch)
         index = int(epoch_order(run_seed, identity, epoch, data.length)[k])
         generator = torch.Generator().manual_seed(derive_seed(run_seed, "id-booth-step", identity, step))
         batch = step_batch(data, index, resolution, generator)
-        terms = train_step(models, batch, generator, settings, optimizer, lr_scheduler)
+        terms = train_step(models, batch, generator, settings, optimizer, lr_scheduler, dtype, scaler)
         if progress is not None:
             progress(step + 1, plan.total_steps, terms)
         last_of_epoch = k == plan.steps_per_epoch - 1
         if last_of_epoch and ((epoch + 1) % plan.checkpoint_epochs == 0 or step + 1 == plan.total_steps):
-            _save_checkpoint(folder, epoch, step + 1, models.unet, optimizer, lr_scheduler)
+            _save_checkpoint(folder, epoch, step + 1, models.unet, optimizer, lr_scheduler, scaler)
     tmp = folder / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_lora(tmp, models.unet)
