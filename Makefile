@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[dev]"
+# facenet-pytorch ships the MTCNN weights ID-Booth's loss uses (faces/mtcnn.py); no deps: it pins old torch/torchvision
+	$(BIN)/pip install --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 smoke: $(STAMP)
