@@ -32,7 +32,7 @@ from facefoundry.generators.id_booth.finetune import (
 from facefoundry.generators.id_booth.generator import PERSON_FILE, lora_folder
 from facefoundry.generators.id_booth.people import Person
 from facefoundry.generators.id_booth.tiny import ARCFACE_FILE
-from facefoundry.generators.id_booth.training import FaceBox, Models, StepSettings, add_lora
+from facefoundry.generators.id_booth.training import FaceBox, Models, StepSettings, add_lora, mtcnn_face_box
 from facefoundry.seeds import derive_seed
 
 CLASS_DIR = "class-images"
@@ -100,15 +100,17 @@ def load_models(cfg: IDBoothConfig, base: str, arcface: str, face_box: FaceBox, 
 
 
 def finetune_identity(cfg: IDBoothConfig, base: str, arcface: str, person: Person, identity: int, work: str | Path,
-                      run_seed: int, face_box: FaceBox, device: str | torch.device | None = None,
+                      run_seed: int, face_box: FaceBox | None = None, device: str | torch.device | None = None,
                       progress: Callable[[int, int, Any], None] | None = None) -> Path:
-    """Fine-tune identity ``identity`` (``person``) on the class images under ``work``; return its LoRA file."""
+    """Fine-tune identity ``identity`` (``person``) on the class images under ``work``; return its LoRA file.
+    ``face_box``: the detector (default: MTCNN from ``cfg.mtcnn``, as the official code)."""
     work = Path(work)
     folder = lora_folder(work / LORA_DIR, identity)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PERSON_FILE).write_text(json.dumps({"name": person.name, "gender": person.consent.gender}) + "\n")
     device = resolve_device(device if device is not None else cfg.device)
     dtype = resolve_dtype(cfg.dtype, device, "float16")
+    face_box = face_box or mtcnn_face_box(cfg.mtcnn, device)
     models = load_models(cfg, base, arcface, face_box, device, dtype)
     add_lora(models.unet, cfg.lora_rank, derive_seed(run_seed, "id-booth-lora", identity))
     for p in models.unet.parameters():  # the official script keeps the trainable LoRA in float32

@@ -43,6 +43,20 @@ ARCFACE_SIZE = 112
 FaceBox = Callable[[torch.Tensor], "np.ndarray | None"]
 
 
+def mtcnn_face_box(weights_dir: str | None = None, device: str | torch.device = "cpu") -> FaceBox:
+    """The official detector: MTCNN (facenet-pytorch's weights and defaults, :mod:`facefoundry.faces.mtcnn`), its
+    first (largest) box."""
+    from facefoundry.faces.mtcnn import MTCNN
+
+    detector = MTCNN(weights_dir, device=device)
+
+    def first_box(image: torch.Tensor) -> np.ndarray | None:
+        boxes, _ = detector.detect(image)
+        return None if boxes[0] is None else boxes[0][0]
+
+    return first_box
+
+
 class LoraError(ValueError):
     """A LoRA file that does not fit the base model; the message names the file and what differs."""
 

@@ -331,3 +331,24 @@ def test_train_image_is_the_official_resize_and_random_crop():
     top, left = int(torch.randint(0, 1, (1,), generator=gen)), int(torch.randint(0, 33, (1,), generator=gen))
     want = (resized[top:top + 32, left:left + 32] / 255.0 - 0.5) / 0.5
     np.testing.assert_array_equal(a.permute(1, 2, 0).numpy(), want)
+
+
+def test_the_official_detector_finds_and_crops_real_faces(tiny):
+    """MTCNN (facenet-pytorch's weights) boxes the face in real photos; the embedding is the box crop's."""
+    from landmarkfaces import PHOTOS
+
+    from facefoundry.generators.id_booth.finetune import embed_face, open_rgb
+    from facefoundry.generators.id_booth.training import crop_for_arcface, mtcnn_face_box
+
+    box = mtcnn_face_box()  # facenet-pytorch's weights, which `make` installs
+    _, arcface_file = tiny
+    arcface = load_arcface_r100(arcface_file, filename=ARCFACE_FILE)
+    for name in ("hanks", "astronaut"):
+        image = open_rgb(PHOTOS[name][0])
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+        found = box(pixels)
+        assert found is not None and found[2] - found[0] > 40, name
+        embed = embed_face(image, arcface, box)
+        with torch.no_grad():
+            assert torch.equal(embed, arcface(crop_for_arcface(pixels, found))[0])
+    assert box(torch.zeros(80, 80, 3)) is None
