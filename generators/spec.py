@@ -45,6 +45,11 @@ class ModelPaths:
     lcm_lora: str | None = None  # Arc2Face fast mode: the LCM-LoRA (tiny builds); None = generator.lcm_lora
     face_models: str | None = None  # Vec2Face AttrOP's models (tiny builds); None = generator.attrop.models
     style_bank: str | None = None  # DCFace's style images (tiny builds); None = generator.style_bank
+    # ID-Booth: the folder its fine-tuning stage fills with one LoRA per identity (in the run's local folder), the
+    # people folder and the class images (tiny builds: fixtures from package photos; None = the config's).
+    loras: str | None = None
+    people: str | None = None
+    class_data: str | None = None
     # The attributes section the annotator loads, its tiny build's files in it (filters.tiny_attributes; set by
     # pipelines.runner.resolve_model_paths); None = the config's own section, which must not be tiny.
     attributes: AttributesConfig | None = None
@@ -52,7 +57,7 @@ class ModelPaths:
     @property
     def extra(self) -> str | None:
         """The generator's third source (``from_paths``/``model_files``' ``extra``): whichever is set."""
-        return self.lcm_lora or self.face_models or self.style_bank
+        return self.loras or self.lcm_lora or self.face_models or self.style_bank
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,18 @@ class UpstreamUse:
     role: str
     source: str
     revision: str | None = None
+
+
+@dataclass(frozen=True)
+class PrepJob:
+    """Work a generator needs done before it generates (ID-Booth: class images, then one fine-tuning per person).
+
+    The pipeline runs it on a Ray worker with the generator's resources: ``function`` (``"module:name"``) is called
+    with ``kwargs`` (plain, picklable values). It must be resumable: a rerun after a kill finishes what is left."""
+
+    name: str
+    function: str
+    kwargs: dict[str, Any]
 
 
 class GeneratorSpec:
@@ -81,6 +98,7 @@ class GeneratorSpec:
     # Config keys added after runs existed, with the value meaning "as before" (left out of the config hash there).
     later_keys: ClassVar[dict[str, Any]] = {}
     rehearsal: ClassVar[bool] = False  # a pipeline rehearsal (noise, never a dataset): never published
+    real_people: ClassVar[bool] = False  # the identities are real (consenting) people, not synthetic ones
     identities_are: ClassVar[str] = "random vectors in a face-recognition embedding space"
     # What varies one identity's images besides seeds and vector noise (the card's limitations), if anything.
     variation_source: ClassVar[str | None] = None
@@ -100,6 +118,11 @@ class GeneratorSpec:
         """Hub ids / folders from the config, or a tiny random-weight build in the official layout under
         ``models_dir`` (seeded by the run seed; ``identities`` for builds that need one input per identity)."""
         raise NotImplementedError
+
+    def preparation(self, gen: Any, paths: ModelPaths, seed: int, identities: int) -> list[list[PrepJob]]:
+        """Jobs to run on Ray before generation, phase by phase (a phase's jobs in parallel); none by default. The
+        driver calls this before Ray starts, so a bad input fails here in one line."""
+        return []
 
     def shard_metadata(self, gen: Any) -> dict[str, Any]:
         """The models and sampling settings every shard records (Hub ids or folder names, never local paths: a
@@ -144,4 +167,8 @@ class GeneratorSpec:
 
     def limitations(self, gen: Any) -> list[str]:
         """Card limitation lines particular to this generator's published-weights runs."""
+        return []
+
+    def card_sections(self, gen: Any, run_dir: Path) -> list[str]:
+        """Card sections of this generator's own (markdown, after 'Image generation'), from the run folder."""
         return []

@@ -228,8 +228,15 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
     from facefoundry.pipelines.preflight import check_before_start
 
     check_before_start(cfg, paths)  # a missing model file or GPU fails here, in one line, before Ray starts
+    # e.g. ID-Booth's fine-tuning; its inputs (people, consent records) are read here, before Ray starts
+    phases = spec_of(cfg.generator).preparation(cfg.generator, paths, cfg.run.seed, cfg.identities.count)
     with ray_session(cfg.ray, background=True) as ray_ready:  # Ray starts in a thread while this one samples
         announce()
+        if any(phases):
+            from facefoundry.pipelines.prepare import run_preparation
+
+            ray_ready()
+            run_preparation(cfg, phases, log)
         rows, failed = 0, []
         from facefoundry.pipelines.executor import stream_units
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from facefoundry.models import hub_repo
 from facefoundry.sections import StrictModel
 
 BACKGROUNDS = ("forest", "city street", "beach", "office", "bus", "laboratory", "factory", "construction site",
@@ -20,8 +21,9 @@ class IDBoothConfig(StrictModel):
     people: str | None = Field(
         None, description="Folder with one folder per consenting person: their photos and consent.yaml "
         "(tiny: built from photos that installed packages ship).")
-    base_model: str = Field("stabilityai/stable-diffusion-2-1-base",
+    base_model: str = Field(hub_repo("sd21-base"),
                             description="Hub id or folder of the Stable Diffusion 2.1 base pipeline.")
+    revision: str | None = Field(None, description="Hub revision (commit) of `base_model`, for reproducibility.")
     arcface: str | None = Field(
         None, description="ArcFace_r100_ms1mv3_backbone.pth (arcface_torch iresnet100, the file ID-Booth's "
         "ArcFace_files loads), or its folder.")
@@ -32,6 +34,9 @@ class IDBoothConfig(StrictModel):
     instance_prompt: str = "photo of sks person"
     class_prompt: str = "photo of a person"
     class_images: int = Field(200, ge=1, description="Prior-preservation images generated from class_prompt.")
+    class_data: str | None = Field(
+        None, description="Folder of class images used first (the official class_data_dir); the rest up to "
+        "class_images are generated (tiny: built from a group photo).")
     class_steps: int = Field(50, ge=1, description="Sampling steps of a class image (the base pipeline's default).")
     prior_loss_weight: float = Field(1.0, ge=0.0)
     lora_rank: int = Field(4, ge=1, description="LoRA rank (alpha = rank) on the UNet attention projections.")

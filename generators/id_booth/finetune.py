@@ -163,6 +163,16 @@ def _save_checkpoint(folder: Path, epoch: int, step: int, unet: torch.nn.Module,
     return final
 
 
+def finished_steps(folder: str | Path) -> int | None:
+    """Steps a person's training already has: None when its LoRA is finished, else the latest checkpoint's (0
+    without one)."""
+    folder = Path(folder)
+    if (folder / LORA_FILE).is_file():
+        return None
+    found = _checkpoints(folder)
+    return found[-1][0] if found else 0
+
+
 def train_person(models: Models, data: TrainingData, folder: str | Path, run_seed: int, identity: int,
                  plan: Plan, settings: StepSettings, resolution: int, lr: float = 1e-4,
                  lr_scheduler_name: str = "cosine", warmup_steps: int = 0, dtype: torch.dtype = torch.float32,

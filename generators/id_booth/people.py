@@ -104,3 +104,17 @@ def read_people(root: str | Path, today: dt.date | None = None) -> list[Person]:
         raise PeopleError(f"generator.people folder {path} has no person folder: make one per consenting person "
                           f"holding their photos and a {CONSENT_FILE}")
     return [Person(f.name, f, list_photos(f), read_consent(f, today)) for f in folders]
+
+
+def consent_summary(people: list[Person]) -> dict:
+    """What the card says of the consent records: how many people, the uses they agreed to (with counts), the
+    consent dates' range, the earliest expiry and how many records name a signed form. No names, no photos."""
+    uses: dict[str, int] = {}
+    for person in people:
+        uses[person.consent.consented_to] = uses.get(person.consent.consented_to, 0) + 1
+    dates = sorted(p.consent.date for p in people)
+    expiries = sorted(p.consent.expires for p in people if p.consent.expires is not None)
+    return {"people": len(people), "consented_to": dict(sorted(uses.items())),
+            "dates": [dates[0].isoformat(), dates[-1].isoformat()] if dates else None,
+            "earliest_expiry": expiries[0].isoformat() if expiries else None,
+            "with_reference": sum(p.consent.reference is not None for p in people)}

@@ -137,3 +137,101 @@ def build_tiny_id_booth(root: Path, seed: int = 0) -> tuple[Path, Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return base, arcface
+
+
+PEOPLE_DIR = "id-booth-people"
+CLASS_DIR = "id-booth-class-images"
+PEOPLE_MARKER = ".facefoundry-tiny-id-booth-people.json"
+# Real photos that installed packages ship (no face image is committed here): (package, path parts).
+FIXTURE_PEOPLE = {
+    "person-1": ("matplotlib", ("mpl-data", "sample_data", "grace_hopper.jpg")),
+    "person-2": ("insightface", ("data", "images", "Tom_Hanks_54745.png")),
+}
+FIXTURE_CLASS_PHOTO = ("insightface", ("data", "images", "t1.jpg"))  # a group photo: its faces are the class images
+T1_FACE_CENTRES = ((109, 330), (321, 211), (517, 333), (793, 409), (960, 131), (1181, 335))  # its six people
+FIXTURE_CONSENT = ("subject: test fixture ({source}, a public photo shipped with the {package} package)\n"
+                   "consented_to: none; a tooling rehearsal on tiny random weights whose images are noise and never a "
+                   "dataset\ndate: 2026-12-07\n")
+
+
+def package_file(package: str, parts: tuple[str, ...]) -> Path | None:
+    """A data file of an installed package, found without importing it; None when absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location).joinpath(*parts)
+        if path.is_file():
+            return path
+    return None
+
+
+def _fixture_photo(package: str, parts: tuple[str, ...]) -> Path:
+    path = package_file(package, parts)
+    if path is None:
+        raise FileNotFoundError(f"the tiny id-booth build takes its photos from installed packages and {package} "
+                                f"does not ship {'/'.join(parts)}: pip install {package}")
+    return path
+
+
+def build_tiny_people(root: Path) -> tuple[Path, Path]:
+    """Build (once) the tiny build's people and class images from photos that installed packages ship; return
+    ``(people_folder, class_images_folder)``.
+
+    Two people (:data:`FIXTURE_PEOPLE`), each with the photo and its mirror image and a consent record saying what
+    they are (public photos used for a tooling rehearsal, not consent), and six class images: 192 x 192 crops around
+    the faces of insightface's group photo. The same inputs give byte-identical files.
+    """
+    from PIL import Image, ImageOps
+
+    root = Path(root)
+    people, classes = root / PEOPLE_DIR, root / CLASS_DIR
+    try:
+        if json.loads((root / PEOPLE_MARKER).read_text()).get("format") == FORMAT_VERSION:
+            return people, classes
+    except (OSError, ValueError):
+        pass
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-people-", dir=root))
+    try:
+        for name, (package, parts) in FIXTURE_PEOPLE.items():
+            folder = tmp / PEOPLE_DIR / name
+            folder.mkdir(parents=True)
+            with Image.open(_fixture_photo(package, parts)) as photo:
+                photo = photo.convert("RGB")
+                photo.save(folder / "1.png")
+                ImageOps.mirror(photo).save(folder / "2.png")
+            (folder / "consent.yaml").write_text(FIXTURE_CONSENT.format(source=parts[-1], package=package))
+        (tmp / CLASS_DIR).mkdir()
+        with Image.open(_fixture_photo(*FIXTURE_CLASS_PHOTO)) as group:
+            group = group.convert("RGB")
+            for k, (x, y) in enumerate(T1_FACE_CENTRES):
+                group.crop((x - 96, y - 96, x + 96, y + 96)).save(tmp / CLASS_DIR / f"{k:05d}.png")
+        for name in (PEOPLE_DIR, CLASS_DIR):
+            if (root / name).exists():
+                shutil.rmtree(root / name)
+            os.replace(tmp / name, root / name)
+        write_json(root / PEOPLE_MARKER, {"format": FORMAT_VERSION})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return people, classes
+
+
+def write_tiny_loras(base: Path, loras: Path, count: int, seed: int = 0) -> None:
+    """What the fine-tuning stage leaves for identities ``0..count-1``, with random LoRA weights in the official
+    format (and a ``person.json`` each): for tests and benches of generation alone."""
+    from diffusers import UNet2DConditionModel
+
+    from facefoundry.generators.id_booth.generator import PERSON_FILE, lora_folder
+    from facefoundry.generators.id_booth.training import add_lora, lora_parameters, save_lora
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    add_lora(unet, rank=4, seed=seed)
+    for identity in range(count):
+        gen = torch.Generator().manual_seed(seed + identity)
+        with torch.no_grad():
+            for p in lora_parameters(unet):
+                p.normal_(0, 0.3, generator=gen)
+        folder = lora_folder(loras, identity)
+        save_lora(folder, unet)
+        write_json(folder / PERSON_FILE, {"name": f"person-{identity + 1}", "gender": None})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
@@ -521,6 +522,38 @@ def dcface_ids(
         _stopped(exc, f"nothing was written to {out} (rerun the same command)")
     except Exception as exc:
         _fail(_one_line(exc))
+
+
+@app.command("id-booth-people")
+def id_booth_people(
+    people: Annotated[Path, typer.Argument(help="One folder per consenting person: photos and consent.yaml.")],
+    arcface: Annotated[Path, typer.Option(help="ArcFace_r100_ms1mv3_backbone.pth (generator.arcface).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The identity vectors to write (.npy).")],
+    mtcnn: Annotated[Path | None, typer.Option(help="Folder with MTCNN's pnet.pt, rnet.pt, onet.pt (default: "
+                                                    "facenet-pytorch's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """ID-Booth's identities: each consenting person's photos embedded (MTCNN crop, ArcFace) and averaged.
+
+    An ID-Booth run then takes them with identities.sampler: from_file and identities.file set to OUT, in the
+    order of the person folders (natural name order); the file holds biometric data of real people and is never
+    published."""
+    import numpy as np
+
+    from facefoundry.dataset.atomic import atomic_write_bytes
+    from facefoundry.generators.id_booth.prepare import people_vectors
+
+    try:
+        vectors = people_vectors(people, str(arcface), str(mtcnn) if mtcnn else None, device)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        atomic_write_bytes(out, buffer.getvalue())
+    except KeyboardInterrupt as exc:
+        _stopped(exc, f"nothing was written to {out} (rerun the same command)")
+    except Exception as exc:
+        _fail(_one_line(exc))
+    typer.echo(f"{out}: {len(vectors)} people, {vectors.shape[1]}-d unit vectors (identities.sampler: from_file, "
+               f"identities.file: {out}, identities.count: {len(vectors)})")
 
 
 models_app = typer.Typer(help="Model files in the Hugging Face cache: list them, fetch them (pre-warm nodes).",

@@ -75,6 +75,22 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
         "Arc2Face fast mode (LCMScheduler, 2-4 steps)",
         "LCM-LoRA for SD-1.5: few-step sampling adapter"),
     ModelSpec(
+        "sd21-base", "stabilityai/stable-diffusion-2-1-base",
+        ("model_index.json", "scheduler/scheduler_config.json",
+         "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+         "tokenizer/vocab.json", "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",
+         "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
+        "openrail++", ("sd21",), "generator.kind=id-booth (generator.base_model)",
+        "Stable Diffusion 2.1 base (512 px): ID-Booth fine-tunes one LoRA per consenting person on it"),
+    ModelSpec(
+        "arcface-ms1mv3", None, ("ArcFace_r100_ms1mv3_backbone.pth",),
+        "other", ("arcface-ms1mv3",), "generator.kind=id-booth (generator.arcface)",
+        "ArcFace R100 trained on MS1MV3 (arcface_torch iresnet100 state dict), the identity loss of ID-Booth; "
+        "not on the Hub",
+        manual="download the ms1mv3 arcface_r100 backbone from the insightface arcface_torch model zoo "
+        "(github.com/deepinsight/insightface, recognition/arcface_torch), save it as "
+        "ArcFace_r100_ms1mv3_backbone.pth and set generator.arcface to it (non-commercial research licence)"),
+    ModelSpec(
         "vec2face", "BooBooWu/Vec2Face", ("weights/vec2face_generator.pth",),
         "mit", ("vec2face-weights",), "generator.kind=vec2face (generator.checkpoint, generator.filename)",
         "Vec2Face generator checkpoint (entry model_vec2face)"),

@@ -69,4 +69,13 @@ UPSTREAM: dict[str, Upstream] = {
                          "internet face images annotated by the dlib author", True),
     "dlib-resnet": Upstream("dlib ResNet face recognition v1", "cc0-1.0",
                             "about 3M faces: FaceScrub, VGG-Face and web-scraped images (no consent)", True),
+    "sd21": Upstream("Stable Diffusion 2.1 base", "creativeml-openrail++-m (use-based restrictions)",
+                     "LAION-5B subsets (web-crawled, NSFW-filtered)", True),
+    "arcface-ms1mv3": Upstream("ArcFace R100 (MS1MV3, insightface arcface_torch)", "InsightFace pretrained models: "
+                               "non-commercial research only", "MS1MV3 (cleaned MS-Celeb-1M: web-crawled celebrity "
+                               "faces, no consent)", False),
+    "mtcnn": Upstream("MTCNN (facenet-pytorch's weights)", "mit (facenet-pytorch)",
+                      "WIDER FACE and CelebA (the MTCNN paper's training sets)", None),
+    "id-booth-people": Upstream("photos of the people who consented (never published)", "the people's consent "
+                                "records (see the card)", "the user's own photos of consenting people", None),
 }

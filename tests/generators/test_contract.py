@@ -16,8 +16,20 @@ from facefoundry.generators.registry import SPECS, generator_class
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # The fewest steps each sampler takes (what a tiny build needs to show the contract); micro-batches of 2.
-FAST = {"arc2face": {"steps": 1}, "idiff_face": {"sampler": "ddim", "steps": 1}, "dcface": {"steps": 1}}
+FAST = {"arc2face": {"steps": 1}, "idiff_face": {"sampler": "ddim", "steps": 1}, "dcface": {"steps": 1},
+        "id-booth": {"steps": 1, "resolution": 64}}
 IDENTITIES = 3
+
+
+def _id_booth_loras(paths):
+    """ID-Booth generates from the LoRAs its fine-tuning stage leaves: random ones in the official format here."""
+    from facefoundry.generators.id_booth.tiny import write_tiny_loras
+
+    write_tiny_loras(paths.base_model, paths.loras, IDENTITIES)
+
+
+# What a kind's preparation stage (GeneratorSpec.preparation) would have left before generation.
+PREPARED = {"id-booth": _id_booth_loras}
 
 
 def _section(kind: str, **updates):
@@ -34,6 +46,7 @@ def built(request, tmp_path_factory):
     kind = request.param
     gen = _section(kind)
     paths = SPECS[kind].model_paths(gen, tmp_path_factory.mktemp(f"{kind}-models"), seed=0, identities=IDENTITIES)
+    PREPARED.get(kind, lambda paths: None)(paths)
     generator = generator_class(gen).from_paths(gen, paths.model, paths.base_model, paths.extra)
     generator.setup()
     return kind, gen, generator

@@ -4,6 +4,7 @@ record or photos."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -58,3 +59,24 @@ def test_missing_folders_and_photos_are_named(tmp_path):
     _person(tmp_path, "carol", photos=())
     with pytest.raises(PeopleError, match="carol holds no photo"):
         read_people(tmp_path)
+
+
+def test_the_card_summarises_consent_without_names(tmp_path):
+    from facefoundry.generators.id_booth.config import IDBoothConfig
+    from facefoundry.generators.id_booth.people import consent_summary
+    from facefoundry.generators.id_booth.spec import CONSENT_SUMMARY, WORK_DIR, IDBoothSpec
+
+    _person(tmp_path / "people", "alice", record=RECORD.replace("participant 7", "Alice Example")
+            + "reference: form 3\nexpires: 2031-01-01\n")
+    _person(tmp_path / "people", "bob", record=RECORD.replace("2026-11-30", "2026-10-02"))
+    summary = consent_summary(read_people(tmp_path / "people", today=dt.date(2026, 12, 7)))
+    assert summary == {"people": 2, "consented_to": {"synthetic images of me for FR training": 2},
+                       "dates": ["2026-10-02", "2026-11-30"], "earliest_expiry": "2031-01-01", "with_reference": 1}
+    (tmp_path / "run" / WORK_DIR).mkdir(parents=True)
+    (tmp_path / "run" / WORK_DIR / CONSENT_SUMMARY).write_text(json.dumps(summary))
+    text = "\n".join(IDBoothSpec().card_sections(IDBoothConfig(people="p", arcface="a.pth"), tmp_path / "run"))
+    assert "All 2 identities are real people" in text and "2026-10-02 and 2026-11-30" in text
+    assert "expires on 2031-01-01" in text and "1 name a signed form" in text
+    assert "Alice" not in text and "alice" not in text and "bob" not in text
+    missing = "\n".join(IDBoothSpec().card_sections(IDBoothConfig(people="p"), tmp_path / "elsewhere"))
+    assert "is not in this run folder" in missing

@@ -57,7 +57,7 @@ def test_one_person_is_fine_tuned_from_their_folder_and_generated(tmp_path):
     work = tmp_path / "id-booth"
     make_class_images(CFG, str(base), work / CLASS_DIR, run_seed=5)
     steps = []
-    lora = finetune_identity(CFG, str(base), str(arcface), read_people(tmp_path / "people")[0], 0, work, 5,
+    lora = finetune_identity(CFG, str(base), str(arcface), read_people(tmp_path / "people")[0], 0, work, 5, None,
                              centre_box, progress=lambda step, total, terms: steps.append((step, total)))
     assert lora == lora_folder(work / LORA_DIR, 0) / LORA_FILE and lora.is_file()
     assert steps == [(s, 6) for s in range(1, 7)]  # 2 epochs x max(2 photos, 3 class images)

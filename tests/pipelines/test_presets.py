@@ -23,7 +23,11 @@ def _shards(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
 
 
-@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("smoke*.yaml")))
+# ID-Booth's preset fine-tunes on Ray before it generates: tests/pipelines/test_id_booth_run.py runs it whole.
+STAGES_ONLY = sorted(p.name for p in CONFIGS.glob("smoke*.yaml") if p.name != "smoke-id-booth.yaml")
+
+
+@pytest.mark.parametrize("preset", STAGES_ONLY)
 def test_a_smoke_preset_runs_through_the_stages_and_reproduces(preset, tmp_path):
     import datasets
 

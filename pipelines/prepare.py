@@ -1,0 +1,63 @@
+"""A generator's preparation jobs (:meth:`~facefoundry.generators.spec.GeneratorSpec.preparation`) on Ray, before
+the stages start: phase by phase, the jobs of a phase in parallel, each a Ray task with the generator stage's
+resources (one GPU worker per ID-Booth person); a job may return a short line for the log. A failed job does not
+stop the others of its phase; after the phase the run stops with one line naming each failure. Jobs are
+resumable, so a rerun finishes what is left."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any, TextIO
+
+from facefoundry.config import RunConfig
+from facefoundry.generators.registry import generator_class
+from facefoundry.generators.spec import PrepJob
+
+
+class PreparationError(RuntimeError):
+    """A preparation job failed; the message names it and its error."""
+
+
+def _call(function: str, kwargs: dict[str, Any]) -> Any:
+    module, name = function.split(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the job's own exception
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
+
+
+def run_preparation(cfg: RunConfig, phases: list[list[PrepJob]], log: TextIO) -> None:
+    """Run ``phases`` on the current Ray; :class:`PreparationError` when a job fails."""
+    if not any(phases):
+        return
+    import ray
+
+    resources = generator_class(cfg.generator).resources.override("ray.generator_gpus",
+                                                                   num_gpus=cfg.ray.generator_gpus)
+    task = ray.remote(_call).options(max_retries=cfg.ray.unit_retries, retry_exceptions=False,
+                                     **resources.ray_options())
+    for phase in phases:
+        started = time.monotonic()
+        pending = {task.remote(job.function, job.kwargs): job for job in phase}
+        log.write(f"preparing: {', '.join(job.name for job in phase)} ({len(phase)} job{'s' * (len(phase) > 1)})\n")
+        log.flush()
+        failed = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    said = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - every job's failure is reported, in one line each
+                    failed.append(f"{job.name}: {_one_line(exc)}")
+                    continue
+                said = f": {said}" if isinstance(said, str) and said else ""
+                log.write(f"prepared: {job.name}{said} ({time.monotonic() - started:.1f}s)\n")
+                log.flush()
+        if failed:
+            raise PreparationError(f"{len(failed)} preparation job(s) failed: " + "; ".join(failed)
+                                   + " (finished work is kept: fix the cause and rerun to resume)")
