@@ -1,6 +1,7 @@
-"""ID-Booth (FG 2025): Stable Diffusion 2.1 fine-tuned per consenting person with a LoRA, DreamBooth-style with
+"""ID-Booth (FG 2025): Stable Diffusion 2.1 base fine-tuned per consenting person with a LoRA, DreamBooth-style with
 prior preservation and a triplet identity loss; then prompted for varied images of exactly that person.
 
-In progress: the people folder and consent records (:mod:`.people`), the fine-tuning step equal to the official
-one (:mod:`.training`) and the tiny build (:mod:`.tiny`). Not yet a ``generator.kind``: the fine-tuning stage on
-Ray, generation, the card and the preset are still to come (issue 27)."""
+Modules: :mod:`.people` (person folders and consent records), :mod:`.training` (the official fine-tuning step,
+the LoRA format), :mod:`.finetune` (one person's epochs, checkpoints and resume), :mod:`.prepare` (the jobs the
+pipeline runs on Ray before generation), :mod:`.generator` (generation from a person's LoRA), :mod:`.tiny` (tiny
+builds in the official layouts and the fixture people), :mod:`.spec` (what the rest of facefoundry reads)."""

@@ -34,7 +34,7 @@ from facefoundry.generators.base import (
     resolve_dtype,
 )
 from facefoundry.generators.id_booth.config import IDBoothConfig
-from facefoundry.generators.id_booth.training import LORA_FILE
+from facefoundry.generators.id_booth.training import LORA_FILE, check_lora_fits
 
 PROMPT_COLUMN = "prompt"
 PERSON_FILE = "person.json"  # beside each identity's LoRA: {"name": ..., "gender": ...}
@@ -132,6 +132,7 @@ class IDBoothGenerator:
         if not (folder / LORA_FILE).is_file():
             raise FileNotFoundError(f"identity {identity} has no LoRA {folder / LORA_FILE}: its fine-tuning has not "
                                     "finished; rerun the run to finish it")
+        check_lora_fits(self.pipe.unet, folder / LORA_FILE)
         if self._loaded is not None:
             self.pipe.unload_lora_weights()
         self.pipe.load_lora_weights(str(folder), weight_name=LORA_FILE)

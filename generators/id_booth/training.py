@@ -157,6 +157,34 @@ def load_lora(unet: torch.nn.Module, source: str | Path) -> None:
     set_peft_model_state_dict(unet, peft_state, adapter_name="default")
 
 
+def check_lora_fits(unet: torch.nn.Module, file: str | Path) -> None:
+    """:class:`LoraError` naming the file unless every layer of the UNet LoRA ``file`` (diffusers' key format, as
+    saved by :func:`save_lora` and the official script) has a linear layer of matching width in ``unet``: a LoRA
+    trained on another base model is refused before diffusers loads it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt") as handle:
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise LoraError(f"cannot read the LoRA file {file}: {exc}") from exc
+    for key, shape in shapes.items():
+        if not key.endswith(".lora.down.weight"):
+            continue
+        name = key.removeprefix("unet.").removesuffix(".lora.down.weight")
+        try:
+            layer = unet.get_submodule(name)
+        except AttributeError:
+            layer = None
+        layer = getattr(layer, "base_layer", layer)
+        up = shapes.get(key.replace(".lora.down.", ".lora.up."))
+        if not isinstance(layer, torch.nn.Linear) or shape[1] != layer.in_features or up is None \
+                or up[0] != layer.out_features:
+            raise LoraError(f"{file} does not fit this base model's UNet (its layer {name} has no linear layer of "
+                            "that width here): it was trained for another base model; fine-tune it again on "
+                            "generator.base_model")
+
+
 def _peft_adapter_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 

@@ -19,7 +19,7 @@ from facefoundry.generators.id_booth.generator import (
     lora_folder,
 )
 from facefoundry.generators.id_booth.tiny import build_tiny_id_booth
-from facefoundry.generators.id_booth.training import add_lora, lora_parameters, save_lora
+from facefoundry.generators.id_booth.training import LoraError, add_lora, lora_parameters, save_lora
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 CFG = IDBoothConfig(tiny=True, resolution=64, steps=2, batch_size=2, device="cpu", dtype="float32")
@@ -88,3 +88,20 @@ def test_an_identity_without_a_finished_lora_is_named(generator):
         generator.generate_output(*_inputs([7], [1]))
     with pytest.raises(ValueError, match="needs each image's identity_index"):
         generator.generate_output(np.ones((1, 512), np.float32), np.array([1]), None)
+
+
+def test_a_lora_trained_for_another_base_model_is_refused(generator, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    other = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+                                 block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                 attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32)
+    add_lora(other, rank=4, seed=0)
+    folder = lora_folder(tmp_path, 0)
+    save_lora(folder, other)
+    (folder / PERSON_FILE).write_text(json.dumps({"name": "x", "gender": None}))
+    wrong = IDBoothGenerator.from_paths(CFG, base_model=generator.base, extra=str(tmp_path))
+    wrong.pipe, wrong.device = generator.pipe, generator.device
+    with pytest.raises(LoraError, match="trained for another base model"):  # refused before the pipeline changes
+        wrong.generate_output(*_inputs([0], [1]))
