@@ -84,7 +84,8 @@ class IDBoothGenerator:
     def model_files(cls, cfg: IDBoothConfig, model: str | None = None, base_model: str | None = None,
                     extra: str | None = None) -> list[ModelFiles]:
         """The base pipeline's files (the LoRAs are made by the run's fine-tuning stage)."""
-        return [ModelFiles(str(base_model or model or cfg.base_model), BASE_FILES, None, None, "generator.base_model")]
+        return [ModelFiles(str(base_model or model or cfg.base_model), BASE_FILES, "sd21-base", cfg.revision,
+                           "generator.base_model")]
 
     @classmethod
     def from_paths(cls, cfg: IDBoothConfig, model: str | None = None, base_model: str | None = None,

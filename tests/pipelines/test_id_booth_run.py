@@ -1,6 +1,7 @@
 """ID-Booth's smoke preset through the CLI: two "people" with consent records, class images, one fine-tuning per
-person on Ray, generation; loaded back with ``datasets``; a second run is byte-identical; a SIGKILL during
-fine-tuning resumes without redoing the person already finished, and the other from their checkpoint."""
+person on Ray, generation; loaded back with ``datasets``; a SIGKILL during fine-tuning resumes without redoing the
+person already finished and the other from their checkpoint, and that second run makes the same LoRAs and shards,
+byte for byte, as the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from facefoundry.runfolder.verify import verify_run
 pytestmark = [pytest.mark.ray, pytest.mark.spawn, pytest.mark.usefixtures("shared_ray")]
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smoke-id-booth.yaml"
 HOLD = Path(__file__).resolve().parents[1] / "helpers" / "slowcommits"  # FACEFOUNDRY_TEST_HOLD_FINETUNE
-ARGS = ["--set", "generator.epochs=3"]  # 3 epochs of 6 steps, a checkpoint after each
+ARGS = ["--set", "generator.epochs=2"]  # 2 epochs of 6 steps, a checkpoint after each
 
 
 def _digests(out: Path, pattern: str) -> dict[str, str]:
@@ -39,26 +40,22 @@ def reference(tmp_path_factory):
     return out, result.output
 
 
-def test_the_preset_fine_tunes_generates_loads_and_reproduces(reference, tmp_path):
+def test_the_preset_fine_tunes_generates_and_loads(reference):
+    """(Its reproducibility: the killed-and-resumed run below makes the same LoRAs and shards.)"""
     import datasets
+
+    from facefoundry.publishing.card.build import build_card
 
     out, output = reference
     assert "prepared: class images: 6 images" in output
-    assert "prepared: fine-tuning person-1: 18 steps" in output and "prepared: fine-tuning person-2: 18 steps" in output
+    assert "prepared: fine-tuning person-1: 12 steps" in output and "prepared: fine-tuning person-2: 12 steps" in output
     ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
     assert len(ds) == 8 and sorted(set(ds["identity"])) == [0, 1] and ds[0]["image"].size == (64, 64)
     assert all(p.startswith("face ") and "sks person" in p for p in ds["prompt"])
     assert verify_run(out) == []
-    from facefoundry.publishing.card.build import build_card
-
     card = str(build_card(out))
     assert "> **Real people.**" in card and "## Consent" in card and "tooling rehearsal: its 2 'people'" in card
     assert not any(name in card for name in ("grace_hopper", "Tom_Hanks", "person-1", "consent.yaml"))
-    again = tmp_path / "again"
-    result = CliRunner().invoke(app, ["run", str(CONFIG), "--out", str(again), *ARGS])
-    assert result.exit_code == 0, result.output
-    assert _digests(again, "data/*.parquet") == _digests(out, "data/*.parquet")
-    assert _digests(again, f"id-booth/loras/*/{LORA_FILE}") == _digests(out, f"id-booth/loras/*/{LORA_FILE}")
 
 
 def test_sigkill_during_fine_tuning_resumes_without_redoing_finished_people(reference, tmp_path):
@@ -87,7 +84,7 @@ def test_sigkill_during_fine_tuning_resumes_without_redoing_finished_people(refe
     result = CliRunner().invoke(app, ["run", str(CONFIG), "--out", str(out), *ARGS])
     assert result.exit_code == 0, result.output
     assert "prepared: fine-tuning person-1: finished before, kept" in result.output, result.output
-    assert "prepared: fine-tuning person-2: resumed at step 6 of 18" in result.output, result.output
+    assert "prepared: fine-tuning person-2: resumed at step 6 of 12" in result.output, result.output
     assert finished.stat().st_mtime_ns == kept
     ref, _ = reference
     assert _digests(out, f"id-booth/loras/*/{LORA_FILE}") == _digests(ref, f"id-booth/loras/*/{LORA_FILE}")
