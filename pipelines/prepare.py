@@ -13,15 +13,26 @@ from typing import Any, TextIO
 from facefoundry.config import RunConfig
 from facefoundry.generators.registry import generator_class
 from facefoundry.generators.spec import PrepJob
+from facefoundry.resources import Resources
 
 
 class PreparationError(RuntimeError):
     """A preparation job failed; the message names it and its error."""
 
 
-def _call(function: str, kwargs: dict[str, Any]) -> Any:
-    module, name = function.split(":")
-    return getattr(importlib.import_module(module), name)(**kwargs)
+def job_resources(cfg: RunConfig) -> Resources:
+    """What one job asks Ray for: the generator stage's declaration with ``ray.generator_gpus`` GPUs."""
+    return generator_class(cfg.generator).resources.override("ray.generator_gpus", num_gpus=cfg.ray.generator_gpus)
+
+
+def run_job(cfg: RunConfig, job: PrepJob) -> Any:
+    """One job in this process, with as many torch threads as CPUs it reserves (float results depend on the thread
+    count: a job run here or in a Ray worker gives the same bytes; jobs of a phase run side by side)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(job_resources(cfg).num_cpus)))
+    module, name = job.function.split(":")
+    return getattr(importlib.import_module(module), name)(**job.kwargs)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -36,13 +47,11 @@ def run_preparation(cfg: RunConfig, phases: list[list[PrepJob]], log: TextIO) ->
         return
     import ray
 
-    resources = generator_class(cfg.generator).resources.override("ray.generator_gpus",
-                                                                   num_gpus=cfg.ray.generator_gpus)
-    task = ray.remote(_call).options(max_retries=cfg.ray.unit_retries, retry_exceptions=False,
-                                     **resources.ray_options())
+    task = ray.remote(run_job).options(max_retries=cfg.ray.unit_retries, retry_exceptions=False,
+                                       **job_resources(cfg).ray_options())
     for phase in phases:
         started = time.monotonic()
-        pending = {task.remote(job.function, job.kwargs): job for job in phase}
+        pending = {task.remote(cfg, job): job for job in phase}
         log.write(f"preparing: {', '.join(job.name for job in phase)} ({len(phase)} job{'s' * (len(phase) > 1)})\n")
         log.flush()
         failed = []

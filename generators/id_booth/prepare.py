@@ -34,7 +34,7 @@ from facefoundry.generators.id_booth.finetune import (
 from facefoundry.generators.id_booth.generator import PERSON_FILE, lora_folder
 from facefoundry.generators.id_booth.people import PHOTO_SUFFIXES, Person, natural_key
 from facefoundry.generators.id_booth.tiny import ARCFACE_DIR, ARCFACE_FILE
-from facefoundry.generators.id_booth.training import FaceBox, Models, StepSettings, add_lora, mtcnn_face_box
+from facefoundry.generators.id_booth.training import LORA_FILE, FaceBox, Models, StepSettings, add_lora, mtcnn_face_box
 from facefoundry.seeds import derive_seed
 
 CLASS_DIR = "class-images"
@@ -141,6 +141,8 @@ def finetune_identity(cfg: IDBoothConfig, base: str, arcface: str, person: Perso
     folder = lora_folder(work / LORA_DIR, identity)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PERSON_FILE).write_text(json.dumps({"name": person.name, "gender": person.consent.gender}) + "\n")
+    if finished_steps(folder) is None:  # finished before: nothing to load
+        return folder / LORA_FILE
     device = resolve_device(device if device is not None else cfg.device)
     dtype = resolve_dtype(cfg.dtype, device, "float16")
     face_box = face_box or mtcnn_face_box(cfg.mtcnn, device)

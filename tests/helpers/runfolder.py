@@ -80,18 +80,23 @@ def make_run(out: Path, identities: int = 4, per_identity: int = 3, per_unit: in
 
 
 def write_in_process(cfg, out: str | Path) -> list[dict]:
-    """A finished run of ``cfg`` in ``out`` (a folder or a URI), every unit through the same stages a Ray worker
-    runs (set up the same way), in this process; the manifests. Tiny model builds go under ``out`` (a folder)
-    or a temporary folder (a URI)."""
+    """A finished run of ``cfg`` in ``out`` (a folder or a URI), the generator's preparation jobs and every unit
+    through the same stages a Ray worker runs (set up the same way), in this process; the manifests. Tiny model
+    builds go under ``out`` (a folder) or a temporary folder (a URI)."""
     import os
     import tempfile
 
     from facefoundry.dataset.storage import is_remote
+    from facefoundry.generators.registry import spec_of
+    from facefoundry.pipelines.prepare import run_job
 
     prepare_run_folder(out, cfg)
     write_identities(out, cfg)
     with tempfile.TemporaryDirectory(prefix="ffmodels-") as models:
         paths = resolve_model_paths(cfg, Path(models) if is_remote(out) else Path(out))
+        for phase in spec_of(cfg.generator).preparation(cfg.generator, paths, cfg.run.seed, cfg.identities.count):
+            for job in phase:  # what pipelines.prepare runs on Ray, one job after the other here
+                run_job(cfg, job)
         stages: list[Stage] = pipeline(cfg, str(out), paths, file_metadata(cfg))
         for stage in stages:
             stage.setup_worker(os.cpu_count())
