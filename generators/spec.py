@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 # What shard metadata says instead of a model id when the weights were built in code.
 TINY_WEIGHTS = "tiny-random (built in code)"
 UNPINNED = "not pinned (latest at run time)"  # the card's word for a Hub model without a revision
+# Latent diffusion (Stable Diffusion), cited by every generator built on an SD base.
+LDM_CITATION = """@inproceedings{rombach2022ldm,
+  title = {High-Resolution Image Synthesis with Latent Diffusion Models},
+  author = {Rombach, Robin and Blattmann, Andreas and Lorenz, Dominik and Esser, Patrick and Ommer, Bj{\\"o}rn},
+  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year = {2022}
+}"""
 
 
 def hub_id(value: str | None, default: str) -> str:

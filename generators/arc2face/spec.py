@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from facefoundry.generators.arc2face.config import Arc2FaceConfig
-from facefoundry.generators.spec import TINY_WEIGHTS, UNPINNED, GeneratorSpec, ModelPaths, UpstreamUse, hub_id
+from facefoundry.generators.spec import (
+    LDM_CITATION,
+    TINY_WEIGHTS,
+    UNPINNED,
+    GeneratorSpec,
+    ModelPaths,
+    UpstreamUse,
+    hub_id,
+)
 from facefoundry.models import hub_repo
 
 
@@ -27,12 +35,7 @@ class Arc2FaceSpec(GeneratorSpec):
   booktitle = {European Conference on Computer Vision (ECCV)},
   year = {2024}
 }""",
-        "sd": """@inproceedings{rombach2022ldm,
-  title = {High-Resolution Image Synthesis with Latent Diffusion Models},
-  author = {Rombach, Robin and Blattmann, Andreas and Lorenz, Dominik and Esser, Patrick and Ommer, Bj{\\"o}rn},
-  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year = {2022}
-}""",
+        "sd": LDM_CITATION,
         "dpmsolver": """@article{lu2022dpmsolverpp,
   title = {DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models},
   author = {Lu, Cheng and Zhou, Yuhao and Bao, Fan and Chen, Jianfei and Li, Chongxuan and Zhu, Jun},

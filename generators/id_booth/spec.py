@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from facefoundry.generators.id_booth.config import IDBoothConfig
-from facefoundry.generators.spec import TINY_WEIGHTS, GeneratorSpec, ModelPaths, PrepJob, UpstreamUse, hub_id
+from facefoundry.generators.spec import (
+    LDM_CITATION,
+    TINY_WEIGHTS,
+    GeneratorSpec,
+    ModelPaths,
+    PrepJob,
+    UpstreamUse,
+    hub_id,
+)
 from facefoundry.models import hub_repo
 
 WORK_DIR = "id-booth"  # beside the run's models/: class images and one LoRA folder per identity
@@ -48,12 +56,7 @@ class IDBoothSpec(GeneratorSpec):
   booktitle = {International Conference on Learning Representations (ICLR)},
   year = {2022}
 }""",
-        "sd": """@inproceedings{rombach2022ldm,
-  title = {High-Resolution Image Synthesis with Latent Diffusion Models},
-  author = {Rombach, Robin and Blattmann, Andreas and Lorenz, Dominik and Esser, Patrick and Ommer, Bj{\\"o}rn},
-  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year = {2022}
-}""",
+        "sd": LDM_CITATION,
     }
 
     def identity_space_error(self, gen: Any, identities: Any) -> str | None:
