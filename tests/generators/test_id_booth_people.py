@@ -80,3 +80,12 @@ def test_the_card_summarises_consent_without_names(tmp_path):
     assert "Alice" not in text and "alice" not in text and "bob" not in text
     missing = "\n".join(IDBoothSpec().card_sections(IDBoothConfig(people="p"), tmp_path / "elsewhere"))
     assert "is not in this run folder" in missing
+
+
+def test_the_gated_access_prompt_says_the_people_are_real():
+    from facefoundry.generators.id_booth.spec import IDBoothSpec
+    from facefoundry.publishing.card.build import gated_fields
+
+    real = gated_fields("cc-by-nc-4.0", IDBoothSpec.real_people)[0]
+    assert "real people who consented" in real and "No image shows a real person" not in real
+    assert "No image shows a real person" in gated_fields("cc-by-nc-4.0")[0]

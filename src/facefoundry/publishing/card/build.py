@@ -29,13 +29,17 @@ class CardError(RunFactsError):
     """The run folder cannot be described (not a run, or no finished unit)."""
 
 
-def gated_fields(license: str) -> tuple[str, dict]:
-    """The access-request prompt and form of a gated repository."""
+def gated_fields(license: str, real_people: bool = False) -> tuple[str, dict]:
+    """The access-request prompt and form of a gated repository (``real_people``: the identities are real people
+    who consented, as with ID-Booth)."""
     nc = check_license(license) in NONCOMMERCIAL_LICENSES
-    prompt = ("This dataset contains synthetic face images. No image shows a real person, but the models that "
-              "made them were trained on photos of real people collected without their consent. To get access, "
-              "agree not to use the data to identify, track or impersonate anyone, not to try to recover real "
-              f"identities from it, and to follow its licence ({license}"
+    about = ("This dataset contains generated face images of real people who consented to this use; the models "
+             "that made them were also trained on photos of other people collected without their consent."
+             if real_people else
+             "This dataset contains synthetic face images. No image shows a real person, but the models that "
+             "made them were trained on photos of real people collected without their consent.")
+    prompt = (f"{about} To get access, agree not to use the data to identify, track or impersonate anyone, not to "
+              f"try to recover real identities from it, and to follow its licence ({license}"
               + (", non-commercial use only)." if nc else ")."))
     fields = {
         "Name": "text",
@@ -76,7 +80,8 @@ def build_card(run_dir: str | Path, license: str = DEFAULT_LICENSE, pretty_name:
     features = _features(facts)
     extra = {}
     if gated:
-        extra["extra_gated_prompt"], extra["extra_gated_fields"] = gated_fields(license)
+        extra["extra_gated_prompt"], extra["extra_gated_fields"] = gated_fields(license, spec_of(cfg.generator)
+                                                                                .real_people)
     data = DatasetCardData(
         license=license,
         pretty_name=pretty_name,
