@@ -137,17 +137,16 @@ def _build_loaded(state: dict, path: Path, model_name: str, device: str | torch.
     return model.eval().to(device)
 
 
-def load_arcface_r100(path: str | Path, device: str | torch.device = "cpu", filename: str = ARCFACE_FILE,
-                      fp16: bool = False) -> IResNet:
-    """An ``arcface_torch`` IResNet-100 state dict, eval mode, frozen: by default Vec2Face's ArcFace-R100
-    (Glint360K, ``weights/arcface-r100-glint360k.pth``); ID-Booth passes its ``ArcFace_r100_ms1mv3_backbone.pth``
-    and ``fp16`` (its ``get_model("r100", fp16=True)``: convolutions under CUDA autocast).
+def load_arcface_r100(path: str | Path, device: str | torch.device = "cpu", fp16: bool = False) -> IResNet:
+    """An ``arcface_torch`` IResNet-100 state dict, eval mode, frozen: Vec2Face's ArcFace-R100 (Glint360K,
+    ``weights/arcface-r100-glint360k.pth``) or another file in its layout (ID-Booth's MS1MV3 one, loaded with
+    ``fp16`` as its ``get_model("r100", fp16=True)``: convolutions under CUDA autocast).
 
-    ``path``: the file, or a folder holding ``weights/<filename>`` or ``<filename>``. Input ``(N, 3, 112, 112)``
-    RGB in [-1, 1]; output raw ``(N, 512)`` features (not L2-normalised).
+    ``path``: the file, or a folder holding ``weights/<file>`` or ``<file>`` (Vec2Face's file name). Input
+    ``(N, 3, 112, 112)`` RGB in [-1, 1]; output raw ``(N, 512)`` features (not L2-normalised).
     """
     name = "ArcFace-R100"
-    path = resolve_weights(path, filename, name)
+    path = resolve_weights(path, ARCFACE_FILE, name)
     state = tensor_dict(read_checkpoint(path, name), path, name)
     model = _build_loaded(state, path, name, device, BN_EPS)
     model.fp16 = fp16

@@ -12,6 +12,8 @@ from facefoundry.sections import StrictModel
 
 BACKGROUNDS = ("forest", "city street", "beach", "office", "bus", "laboratory", "factory", "construction site",
                "hospital", "night club")  # inference_ID-Booth.py's backgrounds_list (besides "no background")
+ARCFACE_DIR = "ArcFace_files"  # the official repository's folder for the ArcFace model
+ARCFACE_FILE = "ArcFace_r100_ms1mv3_backbone.pth"  # the file name the official ArcFace_functions.py loads
 NEGATIVE_PROMPT = ("cartoon, cgi, render, illustration, painting, drawing, black and white, bad body proportions, "
                    "landscape")
 

@@ -224,11 +224,6 @@ def plan_for(data: TrainingData, epochs: int, checkpoint_epochs: int) -> Plan:
     return Plan(epochs, data.length, max(1, min(checkpoint_epochs, epochs)))
 
 
-def steps_label(plan: Plan) -> str:
-    """e.g. ``32 epochs x 200 steps = 6400 steps``."""
-    return f"{plan.epochs} epochs x {plan.steps_per_epoch} steps = {plan.total_steps} steps"
-
-
 @dataclass
 class ClassImages:
     """The prior-preservation images (generated once per run from the class prompt) that show a face, with

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from facefoundry.generators.base import resolve_device, resolve_dtype
-from facefoundry.generators.id_booth.config import IDBoothConfig
+from facefoundry.generators.id_booth.config import ARCFACE_DIR, ARCFACE_FILE, IDBoothConfig
 from facefoundry.generators.id_booth.finetune import (
     class_images_with_faces,
     finished_steps,
@@ -33,7 +33,6 @@ from facefoundry.generators.id_booth.finetune import (
 )
 from facefoundry.generators.id_booth.generator import PERSON_FILE, lora_folder
 from facefoundry.generators.id_booth.people import PHOTO_SUFFIXES, Person, natural_key
-from facefoundry.generators.id_booth.tiny import ARCFACE_DIR, ARCFACE_FILE
 from facefoundry.generators.id_booth.training import LORA_FILE, FaceBox, Models, StepSettings, add_lora, mtcnn_face_box
 from facefoundry.seeds import derive_seed
 
@@ -127,7 +126,7 @@ def load_models(cfg: IDBoothConfig, base: str, arcface: str, face_box: FaceBox, 
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet").to(device, dtype)
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae").to(device, dtype).requires_grad_(False)
     scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
-    face_model = load_arcface_r100(arcface_file(arcface), device, filename=ARCFACE_FILE, fp16=True)
+    face_model = load_arcface_r100(arcface_file(arcface), device, fp16=True)
     return Models(unet, vae, scheduler, face_model, face_box)
 
 
@@ -196,7 +195,7 @@ def people_vectors(people: str | Path, arcface: str, mtcnn: str | None = None,
     from facefoundry.generators.id_booth.people import read_people
 
     everyone = read_people(people)  # consent records first: nothing is embedded for a folder without one
-    model = load_arcface_r100(arcface_file(arcface), device, filename=ARCFACE_FILE, fp16=True)
+    model = load_arcface_r100(arcface_file(arcface), device, fp16=True)
     box = mtcnn_face_box(mtcnn, device)
     vectors = []
     for person in everyone:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from facefoundry.generators.id_booth.config import IDBoothConfig
+from facefoundry.generators.id_booth.config import ARCFACE_FILE, IDBoothConfig
 from facefoundry.generators.spec import (
     LDM_CITATION,
     TINY_WEIGHTS,
@@ -20,7 +20,6 @@ from facefoundry.models import hub_repo
 
 WORK_DIR = "id-booth"  # beside the run's models/: class images and one LoRA folder per identity
 CONSENT_SUMMARY = "consent-summary.json"  # in WORK_DIR, read by the card
-ARCFACE_FILE = "ArcFace_r100_ms1mv3_backbone.pth"
 
 
 class IDBoothSpec(GeneratorSpec):

@@ -26,11 +26,10 @@ from typing import Any
 
 import torch
 
+from facefoundry.generators.id_booth.config import ARCFACE_DIR, ARCFACE_FILE
 from facefoundry.generators.tiny_weights import write_clip_tokenizer, write_json
 
 BASE_DIR = "stable-diffusion-2-1-base"
-ARCFACE_DIR = "ArcFace_files"
-ARCFACE_FILE = "ArcFace_r100_ms1mv3_backbone.pth"  # the file name the official ArcFace_functions.py loads
 MARKER = ".facefoundry-tiny-id-booth.json"
 FORMAT_VERSION = 1
 WORDS = ("photo", "of", "a", "sks", "person", "face", "portrait", "side-portrait", "female", "male", "background")

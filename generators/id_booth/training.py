@@ -134,7 +134,7 @@ def load_lora(unet: torch.nn.Module, source: str | Path) -> None:
     trained for another base model)."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
     from diffusers.utils import convert_unet_state_dict_to_peft
-    from peft.utils import set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     path = Path(source)
     folder, name = (path.parent, path.name) if path.is_file() else (path, LORA_FILE)
@@ -146,7 +146,7 @@ def load_lora(unet: torch.nn.Module, source: str | Path) -> None:
         raise LoraError(f"{folder / name} is not a UNet-only LoRA (parts {other or 'none'}); ID-Booth trains the "
                         "UNet's attention projections only")
     peft_state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
-    expected = {k.replace(".default.", "."): v for k, v in _peft_adapter_state(unet).items()}
+    expected = get_peft_model_state_dict(unet)  # adapter name already left out of the keys
     wrong = [k for k in peft_state if k not in expected or peft_state[k].shape != expected[k].shape]
     missing = [k for k in expected if k not in peft_state]
     if wrong or missing:
@@ -183,12 +183,6 @@ def check_lora_fits(unet: torch.nn.Module, file: str | Path) -> None:
             raise LoraError(f"{file} does not fit this base model's UNet (its layer {name} has no linear layer of "
                             "that width here): it was trained for another base model; fine-tune it again on "
                             "generator.base_model")
-
-
-def _peft_adapter_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    from peft.utils import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(unet)
 
 
 def decode_for_detector(latents: torch.Tensor, vae: Any, scaling_factor: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from facefoundry.faces.iresnet import load_arcface_r100
-from facefoundry.generators.id_booth.tiny import ARCFACE_FILE, build_tiny_id_booth
+from facefoundry.generators.id_booth.tiny import build_tiny_id_booth
 from facefoundry.generators.id_booth.training import (
     LORA_FILE,
     Batch,
@@ -44,7 +44,7 @@ def _load(base, arcface_file, box):
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae").requires_grad_(False)
     scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
-    arcface = load_arcface_r100(arcface_file, filename=ARCFACE_FILE, fp16=True)
+    arcface = load_arcface_r100(arcface_file, fp16=True)
     return Models(unet, vae, scheduler, arcface, box)
 
 
@@ -342,7 +342,7 @@ def test_the_official_detector_finds_and_crops_real_faces(tiny):
 
     box = mtcnn_face_box()  # facenet-pytorch's weights, which `make` installs
     _, arcface_file = tiny
-    arcface = load_arcface_r100(arcface_file, filename=ARCFACE_FILE)
+    arcface = load_arcface_r100(arcface_file)
     for name in ("hanks", "astronaut"):
         image = open_rgb(PHOTOS[name][0])
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
