@@ -72,6 +72,18 @@ def tiny_clip_vocab(words: tuple[str, ...]) -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
+def build_is_complete(root: Path, marker: str, seed: int, version: int) -> bool:
+    """Whether ``root`` holds a finished tiny build: its marker file (written last) names this seed and format
+    version, and every file the marker lists is there."""
+    try:
+        found = json.loads((root / marker).read_text())
+    except (OSError, ValueError):
+        return False
+    if found.get("seed") != seed or found.get("format") != version:
+        return False
+    return all((root / rel).is_file() for rel in found.get("files", []))
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """``data`` as sorted, indented JSON (the bytes of a tiny build must not depend on dict order)."""
     path.parent.mkdir(parents=True, exist_ok=True)

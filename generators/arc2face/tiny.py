@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facefoundry.generators.tiny_weights import write_clip_tokenizer, write_json
+from facefoundry.generators.tiny_weights import build_is_complete, write_clip_tokenizer, write_json
 
 MODEL_DIR = "Arc2Face"
 BASE_DIR = "stable-diffusion-v1-5"
@@ -143,16 +143,6 @@ def _model_index() -> dict[str, Any]:
     }
 
 
-def _is_complete(root: Path, seed: int, marker_name: str = MARKER) -> bool:
-    try:
-        marker = json.loads((root / marker_name).read_text())
-    except (OSError, ValueError):
-        return False
-    if marker.get("seed") != seed or marker.get("format") != FORMAT_VERSION:
-        return False
-    return all((root / rel).is_file() for rel in marker.get("files", []))
-
-
 def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
     """Build (once) tiny random Arc2Face weights under ``root``; return ``(model_path, base_path)``
     (the LCM-LoRA file is at :func:`tiny_lcm_lora_path`).
@@ -163,7 +153,7 @@ def build_tiny_arc2face(root: Path, seed: int = 0) -> tuple[Path, Path]:
     """
     root = Path(root)
     model_path, base_path = root / MODEL_DIR, root / BASE_DIR
-    if _is_complete(root, seed):
+    if build_is_complete(root, MARKER, seed, FORMAT_VERSION):
         return model_path, base_path
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
@@ -257,7 +247,7 @@ def build_tiny_arc2face_controlnet(root: Path, seed: int = 0) -> tuple[Path, Pat
     root = Path(root)
     model_path, base_path = build_tiny_arc2face(root, seed)
     poses = tiny_pose_images_path(root)
-    if _is_complete(root, seed, CONTROLNET_MARKER):
+    if build_is_complete(root, CONTROLNET_MARKER, seed, FORMAT_VERSION):
         return model_path, base_path, poses
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
     try:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from facefoundry.generators.id_booth.config import ARCFACE_DIR, ARCFACE_FILE
-from facefoundry.generators.tiny_weights import write_clip_tokenizer, write_json
+from facefoundry.generators.tiny_weights import build_is_complete, write_clip_tokenizer, write_json
 
 BASE_DIR = "stable-diffusion-2-1-base"
 MARKER = ".facefoundry-tiny-id-booth.json"
@@ -89,16 +89,6 @@ def _model_index() -> dict[str, Any]:
     }
 
 
-def _is_complete(root: Path, seed: int) -> bool:
-    try:
-        marker = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    if marker.get("seed") != seed or marker.get("format") != FORMAT_VERSION:
-        return False
-    return all((root / rel).is_file() for rel in marker.get("files", []))
-
-
 def build_tiny_id_booth(root: Path, seed: int = 0) -> tuple[Path, Path]:
     """Build (once) the tiny SD-2.1-base and ArcFace under ``root``; return ``(base_model, arcface_file)``.
 
@@ -111,7 +101,7 @@ def build_tiny_id_booth(root: Path, seed: int = 0) -> tuple[Path, Path]:
 
     root = Path(root)
     base, arcface = root / BASE_DIR, root / ARCFACE_DIR / ARCFACE_FILE
-    if _is_complete(root, seed):
+    if build_is_complete(root, MARKER, seed, FORMAT_VERSION):
         return base, arcface
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
