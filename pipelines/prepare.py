@@ -11,6 +11,7 @@ import time
 from typing import Any, TextIO
 
 from facefoundry.config import RunConfig
+from facefoundry.errors import error_line
 from facefoundry.generators.registry import generator_class
 from facefoundry.generators.spec import PrepJob
 from facefoundry.resources import Resources
@@ -35,12 +36,6 @@ def run_job(cfg: RunConfig, job: PrepJob) -> Any:
     return getattr(importlib.import_module(module), name)(**job.kwargs)
 
 
-def _one_line(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the job's own exception
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
-
-
 def run_preparation(cfg: RunConfig, phases: list[list[PrepJob]], log: TextIO) -> None:
     """Run ``phases`` on the current Ray; :class:`PreparationError` when a job fails."""
     if not any(phases):
@@ -62,7 +57,8 @@ def run_preparation(cfg: RunConfig, phases: list[list[PrepJob]], log: TextIO) ->
                 try:
                     said = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - every job's failure is reported, in one line each
-                    failed.append(f"{job.name}: {_one_line(exc)}")
+                    # a RayTaskError carries the job's own exception as its cause
+                    failed.append(f"{job.name}: {error_line(getattr(exc, 'cause', None) or exc)}")
                     continue
                 said = f": {said}" if isinstance(said, str) and said else ""
                 log.write(f"prepared: {job.name}{said} ({time.monotonic() - started:.1f}s)\n")

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from facefoundry.config import RunConfig, load_config
+from facefoundry.errors import error_line
 from facefoundry.layout import EVAL_DIR, REPORT_DIR
 from facefoundry.sections import ConfigError
 
@@ -31,13 +32,6 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key: section.key=value (YAML value). Repeatable."),
 ]
-
-
-def _one_line(exc: BaseException) -> str:
-    """The most specific line of an error (Ray wraps worker errors in long tracebacks)."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    return text if ":" in text else f"{type(exc).__name__}: {text}"
 
 
 def _shown(out: str) -> str:
@@ -122,7 +116,7 @@ def run(
     except Exception as exc:  # one line for users, the trace on request
         if debug:
             traceback.print_exc()
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     typer.echo(f"{summary.line()} -> {_shown(out)}")
     if summary.failed:
         for unit, reason in summary.failed:
@@ -151,7 +145,7 @@ def submit(
     except KeyboardInterrupt:
         _fail("detached; the job keeps running (facefoundry status / stop RUN_ID)", code=130)
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     verb = "attached to" if result.attached else "submitted"
     target = _shown(result.out or out)
     typer.echo(f"{verb} job {result.submission_id} (run {result.run_id}): {result.status} -> {target}")
@@ -167,7 +161,7 @@ def status(run_id: RunIdArg, address: AddressOpt) -> None:
     try:
         state = sub.status(address, run_id)
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     typer.echo(f"{state.submission_id}: {state.status}" + (f" ({state.message})" if state.message else "")
                + (f" -> {_shown(state.out)}" if state.out else ""))
 
@@ -180,7 +174,7 @@ def stop(run_id: RunIdArg, address: AddressOpt) -> None:
     try:
         state, sent = sub.stop(address, run_id)
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     typer.echo(f"{state.submission_id}: {'stop requested' if sent else 'not running'} ({state.status})")
 
 
@@ -206,7 +200,7 @@ def sample(config: ConfigArg, out: RunOutOpt, set_: SetOpt = None, fresh: FreshO
     except KeyboardInterrupt as exc:
         _stopped(exc, "nothing of the sampling is kept (rerun the same command)")
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     nn = meta["nn_cosine"]
     typer.echo(f"{meta['count']} identities ({meta['sampler']}, {meta['candidates']} candidates) -> {_shown(out)}")
     typer.echo(f"nearest-neighbour cosine: min {nn['min']:.4f}  p50 {nn['p50']:.4f}  p99 {nn['p99']:.4f}  "
@@ -233,7 +227,7 @@ def verify(run_dir: Annotated[str, typer.Argument(help="A run folder or remote r
     except RunFolderError as exc:
         _fail(f"{exc}; give the folder a run wrote (`facefoundry run CONFIG --out DIR`)", code=2)
     except OSError as exc:  # an unreachable or forbidden remote location
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     for problem in problems:
         typer.echo(f"problem: {problem}", err=True)
     if problems:
@@ -266,7 +260,7 @@ def export(
     except ExportError as exc:  # its own one-line message, as other commands print theirs
         _fail(str(exc))
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     typer.echo(f"{summary['images']} images of {summary['identities']} identities -> {out} ({summary['bytes']} bytes)")
 
 
@@ -293,7 +287,7 @@ def export_pairs(
     except ExportError as exc:  # its own one-line message, as other commands print theirs
         _fail(str(exc))
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     short = sum(sum(c["shortfall"].values()) for c in summary["per_cell"].values())
     typer.echo(f"{summary['pairs']} pairs ({summary['genuine']} genuine, {summary['impostor']} impostor) in "
                f"{len(summary['per_cell'])} cells -> {out} ({summary['bytes']} bytes)"
@@ -312,7 +306,7 @@ def report(
     try:
         summary = build_report(run_dir, out, max_rows=max_rows)
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     images = summary["images"]
     typer.echo(
         f"{summary['run_id']}: {images['accepted']}/{images['generated']} images accepted "
@@ -393,7 +387,7 @@ def evaluate(
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
 
 
 @app.command()
@@ -415,9 +409,9 @@ def card(
         stated = user_choices(path.read_text(encoding="utf-8"))[0] or ""
         warnings = licence_conflicts(stated, run_components(read_run_facts(run_dir).config))
     except ValueError as exc:
-        _fail(_one_line(exc), code=2)
+        _fail(error_line(exc), code=2)
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"card written: {path}")
@@ -455,7 +449,7 @@ def publish(
         result = publish_run(run_dir, repo, private=private, gated=gated, dry_run=dry_run, license=license,
                              include_identities=include_identities, regenerate_card=regenerate_card)
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     for line in result.summary_lines():
@@ -475,7 +469,7 @@ def config(
     except Exception as exc:  # one line for users, the trace on request
         if debug:
             traceback.print_exc()
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     typer.echo(json.dumps(resolved, indent=2))
 
 
@@ -521,7 +515,7 @@ def dcface_ids(
     except KeyboardInterrupt as exc:
         _stopped(exc, f"nothing was written to {out} (rerun the same command)")
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
 
 
 @app.command("id-booth-people")
@@ -551,7 +545,7 @@ def id_booth_people(
     except KeyboardInterrupt as exc:
         _stopped(exc, f"nothing was written to {out} (rerun the same command)")
     except Exception as exc:
-        _fail(_one_line(exc))
+        _fail(error_line(exc))
     typer.echo(f"{out}: {len(vectors)} people, {vectors.shape[1]}-d unit vectors (identities.sampler: from_file, "
                f"identities.file: {out}, identities.count: {len(vectors)})")
 
@@ -603,7 +597,7 @@ def models_fetch(
         except (ModelFileMissing, ModelFetchError) as exc:
             _fail(str(exc))
         except Exception as exc:
-            _fail(_one_line(exc))
+            _fail(error_line(exc))
         state = f"downloaded {len(res.downloaded)} file(s)" if res.downloaded else "already cached"
         typer.echo(f"{name}: {res.repo_id}@{res.commit} {state}, {human_bytes(res.nbytes)} -> {res.folder}")
         typer.echo(f"  licence chain: {get_spec(name).licence_note}")
