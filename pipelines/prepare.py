@@ -12,18 +12,12 @@ from typing import Any, TextIO
 
 from facefoundry.config import RunConfig
 from facefoundry.errors import error_line
-from facefoundry.generators.registry import generator_class
 from facefoundry.generators.spec import PrepJob
-from facefoundry.resources import Resources
+from facefoundry.pipelines.stages import generator_resources
 
 
 class PreparationError(RuntimeError):
     """A preparation job failed; the message names it and its error."""
-
-
-def job_resources(cfg: RunConfig) -> Resources:
-    """What one job asks Ray for: the generator stage's declaration with ``ray.generator_gpus`` GPUs."""
-    return generator_class(cfg.generator).resources.override("ray.generator_gpus", num_gpus=cfg.ray.generator_gpus)
 
 
 def run_job(cfg: RunConfig, job: PrepJob) -> Any:
@@ -31,7 +25,7 @@ def run_job(cfg: RunConfig, job: PrepJob) -> Any:
     count: a job run here or in a Ray worker gives the same bytes; jobs of a phase run side by side)."""
     import torch
 
-    torch.set_num_threads(max(1, int(job_resources(cfg).num_cpus)))
+    torch.set_num_threads(max(1, int(generator_resources(cfg).num_cpus)))
     module, name = job.function.split(":")
     return getattr(importlib.import_module(module), name)(**job.kwargs)
 
@@ -43,7 +37,7 @@ def run_preparation(cfg: RunConfig, phases: list[list[PrepJob]], log: TextIO) ->
     import ray
 
     task = ray.remote(run_job).options(max_retries=cfg.ray.unit_retries, retry_exceptions=False,
-                                       **job_resources(cfg).ray_options())
+                                       **generator_resources(cfg).ray_options())
     for phase in phases:
         started = time.monotonic()
         pending = {task.remote(cfg, job): job for job in phase}

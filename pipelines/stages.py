@@ -59,6 +59,12 @@ def attributes_section(cfg: RunConfig, paths: ModelPaths | None) -> AttributesCo
     return cfg.attributes
 
 
+def generator_resources(cfg: RunConfig) -> Resources:
+    """What a generator worker asks Ray for: the generator class's declaration with ``ray.generator_gpus`` GPUs
+    (the generator stage's actors and a generator's preparation jobs alike)."""
+    return generator_class(cfg.generator).resources.override("ray.generator_gpus", num_gpus=cfg.ray.generator_gpus)
+
+
 def generator_threads(cfg: RunConfig, node_cpus: int | None) -> int:
     """torch threads for one generator actor: ``ray.generator_threads``, else the node's CPUs shared
     among the generator actors (Ray alone would pin an actor reserving 1 CPU to 1 thread)."""
@@ -90,9 +96,7 @@ class GenerateStage(Stage):
 
     @property
     def resources(self) -> Resources:
-        """The generator class's declaration with ``ray.generator_gpus`` GPUs."""
-        gpus = self.cfg.ray.generator_gpus
-        return generator_class(self.cfg.generator).resources.override("ray.generator_gpus", num_gpus=gpus)
+        return generator_resources(self.cfg)
 
     @property
     def workers(self) -> int:
