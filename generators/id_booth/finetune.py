@@ -243,11 +243,18 @@ def class_images_with_faces(images: list[Image.Image], arcface: torch.nn.Module,
     return ClassImages([images[i] for i in kept], embeds)
 
 
-def person_data(name: str, photos: list[Image.Image], classes: ClassImages, arcface: torch.nn.Module,
-                face_box: FaceBox, prompt_embeds: torch.Tensor) -> TrainingData:
-    """One person's training data: the photos the detector finds a face in, with their embeddings."""
+def person_faces(name: str, photos: list[Image.Image], arcface: torch.nn.Module, face_box: FaceBox
+                 ) -> tuple[list[int], torch.Tensor]:
+    """:func:`embed_all` of a person's photos; :class:`NoFaceError` when none shows a face."""
     kept, embeds = embed_all(photos, arcface, face_box)
     if not kept:
         raise NoFaceError(f"person {name}: the face detector finds no face in any of their {len(photos)} photos; "
                           "add photos where the face is clearly visible, or remove the folder")
+    return kept, embeds
+
+
+def person_data(name: str, photos: list[Image.Image], classes: ClassImages, arcface: torch.nn.Module,
+                face_box: FaceBox, prompt_embeds: torch.Tensor) -> TrainingData:
+    """One person's training data: the photos the detector finds a face in, with their embeddings."""
+    kept, embeds = person_faces(name, photos, arcface, face_box)
     return TrainingData([photos[i] for i in kept], embeds, classes.images, classes.embeds, prompt_embeds)

@@ -191,7 +191,7 @@ def people_vectors(people: str | Path, arcface: str, mtcnn: str | None = None,
     L2-normalised ArcFace embeddings (each the MTCNN box crop, as the official ``extract_ArcFace_embeds.py``); a
     person none of whose photos shows a face is refused."""
     from facefoundry.faces.iresnet import load_arcface_r100
-    from facefoundry.generators.id_booth.finetune import NoFaceError, embed_all
+    from facefoundry.generators.id_booth.finetune import person_faces
     from facefoundry.generators.id_booth.people import read_people
 
     everyone = read_people(people)  # consent records first: nothing is embedded for a folder without one
@@ -199,10 +199,7 @@ def people_vectors(people: str | Path, arcface: str, mtcnn: str | None = None,
     box = mtcnn_face_box(mtcnn, device)
     vectors = []
     for person in everyone:
-        kept, embeds = embed_all([open_rgb(p) for p in person.photos], model, box)
-        if not kept:
-            raise NoFaceError(f"person {person.name}: the face detector finds no face in any of their "
-                              f"{len(person.photos)} photos; add photos where the face is clearly visible")
+        _, embeds = person_faces(person.name, [open_rgb(p) for p in person.photos], model, box)
         mean = torch.nn.functional.normalize(embeds, dim=1).mean(0)
         vectors.append(torch.nn.functional.normalize(mean, dim=0).cpu().numpy())
     return np.stack(vectors).astype(np.float32)

@@ -65,3 +65,32 @@ def test_one_person_is_fine_tuned_from_their_folder_and_generated(tmp_path):
     gen = IDBoothGenerator.from_paths(CFG, base_model=str(base), extra=str(work / LORA_DIR))
     out = gen.generate_output(np.ones((1, 512), np.float32), np.array([3]), [{IDENTITY_INDEX: 0, IMAGE_INDEX: 0}])
     assert out.images[0].shape == (64, 64, 3) and " male sks person" in out.columns["prompt"][0]
+
+
+def test_people_vectors_are_each_persons_mean_face_embedding(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from facefoundry.cli import app
+    from facefoundry.faces.iresnet import load_arcface_r100
+    from facefoundry.generators.id_booth.finetune import NoFaceError, embed_face, open_rgb
+    from facefoundry.generators.id_booth.prepare import people_vectors
+    from facefoundry.generators.id_booth.tiny import build_tiny_people
+    from facefoundry.generators.id_booth.training import mtcnn_face_box
+
+    _, arcface = build_tiny_id_booth(tmp_path / "models", seed=1)
+    people, _ = build_tiny_people(tmp_path / "models")
+    out = tmp_path / "people.npy"
+    result = CliRunner().invoke(app, ["id-booth-people", str(people), "--arcface", str(arcface), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    vectors = np.load(out)
+    assert vectors.shape == (2, 512) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    model, box = load_arcface_r100(arcface), mtcnn_face_box()
+    for k, person in enumerate(read_people(people)):
+        embeds = torch.stack([embed_face(open_rgb(p), model, box) for p in person.photos])
+        mean = torch.nn.functional.normalize(torch.nn.functional.normalize(embeds, dim=1).mean(0), dim=0)
+        np.testing.assert_allclose(vectors[k], mean.numpy(), atol=1e-6)
+    Image.new("RGB", (64, 64)).save(people / "person-2" / "1.png")  # blank: no face left for person-2
+    Image.new("RGB", (64, 64)).save(people / "person-2" / "2.png")
+    with pytest.raises(NoFaceError, match="person person-2: the face detector finds no face in any of their 2"):
+        people_vectors(people, str(arcface))
