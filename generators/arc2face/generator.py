@@ -41,7 +41,9 @@ from facefoundry.generators.arc2face.config import Arc2FaceConfig
 from facefoundry.generators.arc2face.lcm_lora import fuse_lcm_lora, resolve_lora_file
 from facefoundry.generators.arc2face.spec import Arc2FaceSpec
 from facefoundry.generators.base import (
+    DIFFUSERS_WEIGHTS,
     IMAGE_INDEX,
+    TRANSFORMERS_WEIGHTS,
     GenerationOutput,
     ModelFiles,
     Resources,
@@ -55,19 +57,16 @@ from facefoundry.models import hub_repo
 ID_DIM = 512
 ID_WORD = "id"
 
-_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-_TF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-               "pytorch_model.bin.index.json")
 # (repo role, subfolder, files of which one of each group must exist)
 _REQUIRED = {
-    "unet": ("model", "arc2face", [("config.json",), _WEIGHTS]),
-    "encoder": ("model", "encoder", [("config.json",), _TF_WEIGHTS]),
+    "unet": ("model", "arc2face", [("config.json",), DIFFUSERS_WEIGHTS]),
+    "encoder": ("model", "encoder", [("config.json",), TRANSFORMERS_WEIGHTS]),
     "tokenizer": ("base", "tokenizer", [("vocab.json", "tokenizer.json")]),
-    "vae": ("base", "vae", [("config.json",), _WEIGHTS]),
+    "vae": ("base", "vae", [("config.json",), DIFFUSERS_WEIGHTS]),
     "scheduler": ("base", "scheduler", [("scheduler_config.json",)]),
 }
 # Only with cfg.controlnet: Arc2Face's pose ControlNet, a subfolder of the same Hub repo.
-_CONTROLNET = ("controlnet", "controlnet", [("config.json",), _WEIGHTS])
+_CONTROLNET = ("controlnet", "controlnet", [("config.json",), DIFFUSERS_WEIGHTS])
 POSE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 POSE_COLUMN = "pose_condition"
 

@@ -24,7 +24,9 @@ import pyarrow as pa
 import torch
 
 from facefoundry.generators.base import (
+    DIFFUSERS_WEIGHTS,
     IDENTITY_INDEX,
+    TRANSFORMERS_WEIGHTS,
     GenerationOutput,
     ModelFiles,
     Resources,
@@ -40,11 +42,9 @@ PROMPT_COLUMN = "prompt"
 PERSON_FILE = "person.json"  # beside each identity's LoRA: {"name": ..., "gender": ...}
 PROMPT_STREAM = 1  # the seed's second stream: the prompt's draws (the first, torch's, draws the noise)
 ID_DIM = 512
-_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-_TF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 BASE_FILES = (("model_index.json",), ("scheduler/scheduler_config.json",), ("tokenizer/vocab.json",),
-              tuple(f"text_encoder/{n}" for n in _TF_WEIGHTS), tuple(f"unet/{n}" for n in _WEIGHTS),
-              tuple(f"vae/{n}" for n in _WEIGHTS))
+              tuple(f"text_encoder/{n}" for n in TRANSFORMERS_WEIGHTS), tuple(f"unet/{n}" for n in DIFFUSERS_WEIGHTS),
+              tuple(f"vae/{n}" for n in DIFFUSERS_WEIGHTS))
 
 
 def lora_folder(loras: str | Path, identity: int) -> Path:
