@@ -39,16 +39,22 @@ def test_the_evalset_smoke_preset_runs_offline_and_exports_pairs(tmp_path):
         assert row["attrop_target_yaw"] == [0.0, 30.0, -30.0][row["image_index"]]
         assert row["head_yaw"] is not None and row["attrop_yaw"] is not None
 
+    # An identity's cell is its first image's own age estimate. The tiny estimator puts every image at 19 or 20
+    # years, so which side of the edge a first image falls on can change with the CPU's float kernels: the cells,
+    # and what each can hold, are read from the rows (3 images an identity: 3 genuine pairs each; impostors need
+    # two identities in the cell).
+    first = {r["identity"]: r["age_group"] for r in rows if r["image_index"] == 0}
+    members = {f"age_group={g}": sum(v == g for v in first.values()) for g in set(first.values())}
+    expected = {cell: (3, 3 if n >= 2 else 0) for cell, n in members.items()}
     pairs = tmp_path / "evalset.bin"
     result = CliRunner().invoke(app, ["export-pairs", str(out), "--out", str(pairs), "--cells", "age_group",
-                                      "--pairs-per-cell", "3", "--include-rejected"])
+                                      "--pairs-per-cell", "3", "--include-rejected", "--allow-short"])
     assert result.exit_code == 0, result.output
     bench = load_benchmark(pairs)
     with open(pairs, "rb") as fh:
         bins, issame = pickle.load(fh, encoding="bytes")
-    assert len(bins) == 2 * len(issame) == 2 * 12 and sum(issame) == 6
+    genuine, impostor = (sum(g for g, _ in expected.values()), sum(i for _, i in expected.values()))
+    assert len(bins) == 2 * len(issame) == 2 * (genuine + impostor) and sum(issame) == genuine
     assert list(bench.issame) == list(issame)
     sidecar = json.loads(Path(f"{pairs}.pairs.json").read_text())
-    assert {c: (v["genuine"], v["impostor"]) for c, v in sidecar["per_cell"].items()} == {
-        f"age_group={young}": (3, 3), f"age_group={old}": (3, 3)}
-
+    assert {c: (v["genuine"], v["impostor"]) for c, v in sidecar["per_cell"].items()} == expected
