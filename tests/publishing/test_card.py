@@ -69,6 +69,28 @@ def test_unscreened_run_says_so(tmp_path):
     assert "**Not screened.**" in found["Leakage screening"]
 
 
+@pytest.mark.parametrize("screened", [True, False])
+def test_real_people_card_says_who_the_identities_are_and_what_the_screen_asks(tmp_path, screened):
+    """ID-Booth's identities are real people: no "synthetic identities", no sampled vectors, and the leakage
+    screen asks whether a person matches someone else (a match to their own photos is the point)."""
+    gallery = None
+    if screened:
+        gallery = tmp_path / "real_gallery.npy"
+        np.save(gallery, np.random.default_rng(7).standard_normal((64, 512)).astype(np.float32))
+    run = make_run(tmp_path / "run", gallery, extra={"generator": {"kind": "id-booth", "tiny": True}})
+    text = card_mod.build_card(run).text
+    found = sections(text)
+    assert "10 images of 4 real people (4 learned, 3 images rendered each)" in text
+    assert "synthetic identities" not in text and "Identities are separated by construction" not in text
+    assert "no vector was sampled" in found["Identity sampling"]
+    assert "the vectors and every image seed derive" not in found["Identity sampling"]
+    leak = found["Leakage screening"]
+    assert "matches **someone else**" in leak if screened else "The identities are real people" in leak
+    assert "rejected and resampled" not in leak and "Random vectors" not in leak
+    if screened:
+        assert "the run refuses one who is" in leak and "64 embeddings" in leak
+
+
 def test_card_is_deterministic_and_atomic(run):
     first = card_mod.write_card(run).read_bytes()
     second = card_mod.write_card(run).read_bytes()

@@ -75,7 +75,8 @@ def build_card(run_dir: str | Path, license: str = DEFAULT_LICENSE, pretty_name:
     rehearsal = spec_of(cfg.generator).rehearsal
     gen_name = (f"tiny random {kind_name}-layout model" if cfg.generator.tiny and not rehearsal
                 else kind_name)
-    pretty_name = pretty_name or (f"{cfg.run.name}: synthetic faces ({gen_name}, {cfg.identities.count:,} "
+    faces = "generated faces of consenting people" if spec_of(cfg.generator).real_people else "synthetic faces"
+    pretty_name = pretty_name or (f"{cfg.run.name}: {faces} ({gen_name}, {cfg.identities.count:,} "
                                   f"identities x {cfg.images.per_identity})")
     features = _features(facts)
     extra = {}

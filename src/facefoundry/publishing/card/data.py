@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from facefoundry.generators.registry import spec_of
 from facefoundry.layout import DATA_PATTERN, IDENTITIES_FILE, MANIFEST_DIR, REPORT_DIR, RUN_FILE, SUMMARY_FILE
 from facefoundry.models import human_bytes
 from facefoundry.publishing.card.context import CardContext
@@ -107,10 +108,16 @@ def leakage(ctx: CardContext) -> list[str]:
     leak_cfg, leak, vectors_public = ctx.cfg.identities.leakage, ctx.leak, ctx.vectors_public
     out: list[str] = []
     add = out.append
+    real_people = spec_of(ctx.cfg.generator).real_people
     add("## Leakage screening\n")
     if leak:
         galleries = [Path(g).name for g in leak_cfg.galleries]
-        add("Every sampled identity vector was compared with embeddings of real people (same embedding space) "
+        add("The identities are real people, so the images are meant to match their own photos; what this screen "
+            "asks is whether a person matches **someone else**. Each person's vector was compared with the "
+            "galleries below before anything was generated, and the run refuses a person whose vector comes "
+            "closer than the threshold to any gallery face (a look-alike of someone in the gallery, or the person "
+            "themself if a gallery holds them).\n" if real_people else
+            "Every sampled identity vector was compared with embeddings of real people (same embedding space) "
             "before any image was generated; vectors too close to a real person were rejected and resampled.\n")
         add("\n".join([
             f"- Galleries: {len(galleries)} file(s) ({', '.join(f'`{g}`' for g in galleries) or 'unnamed'}), "
@@ -118,7 +125,8 @@ def leakage(ctx: CardContext) -> list[str]:
             + (f", ANN recall@1 {num(leak.get('recall_at_1'))}" if leak.get("recall_at_1") is not None else "")
             + ". The gallery embeddings are never published.",
             f"- Rejection threshold: cosine above {leak.get('max_cosine')} to any gallery vector (DCFace's 0.3); "
-            f"{num(leak.get('rejected', 0))} identities rejected and replaced.",
+            + (f"{num(leak.get('rejected', 0))} identities rejected and replaced." if not real_people else
+               "no person was above it (the run refuses one who is)."),
             f"- Possible morphs (top-2 gallery cosines both at least {leak.get('morph_cosine')}): "
             f"{num(leak.get('possible_morphs'))} flagged"
             + (", rejected." if leak_cfg.reject_morphs else ", kept and recorded."),
@@ -127,6 +135,10 @@ def leakage(ctx: CardContext) -> list[str]:
             f"- Per-identity top-2 gallery cosines are in `{IDENTITIES_FILE}`"
             + (" (published)." if vectors_public else " (not published with this dataset)."),
         ]) + "\n")
+    elif real_people:
+        add("**Not screened.** The identities are real people, meant to match their own photos; no gallery of "
+            "other people's embeddings was configured (`identities.leakage.galleries` is empty), so whether a "
+            "person resembles someone else, in a gallery or in common benchmarks, was not checked.\n")
     else:
         add("**Not screened.** No gallery of real-face embeddings was configured (`identities.leakage.galleries` "
             "is empty), so the identity vectors were not compared with real people. Random vectors are unlikely "

@@ -14,7 +14,7 @@ SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "1
 
 COLUMN_DOCS = {
     "image": "the encoded image (PNG or JPEG) as {bytes, path}; `path` is `<identity>_<index>.<ext>`",
-    "identity": "class label: the synthetic identity (row of `identities.parquet`), 0..N-1",
+    "identity": "class label: the identity (row of `identities.parquet`), 0..N-1",
     "image_index": "index of the image within its identity",
     "seed": "the image seed, derived from (run seed, identity, image_index) only",
     "perturbation_sigma": "noise level applied to the identity vector for this image (Vec2Face-style variation)",

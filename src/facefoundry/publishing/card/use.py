@@ -29,13 +29,18 @@ def considerations(ctx: CardContext) -> list[str]:
     out: list[str] = []
     add = out.append
     add("## Considerations for using the data\n")
-    add("Synthetic faces reduce but do not remove the privacy, fairness and misuse concerns of face data.\n")
+    real_people = spec_of(gen).real_people
+    add("Generated faces of real people carry the privacy, fairness and misuse concerns of face data; they are "
+        "published only as far as those people consented.\n" if real_people else
+        "Synthetic faces reduce but do not remove the privacy, fairness and misuse concerns of face data.\n")
     add("### Privacy\n")
     trained_on = sorted({c.training_data for c in comps if "web" in c.training_data or "internet" in c.training_data})
     add("\n".join([
-        "- The identities are synthetic: each is a random vector, not a person's embedding"
-        + (" (except that `from_file` vectors come from the user and their origin is unknown)."
-           if icfg.sampler == "from_file" else "."),
+        ("- The identities are real people who consented (see Consent); each is the mean embedding of their "
+         "own photos, which stay with the dataset's maker." if real_people else
+         "- The identities are synthetic: each is a random vector, not a person's embedding"
+         + (" (except that `from_file` vectors come from the user and their origin is unknown)."
+            if icfg.sampler == "from_file" else ".")),
         ("- The face models of the filter" if tiny else "- The models that generated and judged the faces")
         + " were trained on images collected from the web, real people's faces among them, without their "
         "consent: "
@@ -45,8 +50,9 @@ def considerations(ctx: CardContext) -> list[str]:
         + (f"They are published in `{IDENTITIES_FILE}` for reproducibility; they are synthetic."
            if vectors_public else "They are not published with this dataset; the config and seed reproduce them."),
         "- Removal requests: open a discussion on the dataset repository. Identities are addressable (label and "
-        "shard range), so an identity found to resemble a real person can be removed and the dataset "
-        "republished.",
+        "shard range), so "
+        + ("a person who withdraws consent can be removed" if real_people else
+           "an identity found to resemble a real person can be removed") + " and the dataset republished.",
     ]) + "\n")
     add("### Bias\n")
     add(_balance_line(ctx) +
@@ -55,7 +61,9 @@ def considerations(ctx: CardContext) -> list[str]:
         "data.\n")
     add("### Misuse\n")
     add("- Synthetic faces can be used for impersonation, fake profiles, deepfakes or attacks on face "
-        "verification. Do not present these images as real people.\n"
+        "verification. "
+        + ("Do not present these images as photographs of the people they show.\n" if real_people else
+           "Do not present these images as real people.\n")
         + ("" if tiny else "- Stable Diffusion's CreativeML OpenRAIL-M use-based restrictions (no unlawful, harmful "
            "or deceptive use) apply to content derived from it.\n"))
     add("### Synthetic marking\n")
