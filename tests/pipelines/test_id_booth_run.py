@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -94,3 +95,26 @@ def test_sigkill_during_fine_tuning_resumes_without_redoing_finished_people(refe
     assert _digests(out, f"id-booth/loras/*/{LORA_FILE}") == _digests(ref, f"id-booth/loras/*/{LORA_FILE}")
     assert _digests(out, "data/*.parquet") == _digests(ref, "data/*.parquet")
     assert verify_run(out) == []
+
+
+def test_a_failed_preparation_job_is_named_in_one_line_and_its_phase_still_finishes(tmp_path):
+    """On the module's Ray, as a run's preparation runs: the failing job is named with its own error (not Ray's
+    traceback), the other job of its phase finishes and says so, and the next phase never starts."""
+    from facefoundry.config import load_config
+    from facefoundry.generators.spec import PrepJob
+    from facefoundry.pipelines.prepare import PreparationError, run_preparation
+
+    source = tmp_path / "source.txt"
+    source.write_text("x")
+    phases = [[PrepJob("capitals", "string:capwords", {"s": "person one"}),
+               PrepJob("broken record", "json:loads", {"s": "{not json"})],
+              [PrepJob("later", "shutil:copyfile", {"src": str(source), "dst": str(tmp_path / "copied")})]]
+    log = io.StringIO()
+    with pytest.raises(PreparationError) as failed:
+        run_preparation(load_config(CONFIG, []), phases, log)
+    line = str(failed.value)
+    assert "\n" not in line and "Traceback" not in line, line
+    assert line.startswith("1 preparation job(s) failed: broken record: Expecting property name"), line
+    assert line.endswith("(finished work is kept: fix the cause and rerun to resume)"), line
+    assert "prepared: capitals: Person One (" in log.getvalue(), log.getvalue()
+    assert "later" not in log.getvalue() and not (tmp_path / "copied").exists()  # the next phase never started
