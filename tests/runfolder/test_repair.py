@@ -25,7 +25,9 @@ ORPHAN = "data/train-9999999-extra.parquet"
 def test_startup_ticker_speaks_until_stopped_and_never_after():
     stream = io.StringIO()
     with StartupTicker(stream, every=0.05) as ticker:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30  # a loaded machine may not run the ticker's thread for a while
+        while stream.getvalue().count("\n") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         ticker.stop()
         lines = stream.getvalue().splitlines()
         time.sleep(0.15)
