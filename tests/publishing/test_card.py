@@ -58,6 +58,7 @@ def test_card_yaml_and_every_section_filled(run):
     assert found["Plots"].index("separation.png") < found["Plots"].index("funnel.png")  # the report's order
     assert ".tmp-" not in found["Plots"] and "summary.json" in found["Plots"]
     assert "@inproceedings{paraperas2024arc2face" in found["Citation"]
+    assert "Stable Diffusion 1.5 is under creativeml-openrail-m: its use-based restrictions" in found["Misuse"]
     assert "not published" in found["Privacy"]  # identity vectors policy
     assert found["Bias"].strip().startswith("- No demographic attribute was estimated or balanced.")
     assert f"{USER_START}\n{USER_END}" in found["Dataset description"]  # an empty block for the user
@@ -284,3 +285,10 @@ def test_evaluation_section_shows_measured_results_and_the_anchors(run):
     in_report = _train_verify(run)
     assert in_report["results"]["r50"] == {"lfw": lfw["accuracy"], "standard_average": None}
     assert in_report["table"] in rows  # the report and the card show the same table
+
+
+def test_misuse_names_the_openrail_restrictions_only_of_models_the_run_used(tmp_path):
+    run = make_run(tmp_path / "run", extra={"generator": {"kind": "vec2face"},
+                                             "identities": {"space": "raw", "norm": 22.0}})
+    misuse = sections(card_mod.build_card(run).text)["Misuse"]
+    assert "impersonation" in misuse and "openrail" not in misuse.lower()  # Vec2Face does not derive from SD

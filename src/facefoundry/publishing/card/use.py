@@ -64,8 +64,9 @@ def considerations(ctx: CardContext) -> list[str]:
         "verification. "
         + ("Do not present these images as photographs of the people they show.\n" if real_people else
            "Do not present these images as real people.\n")
-        + ("" if tiny else "- Stable Diffusion's CreativeML OpenRAIL-M use-based restrictions (no unlawful, harmful "
-           "or deceptive use) apply to content derived from it.\n"))
+        + "".join(f"- {c.name} is under {c.licence.split(' (')[0]}: its use-based restrictions (no unlawful, "
+                  "harmful or deceptive use) apply to content derived from it.\n"
+                  for c in comps if not tiny and "openrail" in c.licence.lower()))
     add("### Synthetic marking\n")
     add("- The card carries the `synthetic` tag and every shard's Parquet metadata has `synthetic: true` with "
         f"the generator ({meta.get('generator', {}).get('kind', gen.kind)}, model ids and "
