@@ -80,7 +80,7 @@ def description(ctx: CardContext) -> list[str]:
 def _sampling(ctx: CardContext) -> list[str]:
     icfg, ident, nn = ctx.cfg.identities, ctx.facts.identities, ctx.nn
     rule, nn_max = icfg.max_cosine, nn.get("max")
-    real_people = spec_of(ctx.cfg.generator).real_people
+    real_people = ctx.real_people
     source = ("the people's own vectors (each the normalised mean ArcFace embedding of one person's photos, "
               "written by `facefoundry id-booth-people`); no vector was sampled" if real_people else
               SAMPLER_DOCS.get(icfg.sampler, "see the facefoundry documentation"))

@@ -72,17 +72,16 @@ def build_card(run_dir: str | Path, license: str = DEFAULT_LICENSE, pretty_name:
         raise CardError(str(exc)) from None
     cfg = facts.config
     kind_name = generator_name(facts)
-    rehearsal = spec_of(cfg.generator).rehearsal
-    gen_name = (f"tiny random {kind_name}-layout model" if cfg.generator.tiny and not rehearsal
+    spec = spec_of(cfg.generator)
+    gen_name = (f"tiny random {kind_name}-layout model" if cfg.generator.tiny and not spec.rehearsal
                 else kind_name)
-    faces = "generated faces of consenting people" if spec_of(cfg.generator).real_people else "synthetic faces"
+    faces = "generated faces of consenting people" if spec.real_people else "synthetic faces"
     pretty_name = pretty_name or (f"{cfg.run.name}: {faces} ({gen_name}, {cfg.identities.count:,} "
                                   f"identities x {cfg.images.per_identity})")
     features = _features(facts)
     extra = {}
     if gated:
-        extra["extra_gated_prompt"], extra["extra_gated_fields"] = gated_fields(license, spec_of(cfg.generator)
-                                                                                .real_people)
+        extra["extra_gated_prompt"], extra["extra_gated_fields"] = gated_fields(license, spec.real_people)
     data = DatasetCardData(
         license=license,
         pretty_name=pretty_name,

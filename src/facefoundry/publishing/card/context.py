@@ -40,5 +40,6 @@ class CardContext:
         self.conflicts = licence_conflicts(self.license, self.comps)
         self.nc_comps = [c for c in self.comps if c.commercial is False]
         self.tiny = self.cfg.generator.tiny
+        self.real_people = spec_of(self.cfg.generator).real_people  # the identities are consenting real people
         self.nn = self.facts.identities.get("nn_cosine") or {}
         self.leak = self.facts.identities.get("leakage")

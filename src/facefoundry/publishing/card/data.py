@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facefoundry.generators.registry import spec_of
 from facefoundry.layout import DATA_PATTERN, IDENTITIES_FILE, MANIFEST_DIR, REPORT_DIR, RUN_FILE, SUMMARY_FILE
 from facefoundry.models import human_bytes
 from facefoundry.publishing.card.context import CardContext
@@ -108,7 +107,7 @@ def leakage(ctx: CardContext) -> list[str]:
     leak_cfg, leak, vectors_public = ctx.cfg.identities.leakage, ctx.leak, ctx.vectors_public
     out: list[str] = []
     add = out.append
-    real_people = spec_of(ctx.cfg.generator).real_people
+    real_people = ctx.real_people
     add("## Leakage screening\n")
     if leak:
         galleries = [Path(g).name for g in leak_cfg.galleries]

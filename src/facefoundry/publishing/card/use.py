@@ -29,7 +29,7 @@ def considerations(ctx: CardContext) -> list[str]:
     out: list[str] = []
     add = out.append
     add("## Considerations for using the data\n")
-    real_people = spec_of(gen).real_people
+    real_people = ctx.real_people
     add("Generated faces of real people carry the privacy, fairness and misuse concerns of face data; they are "
         "published only as far as those people consented.\n" if real_people else
         "Synthetic faces reduce but do not remove the privacy, fairness and misuse concerns of face data.\n")
