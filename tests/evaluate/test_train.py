@@ -141,6 +141,10 @@ def test_training_learns_and_verifies_held_out_identities(trained):
     lines = []
     again = train_on_run(result.folder.parents[2], load_evaluate_config(TINY), progress=lines.append)
     assert again.summary == result.summary and "already finished" in lines[0]  # not redone
+    import ray
+
+    started = {actor["ActorClassName"] for actor in ray._private.state.actors().values()}
+    assert "TrainController" in started and "FooterReader" not in started  # footers read once, not per epoch
     state = torch.load(result.backbone, weights_only=True)
     assert {"conv1.weight", "layer1.0.bn1.weight", "fc.weight", "features.weight"} <= set(state)  # official names
 

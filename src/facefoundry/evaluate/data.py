@@ -10,6 +10,7 @@ and :func:`augment`, whose random choices derive from (seed, epoch, identity, im
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -69,14 +70,28 @@ def decode_batch(batch: pa.Table, classes: np.ndarray, kept_only: bool = True, s
 def read_run(run: str | Path, classes: np.ndarray, kept_only: bool = True, size: int = 112,
              rows_per_batch: int = 64):
     """The run's shards as a lazy, streaming ``ray.data.Dataset`` of decoded, labelled training rows."""
-    import ray.data
-
     paths = shard_paths(run)
     reasons = {c for p in paths for c in pq.read_schema(p).names if c in reason_columns()} if kept_only else set()
     columns = READ_COLUMNS + [c for c in reason_columns() if c in reasons]
-    ds = ray.data.read_parquet(paths).select_columns(columns)  # projection pushed down into the read
+    ds = _read_parquet_v1(paths).select_columns(columns)  # projection pushed down into the read
     return ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=rows_per_batch,
                           fn_kwargs={"classes": classes, "kept_only": kept_only, "size": size})
+
+
+def _read_parquet_v1(paths: list[str]):
+    """``ray.data.read_parquet`` through Ray Data's first parquet datasource, which reads the shards' footers
+    once, here. The second (the default in Ray 2.60) lists them again each time the dataset runs, that is
+    every epoch, on a new pool of 32 footer-reader actors, each a worker process to start."""
+    import ray.data
+
+    # Its two INFO lines (encoding ratio, batch size) are Ray's business, not the user's.
+    logging.getLogger("ray.data._internal.datasource.parquet_datasource").setLevel(logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    default, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(paths)
+    finally:
+        context.use_datasource_v2 = default
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
