@@ -21,7 +21,7 @@ smoke: $(STAMP)
 # The whole suite, one test file per pytest-xdist worker (a file's tests share its module fixtures and embedded Ray).
 # Three workers keep both cores busy through the Ray tests' start-up waits; four were no faster (docs/architecture.md).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder tests
 
 # The inner loop (under 2 minutes on 2 cores): no Ray, no processes, no training, no slow sampler.
 test-fast: $(STAMP)

@@ -33,12 +33,30 @@ def pytest_unconfigure(config):
         shutil.rmtree(OWN_TINY_CACHE, ignore_errors=True)
 
 
+# The markers of the costly tests, costliest first: a module holding one is handed to an xdist worker before the
+# modules without (`make test` keeps this order with --no-loadscope-reorder), so the long files start first and
+# the many short ones fill the gaps, rather than a training starting last and running alone.
+COSTLIEST_FIRST = ("train", "spawn", "ray", "slow")
+
+
+def _module_ranks(items) -> dict[str, int]:
+    """Each module's rank: the index in COSTLIEST_FIRST of its costliest test's marker (after the list: none)."""
+    ranks: dict[str, int] = {}
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        rank = min((i for i, name in enumerate(COSTLIEST_FIRST) if name in marks), default=len(COSTLIEST_FIRST))
+        ranks[item.path] = min(rank, ranks.get(item.path, rank))
+    return ranks
+
+
 def pytest_collection_modifyitems(items):
     """A test that shares a module's embedded Ray (``shared_ray``) needs Ray: it is a ``ray`` test whatever its
-    module says, so ``make test-fast`` leaves it out."""
+    module says, so ``make test-fast`` leaves it out. Modules are ordered by their costliest test (stable)."""
     for item in items:
         if "shared_ray" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+    ranks = _module_ranks(items)
+    items.sort(key=lambda item: ranks[item.path])
 
 
 @pytest.fixture
