@@ -59,6 +59,21 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: ranks[item.path])
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """After each test torch runs the threads it should: ``OMP_NUM_THREADS`` (xdist workers, set above), else the
+    count it had before. Stages that a test or a module fixture runs in this process set it for a worker
+    (``Stage.setup_worker``: 2 here); kept, every later test of that xdist worker would run 2 OpenMP threads
+    beside the other workers' on 2 cores, and slow down several times (a 7 s sampler test took 61 s)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    yield
+    torch = sys.modules.get("torch")
+    wanted = int(os.environ.get("OMP_NUM_THREADS") or 0) or before
+    if torch is not None and wanted and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+
+
 @pytest.fixture
 def one_torch_thread():
     """For tests of tiny models: one intra-op thread avoids OpenMP oversubscription stalls on a busy 2-core machine

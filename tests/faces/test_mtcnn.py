@@ -139,10 +139,11 @@ def test_a_batch_of_equal_size_images_is_detected_per_image(reference, ours):
     for k in range(3):
         assert_same(ref_boxes[k], None if ref_boxes[k] is None else ref_probs[k], boxes[k], probs[k])
     assert boxes[0] is not None and boxes[1] is not None and boxes[2] is None
-    # each image alone gives the same as in the batch
+    # each image alone gives the same as in the batch, to float32 rounding: with more than one torch thread the
+    # convolutions of a batch of 3 and of 1 sum in another order (measured: 6e-5 px on a 433 px coordinate)
     alone_boxes, alone_probs = ours.detect(batch[1])
-    np.testing.assert_array_equal(alone_boxes[0], boxes[1])
-    np.testing.assert_array_equal(alone_probs[0], probs[1])
+    np.testing.assert_allclose(alone_boxes[0], boxes[1], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(alone_probs[0], probs[1], rtol=1e-6, atol=0)
 
 
 @needs_facenet
