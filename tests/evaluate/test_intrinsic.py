@@ -23,6 +23,7 @@ from runfolder import rows_table, write_run
 
 from facefoundry.dataset.manifest import finished_manifests
 from facefoundry.evaluate import intrinsic as im
+from facefoundry.evaluate import intrinsic_run
 from facefoundry.evaluate.intrinsic_plots import PLOTS
 from facefoundry.evaluate.intrinsic_run import evaluate_intrinsic, report_intrinsic, select_sample
 from facefoundry.evaluate.judge import FaceJudge, JudgeError
@@ -153,6 +154,11 @@ def test_real_faces_separate_under_dlib(face_run):
             assert image.format == "PNG" and image.size[0] >= 400
     table = im.intrinsic_table_markdown(result)
     assert "| EER | 0.0000 |" in table and "| identity pairs the judge cannot tell apart | 0.0000 |" in table
+    div = m["diversity"]
+    assert div["within_identity"]["count"] == 9 and 1.0 < div["within_identity"]["mean"] < 5.0  # 5 crops each
+    assert 1.0 < div["centroids"]["vendi"] <= 9.0
+    assert f"| Vendi score within an identity (mean) / of the centroids | {div['within_identity']['mean']:.2f} / " \
+           in table
 
 
 @pytest.mark.slow  # the module's run of real photos, judged by dlib (face_run): about 9 s
@@ -172,7 +178,15 @@ def test_one_person_under_two_labels_is_caught(face_run, people, tmp_path):
 def test_rerun_reuses_result_and_caps_are_deterministic(face_run, monkeypatch):
     run, judge, result = face_run
     monkeypatch.setattr(FaceJudge, "__call__", lambda *a: pytest.fail("a rerun must reuse intrinsic.json"))
-    assert evaluate_intrinsic(run, judge) == {k: v for k, v in result.items() if k != "plots"}
+    stored = {k: v for k, v in result.items() if k != "plots"}
+    assert evaluate_intrinsic(run, judge) == stored
+    # A result of an older metrics revision (before the Vendi scores) is recomputed, not reused.
+    path = run / "eval" / "intrinsic.json"
+    path.write_text(json.dumps({**stored, "key": {**stored["key"], "metrics_revision": 1}}))
+    recomputed = []
+    monkeypatch.setattr(intrinsic_run, "_evaluate", lambda *args: recomputed.append(args) or stored)
+    assert evaluate_intrinsic(run, judge) == stored and len(recomputed) == 1
+    assert json.loads(path.read_text()) == stored
     manifests = finished_manifests(run, json.loads((run / "run.json").read_text())["config_hash"])
     a, info = select_sample(run, manifests, 4, 2, seed=7)
     assert select_sample(run, manifests, 4, 2, seed=7)[0] == a
@@ -314,6 +328,34 @@ def test_intra_class_spread_and_separation_match_brute_force():
     assert result["verification"]["eer"] < 0.05 and result["uniqueness"]["indistinguishable_fraction"] < 0.05
     with pytest.raises(ValueError, match="sampled_vectors has 3 rows"):
         im.intrinsic_metrics(emb, labels, "cosine", 0.5, sampled_vectors=centres[:3])
+
+
+def _vendi_brute(vectors: np.ndarray) -> float:
+    """The definition, computed the long way: the n x n cosine Gram matrix over n, its eigenvalues' entropy."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    eig = np.linalg.eigvalsh(unit @ unit.T / len(unit))
+    eig = eig[eig > 1e-12]
+    return float(np.exp(-(eig * np.log(eig)).sum()))
+
+
+def test_vendi_score_matches_closed_forms_and_the_n_by_n_definition():
+    assert im.vendi_score(np.ones((5, 4))) == pytest.approx(1.0)  # one direction: one effective sample
+    assert im.vendi_score(np.eye(3) * [[1.0], [7.0], [0.5]]) == pytest.approx(3.0)  # orthogonal, any norms
+    c = 0.6  # two rows at cosine c: eigenvalues (1 +- c) / 2
+    two = np.array([[1.0, 0.0], [c, np.sqrt(1 - c * c)]])
+    assert im.vendi_score(two) == pytest.approx(np.exp(-(0.8 * np.log(0.8) + 0.2 * np.log(0.2))))  # 1.6494
+    rows = np.random.default_rng(3).standard_normal((30, 8))
+    assert im.vendi_score(rows) == pytest.approx(_vendi_brute(rows), rel=1e-9)
+    assert np.isnan(im.vendi_score(np.zeros((0, 8))))
+
+    centres, emb, labels = _clusters(2)
+    result = im.intrinsic_metrics(emb, labels, "cosine", 0.5)["diversity"]
+    per_identity = [_vendi_brute(emb[labels == k]) for k in np.unique(labels)]
+    assert result["kernel"] == "cosine" and result["within_identity"]["count"] == 12
+    assert result["within_identity"]["mean"] == pytest.approx(np.mean(per_identity), rel=1e-9)
+    _, cents = im.centroids(emb, labels, "cosine")
+    assert result["centroids"]["vendi"] == pytest.approx(_vendi_brute(cents), rel=1e-9)
+    assert 1.0 < result["centroids"]["vendi"] <= 12 and result["centroids"]["identities"] == 12
 
 
 def test_a_run_with_no_kept_row_is_refused_not_judged(tmp_path):

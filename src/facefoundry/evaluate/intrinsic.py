@@ -34,6 +34,9 @@ from facefoundry.evaluate.embedding_stats import (
 )
 from facefoundry.evaluate.scores import eer, tar_at_far
 
+# Raised when a metric is added or its computation changes: a stored result of another revision is recomputed
+# rather than reused (2: the Vendi scores of ``diversity``).
+METRICS_REVISION = 2
 FARS = (1e-3, 1e-4)
 QUANTILE_BINS = 20_000
 
@@ -183,6 +186,31 @@ def spread(columns: dict[str, np.ndarray], labels: np.ndarray) -> dict:
     return out
 
 
+def vendi_score(vectors: np.ndarray) -> float:
+    """The Vendi score of ``vectors`` (n, d) under the cosine kernel: ``exp(-sum(l * ln l))`` over the eigenvalues
+    ``l`` of ``K / n``, ``K[i, j]`` the cosine of rows i and j (0 ln 0 = 0). It is the effective number of distinct
+    rows: 1 when all point the same way, n when they are orthogonal. ``K / n = U U^T / n`` has the non-zero
+    eigenvalues of ``U^T U / n`` (d x d, ``U`` the unit rows), which is what is decomposed: O(n d^2), d x d memory."""
+    unit = normalize(vectors)
+    if not len(unit):
+        return float("nan")
+    eig = np.clip(np.linalg.eigvalsh(unit.T @ unit / len(unit)), 0.0, None)  # tiny negative rounding -> 0
+    eig = eig[eig > 0]
+    return float(np.exp(-np.sum(eig * np.log(eig))))
+
+
+def diversity(emb: np.ndarray, labels: np.ndarray, cents: np.ndarray) -> dict:
+    """Vendi scores (:func:`vendi_score`) of each identity's images (identities with >= 2) and of the identity
+    centroids, whatever the judge's native score (its embeddings under the cosine kernel)."""
+    within = np.array([vendi_score(emb[rows]) for rows in groups(labels)[1] if rows.size > 1])
+    n = len(cents)
+    return {"kernel": "cosine", "within_identity": describe(within),
+            "within_identity_histogram": histogram(plot_edges(within, bins=min(PLOT_BINS, max(5, within.size // 4))),
+                                                   identities=within),
+            "centroids": {"identities": n, "vendi": vendi_score(cents) if n else None,
+                          "vendi_per_identity": vendi_score(cents) / n if n else None}}
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
 
@@ -240,6 +268,7 @@ def intrinsic_metrics(emb: np.ndarray, labels: np.ndarray, metric: Metric, thres
         "uniqueness": unique,
         "intra_class": intra_class(emb, labels, metric),
         "spread": spread(columns or {}, labels),
+        "diversity": diversity(emb, labels, cents),
     }
     out["uniqueness"]["nearest_other_native"] = describe(judge_nn_native)
     if sampled_vectors is not None:
@@ -262,6 +291,7 @@ def intrinsic_table_markdown(result: dict) -> str:
     ver, uni = m.get("verification", {}), m.get("uniqueness", {})
     intra, sep = m.get("intra_class", {}).get("per_identity_mean", {}), m.get("separation", {})
     unit = "distance" if m.get("metric") == "euclidean" else "cosine"
+    div = m.get("diversity", {})
     tars = ver.get("tar_at_far", {})
     tar = " / ".join(_fmt(tars.get(k, {}).get("tar")) + ("" if tars.get(k, {}).get("resolvable") else " (few pairs)")
                      for k in ("0.001", "0.0001"))
@@ -275,6 +305,8 @@ def intrinsic_table_markdown(result: dict) -> str:
         ("identity pairs the judge cannot tell apart", _fmt(uni.get("indistinguishable_fraction"), 4)),
         (f"intra-class mean pairwise {unit} distance" if unit == "cosine" else "intra-class mean pairwise distance",
          f"{_fmt(intra.get('mean'))} ± {_fmt(intra.get('std'))}"),
+        ("Vendi score within an identity (mean) / of the centroids",
+         f"{_fmt(div.get('within_identity', {}).get('mean'), 2)} / {_fmt(div.get('centroids', {}).get('vendi'), 1)}"),
         ("nearest-identity cosine: sampled / judge", f"{_fmt(sep.get('sampled_nn_cosine', {}).get('p50'))} / "
                                                      f"{_fmt(sep.get('judge_nn_cosine', {}).get('p50'))} (median)"),
     ]

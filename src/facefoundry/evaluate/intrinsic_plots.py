@@ -117,8 +117,8 @@ def plot_uniqueness(result: dict, path: Path, title: str) -> None:
 
 def plot_spread(result: dict, path: Path, title: str) -> None:
     m = result["metrics"]
-    intra, spread = m.get("intra_class", {}), m.get("spread", {})
-    fig, (left, right) = _figure(2, title)
+    intra, spread, div = m.get("intra_class", {}), m.get("spread", {}), m.get("diversity", {})
+    fig, (left, middle, right) = _figure(3, title)
     name = "intra-class variation"
     if _steps(left, intra.get("histogram"), "identities", GENUINE, "identities", density=False):
         left.set_title(name, fontsize=10)
@@ -129,6 +129,14 @@ def plot_spread(result: dict, path: Path, title: str) -> None:
         left.legend(fontsize=8)
     else:
         _no_data(left, name, "needs identities with two or more faces")
+    name = "diversity within identities"
+    if _steps(middle, div.get("within_identity_histogram"), "identities", SAMPLED, "identities", density=False):
+        vendi = div.get("centroids", {}).get("vendi")
+        middle.set_title(name + (f" (centroids' Vendi score {vendi:.1f})" if vendi is not None else ""), fontsize=10)
+        middle.set_xlabel("Vendi score of an identity's images (cosine kernel; 1 = all alike)")
+        middle.set_ylabel("identities")
+    else:
+        _no_data(middle, name, "needs identities with two or more faces")
     name = "pose / quality spread within identities"
     ratios = {}
     for column, s in spread.items():

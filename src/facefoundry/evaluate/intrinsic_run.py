@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from facefoundry import __version__
 from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.dataset.manifest import finished_manifests
-from facefoundry.evaluate.intrinsic import describe, intrinsic_metrics
+from facefoundry.evaluate.intrinsic import METRICS_REVISION, describe, intrinsic_metrics
 from facefoundry.evaluate.judge import (
     DLIB,
     STATUSES,
@@ -148,7 +148,7 @@ def evaluate_intrinsic(run_dir: str | Path, judge: str | Path | FaceJudge = DLIB
            "threshold": judge.threshold if isinstance(judge, FaceJudge) else
            (default_threshold(judge) if threshold is None else float(threshold)),
            "seed": seed, "max_identities": max_identities, "max_images_per_identity": max_images_per_identity,
-           "max_impostor_pairs": max_impostor_pairs}
+           "max_impostor_pairs": max_impostor_pairs, "metrics_revision": METRICS_REVISION}
     key = json.loads(json.dumps(key))  # as it reads back from the file (tuples become lists)
     out_path = run_dir / EVAL_DIR / INTRINSIC_FILE
     previous = _load(out_path) if reuse else None
