@@ -60,3 +60,26 @@ def test_a_failing_block_stops_the_starting_ray_and_keeps_its_own_error(temp_dir
             raise ValueError("sampling failed")  # before Ray is up: the session waits for it, then shuts it down
     assert not ray.is_initialized() and not _start_threads()
     assert len(temp_dirs) == 1 and not os.path.exists(temp_dirs[0])
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_ray_node_start_timeout_is_one_clear_line_and_other_errors_pass(monkeypatch, background):
+    """Ray's own start-up timeout (a bare Exception, seen on an overloaded 2-core machine) becomes advice."""
+    import ray
+
+    from facefoundry.errors import error_line
+
+    def timed_out(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the raylet "
+                        "failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    with pytest.raises(local_ray.RayStartError) as err, ray_session(RayConfig(num_cpus=1), background) as ready:
+        ready()
+    line = error_line(err.value)
+    assert "\n" not in line and "did not start within Ray's 30 s" in line and "rerun the same command" in line
+
+    monkeypatch.setattr(ray, "init", lambda **kwargs: (_ for _ in ()).throw(OSError("no space left on device")))
+    with pytest.raises(OSError, match="no space left"), ray_session(RayConfig(num_cpus=1), background) as ready:
+        ready()
+

@@ -24,21 +24,37 @@ LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disable
 QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
 
+class RayStartError(RuntimeError):
+    """The embedded Ray did not come up."""
+
+
+# Ray gives its raylet a fixed 30 s to register with the GCS and then raises a bare Exception with this text.
+_NODE_START_TIMEOUT = "timed out during startup"
+
+
 def _init(cfg: RayConfig, temp_dir: str | None) -> None:
     import ray
 
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False, logging_level="ERROR")
         return
-    ray.init(
-        num_cpus=cfg.num_cpus or os.cpu_count(),
-        num_gpus=cfg.num_gpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=temp_dir,  # Unix socket paths are limited to ~107 bytes: keep it short
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
+    try:
+        ray.init(
+            num_cpus=cfg.num_cpus or os.cpu_count(),
+            num_gpus=cfg.num_gpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,  # Unix socket paths are limited to ~107 bytes: keep it short
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
+    except Exception as exc:
+        if _NODE_START_TIMEOUT not in str(exc):
+            raise
+        raise RayStartError(
+            f"the embedded Ray's node did not start within Ray's 30 s: the machine is too busy ({os.cpu_count()} "
+            "cores; `uptime` shows the load). Let other work finish, or set a smaller ray.num_cpus, then rerun the "
+            "same command: it resumes") from exc
 
 
 class _Starting:
