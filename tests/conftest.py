@@ -39,7 +39,7 @@ def pytest_unconfigure(config):
 COSTLIEST_FIRST = ("train", "spawn", "ray", "slow")
 
 
-def _module_ranks(items) -> dict[str, int]:
+def _module_ranks(items) -> dict[Path, int]:
     """Each module's rank: the index in COSTLIEST_FIRST of its costliest test's marker (after the list: none)."""
     ranks: dict[str, int] = {}
     for item in items:

@@ -28,7 +28,9 @@ class RayStartError(RuntimeError):
     """The embedded Ray did not come up."""
 
 
-# Ray gives its raylet a fixed 30 s to register with the GCS and then raises a bare Exception with this text.
+# Ray gives its raylet a fixed time to register with the GCS (ray/_private/node.py) and then raises a bare
+# Exception with this text.
+RAY_NODE_START_WAIT_S = 30
 _NODE_START_TIMEOUT = "timed out during startup"
 
 
@@ -52,9 +54,9 @@ def _init(cfg: RayConfig, temp_dir: str | None) -> None:
         if _NODE_START_TIMEOUT not in str(exc):
             raise
         raise RayStartError(
-            f"the embedded Ray's node did not start within Ray's 30 s: the machine is too busy ({os.cpu_count()} "
-            "cores; `uptime` shows the load). Let other work finish, or set a smaller ray.num_cpus, then rerun the "
-            "same command: it resumes") from exc
+            f"the embedded Ray's node did not start within Ray's {RAY_NODE_START_WAIT_S} s: the machine is too busy "
+            f"({os.cpu_count()} cores; `uptime` shows the load). Let other work finish, or set a smaller "
+            "ray.num_cpus, then rerun the same command: it resumes") from exc
 
 
 class _Starting:

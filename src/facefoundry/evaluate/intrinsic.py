@@ -170,7 +170,12 @@ def intra_class(emb: np.ndarray, labels: np.ndarray, metric: Metric) -> dict:
     means = np.asarray(means)
     return {"distance": "euclidean" if metric == "euclidean" else "1 - cosine",
             "identities": int(means.size), "per_identity_mean": describe(means),
-            "histogram": histogram(plot_edges(means, bins=min(PLOT_BINS, max(5, means.size // 4))), identities=means)}
+            "histogram": _per_identity_histogram(means)}
+
+
+def _per_identity_histogram(values: np.ndarray) -> dict:
+    """A histogram of one value per identity, about 4 identities a bin (5 to PLOT_BINS bins)."""
+    return histogram(plot_edges(values, bins=min(PLOT_BINS, max(5, values.size // 4))), identities=values)
 
 
 def spread(columns: dict[str, np.ndarray], labels: np.ndarray) -> dict:
@@ -204,11 +209,10 @@ def diversity(emb: np.ndarray, labels: np.ndarray, cents: np.ndarray) -> dict:
     centroids, whatever the judge's native score (its embeddings under the cosine kernel)."""
     within = np.array([vendi_score(emb[rows]) for rows in groups(labels)[1] if rows.size > 1])
     n = len(cents)
+    across = vendi_score(cents) if n else None
     return {"kernel": "cosine", "within_identity": describe(within),
-            "within_identity_histogram": histogram(plot_edges(within, bins=min(PLOT_BINS, max(5, within.size // 4))),
-                                                   identities=within),
-            "centroids": {"identities": n, "vendi": vendi_score(cents) if n else None,
-                          "vendi_per_identity": vendi_score(cents) / n if n else None}}
+            "within_identity_histogram": _per_identity_histogram(within),
+            "centroids": {"identities": n, "vendi": across, "vendi_per_identity": across / n if n else None}}
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
