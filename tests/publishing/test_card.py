@@ -279,7 +279,7 @@ def test_evaluation_section_shows_measured_results_and_the_anchors(run):
     assert "| model | LFW | CFP-FP | CPLFW | AgeDB-30 | CALFW | avg (5 sets) |" in rows
     assert f"| r50 (iresnet50 + arcface, 26 ep) | {100 * lfw['accuracy']:.2f} | – | – | – | – | – |" in rows
     for anchor in ANCHORS:
-        assert f"| {anchor.system} | {anchor.average:.2f} |" in rows
+        assert f"| {anchor.system} | {anchor.size} | {anchor.average:.2f} |" in rows
     from facefoundry.publishing.report import _train_verify
 
     in_report = _train_verify(run)
