@@ -31,6 +31,7 @@ from facefoundry.layout import HUB_MAX_FILES_PER_FOLDER, MODELS_DIR, RUN_ENTRIES
 from facefoundry.local_ray import ray_session
 from facefoundry.pipelines import tinycache
 from facefoundry.pipelines.progress import Progress, StartupTicker
+from facefoundry.runfolder.removal import finish_pending
 from facefoundry.runfolder.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
 from facefoundry.runfolder.runinfo import prepare_run_folder, run_id
 from facefoundry.runfolder.runlock import run_lock
@@ -182,6 +183,7 @@ def _tidy(cfg: RunConfig, store: RunStore, units: list[Unit], repair: bool, log:
     Returns the run's unit files as they are now: listed once, and again only if a file was moved."""
     for folder in (DATA_DIR, MANIFEST_DIR):  # what a killed run left behind: never read as done
         store.remove_temporaries(folder)
+    finish_pending(store, lambda text: log.write(f"{text}\n"))  # a removal a kill interrupted: cheap, before any check
     files = list_unit_files(store)
     lines = set_aside_orphans(store, units, files)
     if repair:

@@ -26,6 +26,7 @@ from facefoundry.generators.spec import ModelPaths
 from facefoundry.identities.variation import perturb, sigma_schedule
 from facefoundry.pipelines.stage import Stage, UnitResult
 from facefoundry.resources import ModelFiles, Resources
+from facefoundry.runfolder.removal import REMOVED, read_removals, removed_labels, without_removed
 from facefoundry.sections import AttributesConfig, ImagesConfig
 from facefoundry.seeds import image_seeds
 
@@ -266,6 +267,7 @@ class WriteStage(Stage):
         super().__init__(cfg, batch_size)
         self.uri, self.file_metadata = out, file_metadata
         self.out = None  # the store, opened once per worker (setup): a stage travels to its workers unopened
+        self.removed: frozenset[int] = frozenset()  # identities taken out by `facefoundry remove` (setup)
 
     @property
     def resources(self) -> Resources:
@@ -279,18 +281,22 @@ class WriteStage(Stage):
     def setup(self) -> None:
         if self.out is None:
             self.out = open_store(self.uri)
+            self.removed = removed_labels(read_removals(self.out))
 
     def failed(self, unit: Unit, error: str) -> dict:
         return {"unit": unit.name, "error": error}
 
     def __call__(self, result: UnitResult) -> dict:
         self.setup()
+        # A unit written again after a takedown (run --repair) leaves the removed identities out, as the removal did.
+        table, rows, accepted = without_removed(result.table, self.removed)
+        drops = result.drops | ({REMOVED: result.drops.get(REMOVED, 0) + accepted} if rows else {})
         return write_unit(
             self.out,
             result.unit,
-            result.table,
+            table,
             generated=result.generated,
-            drops=result.drops,
+            drops=drops,
             config_hash=self.cfg.config_hash(),
             file_metadata=self.file_metadata,
             row_group_size=self.cfg.output.row_group_size,

@@ -14,7 +14,7 @@ import typer
 
 from facefoundry.config import RunConfig, load_config
 from facefoundry.errors import error_line
-from facefoundry.layout import EVAL_DIR, REPORT_DIR
+from facefoundry.layout import CARD_FILE, EVAL_DIR, REMOVALS_FILE, REPORT_DIR
 from facefoundry.sections import ConfigError
 
 app = typer.Typer(
@@ -235,6 +235,98 @@ def verify(run_dir: Annotated[str, typer.Argument(help="A run folder or remote r
         _fail(f"{_shown(run_dir)}: {len(problems)} problem(s); repair with `{repair_command(_shown(run_dir))}`"
               f"{query}: it redoes missing and corrupt units and moves orphans to orphans/", code=1)
     typer.echo(f"ok: {_shown(run_dir)} verifies")
+
+
+@app.command()
+def remove(
+    run_dir: Annotated[str, typer.Argument(help="A finished run folder or remote run URI (holds run.json).")],
+    labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated identity labels: 3,17,42.")] = None,
+    like: Annotated[Path | None, typer.Option("--like", help=(
+        "A face image, or its embedding in the run's identity space (.npy): remove the identities whose vectors "
+        "match it (cosine >= --threshold)."))] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", min=-1.0, max=1.0, help=(
+        "With --like: the cosine at or above which an identity matches."))] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (goes in the removal log and the card).")] = "",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; change nothing.")] = False,
+) -> None:
+    """Take identities out of a finished run (a takedown): rewrite only their shards, log it in removals.json.
+
+    A killed removal is finished by running `facefoundry remove RUN` again (or any `facefoundry run` on it).
+    The card and report in the folder, if any, are rebuilt; `publish` then replaces the published shards."""
+    from facefoundry.runfolder.removal import RemovalError, finish_pending, remove_identities
+    from facefoundry.runfolder.runinfo import RunFolderError, read_run
+    from facefoundry.runfolder.runlock import run_lock
+
+    if labels is not None and like is not None:
+        _fail("give either --labels or --like (with --threshold), not both", 2)
+    if like is not None and threshold is None:
+        _fail("--like needs --threshold: the cosine at or above which an identity matches (see docs/usage.md)", 2)
+    try:
+        wanted = [int(x) for x in labels.split(",") if x.strip()] if labels is not None else []
+    except ValueError:
+        _fail(f"--labels {labels!r}: give comma-separated integers (identity labels), e.g. 3,17,42", 2)
+    try:
+        with run_lock(run_dir, "remove", notify=_say):
+            if labels is None and like is None:  # finish an interrupted removal, nothing else
+                finished = finish_pending(run_dir, _say)
+                typer.echo(f"{_shown(run_dir)}: {finished} interrupted removal(s) finished" if finished else
+                           "nothing to do: give --labels or --like (no removal was interrupted)")
+                return
+            matched = None
+            if like is not None:
+                wanted, matched = _like_labels(run_dir, like, threshold, read_run(run_dir))
+            entry = remove_identities(run_dir, wanted, reason, matched, notify=_say, dry_run=dry_run)
+    except KeyboardInterrupt as exc:
+        _stopped(exc, f"rerun `facefoundry remove {_shown(run_dir)}` to finish the removal")
+    except (RemovalError, RunFolderError) as exc:
+        _fail(str(exc), 2)
+    except Exception as exc:
+        _fail(error_line(exc))
+    if entry is None:
+        typer.echo("nothing to do: every identity named was removed before")
+        return
+    what = f"{len(entry['labels'])} identities, {entry['rows']:,} rows in {len(entry['units'])} shards"
+    if dry_run:
+        typer.echo(f"dry run: would remove {what}: labels {entry['labels'][:20]}")
+        return
+    typer.echo(f"removed {what}; logged in {_shown(run_dir)}/{REMOVALS_FILE}")
+    _refresh_after_removal(run_dir)
+
+
+def _say(text: str) -> None:
+    """A progress line on stderr."""
+    typer.echo(text, err=True)
+
+
+def _like_labels(run_dir: str, like: Path, threshold: float, cfg) -> tuple[list[int], dict]:
+    """The labels ``--like`` matches, and what the removal log records of the match (never the query itself)."""
+    from facefoundry.dataset.storage import open_store
+    from facefoundry.runfolder.likeness import identity_dim, match_identities, query_vector
+
+    store = open_store(run_dir)
+    query, kind = query_vector(like, cfg, identity_dim(store))
+    matches = match_identities(store, query, threshold)
+    for label, cosine in matches[:20]:
+        typer.echo(f"match: identity {label}, cosine {cosine:.4f}", err=True)
+    return [label for label, _ in matches], {"by": kind, "threshold": threshold, "space": "identity vectors",
+                                             "cosines": {str(label): round(c, 6) for label, c in matches}}
+
+
+def _refresh_after_removal(run_dir: str) -> None:
+    """Rebuild the card and the report of a local run folder that has them (the report's image grid could show a
+    removed identity)."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        return
+    if (folder / CARD_FILE).is_file():
+        from facefoundry.publishing.card import write_card
+
+        typer.echo(f"card rebuilt: {write_card(folder)}")
+    if (folder / REPORT_DIR).is_dir():
+        from facefoundry.publishing.report import build_report
+
+        build_report(folder)
+        typer.echo(f"report rebuilt: {folder / REPORT_DIR}")
 
 
 @app.command()

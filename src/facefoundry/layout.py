@@ -14,6 +14,7 @@
       balance/                  BALANCE_DIR: a balanced run's probe records, one file per chunk of candidates
       orphans/                  ORPHANS_DIR: files no unit owns and corrupt shards, set aside by a rerun
       README.md                 CARD_FILE: the dataset card
+      removals.json             REMOVALS_FILE: the removal log of ``facefoundry remove`` (takedowns)
 
 This module imports nothing from facefoundry, so any module may import it.
 """
@@ -30,6 +31,7 @@ MODELS_DIR = "models"
 LOG_DIR = "logs"
 CARD_FILE = "README.md"
 ORPHANS_DIR = "orphans"
+REMOVALS_FILE = "removals.json"
 BALANCE_DIR = "balance"
 
 SHARD_PREFIX = "train-"
@@ -44,7 +46,7 @@ HUB_MAX_FILES_PER_FOLDER = 10_000
 
 # Everything a run writes into its folder; ``--fresh`` removes exactly these and nothing else.
 RUN_ENTRIES = (RUN_FILE, IDENTITIES_FILE, DATA_DIR, MANIFEST_DIR, MODELS_DIR, REPORT_DIR, EVAL_DIR, CARD_FILE, LOG_DIR,
-               ORPHANS_DIR, BALANCE_DIR)
+               ORPHANS_DIR, BALANCE_DIR, REMOVALS_FILE)
 
 
 def shard_file(unit_name: str) -> str:

@@ -17,7 +17,7 @@ SECTIONS = [
     "Dataset description", "Intended uses", "Out-of-scope uses", "How it was generated", "Identity sampling",
     "Image generation", "Face filter", "Upstream models and licences", "Software and reproduction",
     "Dataset structure", "Loading", "Columns", "Splits", "Statistics", "Score columns", "Plots", "Filtering",
-    "Leakage screening", "Evaluation", "Considerations for using the data", "Privacy", "Bias", "Misuse",
+    "Leakage screening", "Removals", "Evaluation", "Considerations for using the data", "Privacy", "Bias", "Misuse",
     "Synthetic marking", "Licence", "Limitations", "Citation",
 ]
 

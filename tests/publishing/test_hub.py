@@ -269,3 +269,25 @@ def test_cli_refuses_characters_the_hub_refuses_even_on_a_dry_run(repo, tmp_path
     result = CliRunner().invoke(app, ["publish", str(tmp_path), "--repo", repo, "--dry-run"])
     assert result.exit_code == 1 and result.output.startswith(f"error: --repo {repo!r} is not a valid Hub id: ")
     assert result.output.count("\n") == 1 and "would be published" not in result.output, result.output
+
+
+def test_publish_after_a_removal_replaces_the_shards_and_says_so(run, stub):
+    from facefoundry.runfolder.removal import remove_identities
+
+    hub.publish(run, "org/faces", endpoint=stub.url, token="hf_x")
+    remove_identities(run, [1], "resembles a real person")
+    with pytest.raises(hub.PublishError, match="still holds the vectors of the identities"):
+        hub.publish(run, "org/faces", endpoint=stub.url, token="hf_x", include_identities=True)
+    result = hub.publish(run, "org/faces", endpoint=stub.url, token="hf_x", regenerate_card=True)
+    assert result.changed is True and len(stub.commits) == 2
+    added = stub.commits[1]["added"]
+    assert {"data/train-0000000-0000002.parquet", "manifests/0000000-0000002.json", "removals.json",
+            "README.md"} <= set(added)
+    assert "data/train-0000002-0000004.parquet" not in added  # untouched shards are not sent again
+    files = stub.repos["org/faces"]["files"]
+    assert files["data/train-0000000-0000002.parquet"] == (run / "data/train-0000000-0000002.parquet").read_bytes()
+    assert "## Removals" in files["README.md"].decode() and "resembles a real person" in files["README.md"].decode()
+    lines = result.summary_lines()
+    assert "removals: 1 identities removed (removals.json); the 1 shard(s) they were in are replaced on the Hub by " \
+           "this commit" in lines
+    assert any("super_squash_history('org/faces', repo_type='dataset')" in line for line in lines)

@@ -1,12 +1,17 @@
 """Hugging Face Hub publishing of a finished, verified run (the card is :mod:`facefoundry.publishing.card`).
 
-What ``publish`` uploads: ``README.md``, ``run.json``, ``data/train-*.parquet``,
-``manifests/*.json`` and ``report/`` (plots and summary). Never ``models/`` (tiny random weights),
-logs or temporary files. ``identities.parquet`` holds the identity vectors, which the generator can
-decode into faces (literature P7): it is published only on request (``include_identities``) and
-never for the ``from_file`` sampler, whose vectors may be embeddings of real people. Remote files
-under ``data/``, ``manifests/`` and ``report/`` (and ``identities.parquet``) that this publish does
-not upload are deleted, so a reused repository never mixes shards of two runs.
+What ``publish`` uploads: ``README.md``, ``run.json``, ``data/train-*.parquet``, ``manifests/*.json``,
+``report/`` (plots and summary) and the removal log ``removals.json``. Never ``models/`` (tiny random
+weights), logs or temporary files. ``identities.parquet`` holds the identity vectors, which the generator can
+decode into faces (literature P7): it is published only on request (``include_identities``) and never for the
+``from_file`` sampler, whose vectors may be embeddings of real people. Remote files under ``data/``,
+``manifests/`` and ``report/`` (and ``identities.parquet``) that this publish does not upload are deleted, so a
+reused repository never mixes shards of two runs.
+
+After ``facefoundry remove``: the rewritten shards replace the published ones in one commit, and the result says
+so. The Hub keeps earlier commits, which still hold the removed rows, until the repository's history is squashed
+(the result says how). ``identities.parquet`` keeps every identity's vector (the run's record), so a run with
+removals is never published with ``include_identities``.
 
 Gating: ``gated=True`` puts ``extra_gated_prompt``/``extra_gated_fields`` in the card and sets the
 repository to manual access approval; publishing without it leaves an existing gate alone.
@@ -32,6 +37,7 @@ from facefoundry.layout import (
     LOG_DIR,
     MANIFEST_DIR,
     MODELS_DIR,
+    REMOVALS_FILE,
     REPORT_DIR,
     RUN_FILE,
 )
@@ -44,9 +50,9 @@ from facefoundry.runfolder.runfacts import RunFactsError, read_run_facts
 
 # What publish uploads (patterns relative to the run folder) and deletes remotely when absent locally.
 UPLOAD_PATTERNS = [CARD_FILE, RUN_FILE, DATA_PATTERN, f"{MANIFEST_DIR}/*.json", f"{REPORT_DIR}/*.png",
-                   f"{REPORT_DIR}/*.json"]
+                   f"{REPORT_DIR}/*.json", REMOVALS_FILE]
 IGNORE_PATTERNS = [".tmp-*", "*/.tmp-*", f"{MODELS_DIR}/*", f"{LOG_DIR}/*", "*.log"]
-DELETE_PATTERNS = [f"{DATA_DIR}/*", f"{MANIFEST_DIR}/*", f"{REPORT_DIR}/*", IDENTITIES_FILE, RUN_FILE]
+DELETE_PATTERNS = [f"{DATA_DIR}/*", f"{MANIFEST_DIR}/*", f"{REPORT_DIR}/*", IDENTITIES_FILE, RUN_FILE, REMOVALS_FILE]
 
 
 # ---------------------------------------------------------------- publish
@@ -62,6 +68,7 @@ class PublishResult:
     commit_url: str | None = None
     changed: bool | None = None  # False: the Hub already had every file (nothing committed)
     warnings: list[str] = field(default_factory=list)
+    removals: list[dict] = field(default_factory=list)  # the run's removal log
 
     def summary_lines(self) -> list[str]:
         """Human-readable lines for the CLI (no secrets in here)."""
@@ -73,7 +80,19 @@ class PublishResult:
             return lines
         state = "uploaded" if self.changed else "already up to date, nothing uploaded"
         return [f"{self.repo_id}: {len(self.files)} files, {human_bytes(self.total_bytes)}: {state}",
-                f"{self.url}" + (f" (commit {self.commit_url})" if self.commit_url else "")]
+                f"{self.url}" + (f" (commit {self.commit_url})" if self.commit_url else "")] + self.removal_lines()
+
+    def removal_lines(self) -> list[str]:
+        """What the publish did about the run's removals (none: no line)."""
+        if not self.removals:
+            return []
+        labels = sum(len(e["labels"]) for e in self.removals)
+        shards = sorted({name for e in self.removals for name in e.get("units", {})})
+        return [f"removals: {labels} identities removed ({REMOVALS_FILE}); the {len(shards)} shard(s) they were in are "
+                + ("replaced on the Hub by this commit" if self.changed else "already the rewritten ones on the Hub"),
+                "removals: earlier commits of the repository still hold the removed rows; to drop them from its "
+                f"history run: python -c \"from huggingface_hub import HfApi; HfApi().super_squash_history("
+                f"'{self.repo_id}', repo_type='dataset')\""]
 
 
 def upload_selection(run_dir: Path, include_identities: bool = False) -> list[Path]:
@@ -201,6 +220,10 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
     if include_identities and facts.config.identities.sampler == "from_file":
         raise PublishError("identity vectors of the from_file sampler may be embeddings of real people: "
                            "they are never published")
+    if include_identities and facts.removals:
+        raise PublishError(f"{IDENTITIES_FILE} still holds the vectors of the identities `facefoundry remove` took out "
+                           f"({REMOVALS_FILE}), which the generator can turn back into their faces: publish without "
+                           "--include-identities")
     text, warnings = card_to_publish(run_dir, license, pretty_name, regenerate=regenerate_card, repo_id=repo_id,
                                      gated=gated, include_identities=include_identities)
     card_bytes = text.encode("utf-8")
@@ -217,7 +240,7 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
     base = (endpoint or constants.ENDPOINT).rstrip("/")
     url = f"{base}/datasets/{repo_id}"
     if dry_run:
-        return PublishResult(repo_id, url, listing, total, True, warnings=warnings)
+        return PublishResult(repo_id, url, listing, total, True, warnings=warnings, removals=facts.removals)
     if token is None:
         from huggingface_hub import get_token
 
@@ -237,7 +260,7 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
             atomic_write_bytes(card_path, previous)
         raise
     return PublishResult(repo_id, url, listing, total, False, commit_url=info.commit_url,
-                         changed=info.oid != before, warnings=warnings)
+                         changed=info.oid != before, warnings=warnings, removals=facts.removals)
 
 
 def _upload(run_dir: Path, repo_id: str, base: str, token: str, private: bool, gated: bool,

@@ -19,8 +19,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit, UnitFiles, list_unit_files, read_manifest
-from facefoundry.dataset.storage import RunStore
+from facefoundry.dataset.storage import RunStore, arrow_reader
 from facefoundry.layout import ORPHANS_DIR
 
 
@@ -61,8 +65,12 @@ def set_aside_orphans(store: RunStore, units: Iterable[Unit], files: UnitFiles |
 
 
 def set_aside_corrupt(store: RunStore, units: Iterable[Unit], config_hash: str) -> list[str]:
-    """Move each shard whose bytes disagree with its manifest (size or sha256), with that manifest, to
-    ``orphans/`` so the unit is redone. Returns one line per unit set aside."""
+    """Move each shard whose bytes disagree with its manifest (size or sha256), or that holds an identity
+    ``facefoundry remove`` took out (an old copy put back), with its manifest, to ``orphans/`` so the unit is
+    redone (without the removed identities). Returns one line per unit set aside."""
+    from facefoundry.runfolder.verify import check_removals
+
+    removed = check_removals(store)[1]
     lines = []
     for unit in units:
         manifest = read_manifest(store, unit)
@@ -72,13 +80,22 @@ def set_aside_corrupt(store: RunStore, units: Iterable[Unit], config_hash: str) 
         data = store.read_bytes(shard)
         if data is None:
             continue  # not done either
-        if len(data) == manifest.get("bytes") and hashlib.sha256(data).hexdigest() == manifest.get("sha256"):
+        intact = len(data) == manifest.get("bytes") and hashlib.sha256(data).hexdigest() == manifest.get("sha256")
+        if intact and not _holds(data, removed):
             continue
         moved = move_aside(store, f"{MANIFEST_DIR}/{unit.name}.json")  # the unit stops being done first
         dest = move_aside(store, shard)
-        lines.append(f"{shard}: sha256 differs from its manifest; moved to {dest} (manifest to {moved}), "
-                     f"unit {unit.name} is redone")
+        why = "sha256 differs from its manifest" if not intact else "holds rows of removed identities"
+        lines.append(f"{shard}: {why}; moved to {dest} (manifest to {moved}), unit {unit.name} is redone")
     return lines
+
+
+def _holds(data: bytes, labels: frozenset[int]) -> bool:
+    """Whether the shard ``data`` has a row of one of ``labels``."""
+    if not labels:
+        return False
+    ids = pq.read_table(arrow_reader(data), columns=["identity"]).column("identity")
+    return bool(pc.any(pc.is_in(ids, value_set=pa.array(sorted(labels), pa.int64()))).as_py())
 
 
 def set_aside_bad_identities(store: RunStore, config_hash: str, count: int) -> list[str]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from facefoundry.config import RunConfig, validate_config
 from facefoundry.dataset.manifest import accepted_images, finished_manifests, plan_units
 from facefoundry.identities.store import read_metadata
 from facefoundry.layout import IDENTITIES_FILE, MANIFEST_DIR, PLOTS, REPORT_DIR, RUN_FILE
+from facefoundry.runfolder.removal import REMOVED, REMOVED_MEANING, RemovalError, read_removals
 from facefoundry.runfolder.runinfo import RunFolderError, read_record
 from facefoundry.sections import ConfigError
 
@@ -45,6 +46,7 @@ class RunFacts:
     identities: dict  # metadata of identities.parquet ({} when the file is absent)
     manifests: list[dict]
     has_identities_file: bool
+    removals: list[dict] = field(default_factory=list)  # entries of removals.json (runfolder.removal)
 
     @property
     def run_id(self) -> str | None:
@@ -146,6 +148,8 @@ class RunFacts:
     def reason_meaning(self, reason: str) -> str:
         """What ``reason`` means, as documented by the filter(s) of this run that use it."""
         docs = [(f.label, f.docs[reason]) for f in self.filters() if reason in f.docs]
+        if reason == REMOVED and not docs:
+            return REMOVED_MEANING
         if not docs:
             return "see the facefoundry documentation"
         return docs[0][1] if len(docs) == 1 else "; ".join(f"{label}: {doc}" for label, doc in docs)
@@ -173,4 +177,8 @@ def read_run_facts(run_dir: str | Path) -> RunFacts:
         raise RunFactsError(f"{run_dir} has no finished unit yet (no manifest of this run in {MANIFEST_DIR}/)")
     ident_path = run_dir / IDENTITIES_FILE
     identities = read_metadata(ident_path) if ident_path.exists() else {}
-    return RunFacts(run_dir, record, config, identities, manifests, ident_path.exists())
+    try:
+        removals = read_removals(run_dir)
+    except RemovalError as exc:
+        raise RunFactsError(str(exc)) from None
+    return RunFacts(run_dir, record, config, identities, manifests, ident_path.exists(), removals)

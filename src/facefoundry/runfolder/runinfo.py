@@ -15,7 +15,7 @@ from pathlib import Path
 from facefoundry import __version__
 from facefoundry.config import RunConfig, validate_config
 from facefoundry.dataset.storage import RunStore, open_store
-from facefoundry.layout import CARD_FILE, EVAL_DIR, IDENTITIES_FILE, RUN_ENTRIES, RUN_FILE
+from facefoundry.layout import CARD_FILE, EVAL_DIR, IDENTITIES_FILE, REMOVALS_FILE, RUN_ENTRIES, RUN_FILE
 from facefoundry.sections import apply_overrides
 
 
@@ -74,7 +74,7 @@ def discard_previous_run(store: RunStore, fresh_eval: bool = False,
     if EVAL_DIR in present and not fresh_eval:
         raise RunFolderError(f"--fresh would delete {store.name(EVAL_DIR)} (evaluation results, such as a trained "
                              f"backbone); move it out of {store} first, or add --fresh-eval to delete it too")
-    shown = [name if name in (RUN_FILE, IDENTITIES_FILE, CARD_FILE) else f"{name}/" for name in present]
+    shown = [name if name in (RUN_FILE, IDENTITIES_FILE, CARD_FILE, REMOVALS_FILE) else f"{name}/" for name in present]
     if present and notify is not None:
         notify(f"--fresh: deleting the previous run's {', '.join(shown)} in {store}")
     for name in present:

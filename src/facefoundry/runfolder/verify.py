@@ -2,7 +2,8 @@
 
 Every planned unit must have a manifest of this run and a shard whose size, sha256, row count and
 schema agree with it; the identities file must belong to the run; nothing else may sit in ``data/``
-or ``manifests/``. Problems are returned as one line each, naming the file.
+or ``manifests/``; no removal may be left half done, and no shard may hold an identity that
+``facefoundry remove`` took out. Problems are returned as one line each, naming the file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, plan_units, rea
 from facefoundry.dataset.schema import BASE_FIELDS
 from facefoundry.dataset.storage import RunStore, arrow_reader, open_store
 from facefoundry.identities.store import IDENTITIES_FILE, read_metadata
+from facefoundry.layout import REMOVALS_FILE
+from facefoundry.runfolder.removal import PENDING, RemovalError, read_removals, removed_labels
 from facefoundry.runfolder.runinfo import RunFolderError, read_run
 
 
@@ -43,7 +46,20 @@ def check_identities(store: RunStore, config_hash: str, count: int) -> list[str]
     return problems
 
 
-def _check_shard(manifest: dict, store: RunStore, name: str, lo: int, hi: int) -> tuple[list[str], pa.Schema | None]:
+def check_removals(store: RunStore) -> tuple[list[str], frozenset[int]]:
+    """Problems of the removal log (corrupt, or a removal a kill interrupted), and the labels removed for good."""
+    try:
+        entries = read_removals(store)
+    except RemovalError as exc:
+        return [str(exc)], frozenset()
+    problems = [f"{REMOVALS_FILE}: the removal of {len(e['labels'])} identities begun {e.get('date')} was "
+                "interrupted; `facefoundry remove RUN` (with no labels) or `facefoundry run --repair` finishes it"
+                for e in entries if e.get("status") == PENDING]
+    return problems, removed_labels(e for e in entries if e.get("status") != PENDING)
+
+
+def _check_shard(manifest: dict, store: RunStore, name: str, lo: int, hi: int,
+                 removed: frozenset[int] = frozenset()) -> tuple[list[str], pa.Schema | None]:
     data = store.read_bytes(name)
     if data is None:
         return [f"{name}: missing (its manifest exists)"], None
@@ -72,6 +88,10 @@ def _check_shard(manifest: dict, store: RunStore, name: str, lo: int, hi: int) -
         problems.append(f"{name}: no huggingface features metadata (images would not decode)")
     if len(identities) and (identities.min() < lo or identities.max() >= hi):
         problems.append(f"{name}: identities outside its unit [{lo}, {hi})")
+    back = sorted(set(np.unique(identities).tolist()) & removed) if removed else []
+    if back:
+        problems.append(f"{name}: holds rows of identities removed by `facefoundry remove` ({back[:10]}); "
+                        "`facefoundry run --repair` writes the unit again without them")
     return problems, schema.remove_metadata()
 
 
@@ -87,6 +107,8 @@ def verify_run(run_dir: str | Path) -> list[str]:
         return [str(exc)]
     config_hash = cfg.config_hash()
     problems = check_identities(store, config_hash, cfg.identities.count)
+    removal_problems, removed = check_removals(store)
+    problems += removal_problems
     units = plan_units(cfg.identities.count, cfg.output.identities_per_unit)
     schemas: dict[str, pa.Schema] = {}
     for unit in units:
@@ -97,7 +119,8 @@ def verify_run(run_dir: str | Path) -> list[str]:
         if manifest.get("config_hash") != config_hash:
             problems.append(f"{MANIFEST_DIR}/{unit.name}.json: belongs to config {manifest.get('config_hash')}")
             continue
-        found, schema = _check_shard(manifest, store, f"{DATA_DIR}/{unit.shard_name}", unit.start, unit.stop)
+        found, schema = _check_shard(manifest, store, f"{DATA_DIR}/{unit.shard_name}", unit.start, unit.stop,
+                                     removed)
         problems += found
         if schema is not None:
             schemas[unit.shard_name] = schema

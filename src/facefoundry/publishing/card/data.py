@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facefoundry.layout import DATA_PATTERN, IDENTITIES_FILE, MANIFEST_DIR, REPORT_DIR, RUN_FILE, SUMMARY_FILE
+from facefoundry.layout import (
+    DATA_PATTERN,
+    IDENTITIES_FILE,
+    MANIFEST_DIR,
+    REMOVALS_FILE,
+    REPORT_DIR,
+    RUN_FILE,
+    SUMMARY_FILE,
+)
 from facefoundry.models import human_bytes
 from facefoundry.publishing.card.context import CardContext
 from facefoundry.publishing.card.markdown import feature_type, num, table
@@ -26,7 +34,8 @@ def structure(ctx: CardContext) -> list[str]:
                                           if ctx.vectors_public else "not published (identity vectors; see Privacy)."),
             f"- `{REPORT_DIR}/`: " + (f"plots and `{SUMMARY_FILE}` of the run." if report_files else
                                       "not present for this run."),
-        ]) + "\n",
+        ] + ([f"- `{REMOVALS_FILE}`: the identities removed after generation (see Removals)."] if facts.removals
+             else [])) + "\n",
         "### Loading\n",
         f'```python\nfrom datasets import load_dataset\n\nds = load_dataset("{ctx.where}", split="train")\n'
         'ds[0]["image"]  # a PIL image; ds[0]["identity"] is its label\n```\n',

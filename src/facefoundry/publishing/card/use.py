@@ -52,7 +52,8 @@ def considerations(ctx: CardContext) -> list[str]:
         "- Removal requests: open a discussion on the dataset repository. Identities are addressable (label and "
         "shard range), so "
         + ("a person who withdraws consent can be removed" if real_people else
-           "an identity found to resemble a real person can be removed") + " and the dataset republished.",
+           "an identity found to resemble a real person can be removed") + " (`facefoundry remove`, listed under "
+        "Removals) and the dataset republished.",
     ]) + "\n")
     add("### Bias\n")
     add(_balance_line(ctx) +
