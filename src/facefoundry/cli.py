@@ -418,7 +418,8 @@ def evaluate(
         "the run with Ray Train, resuming a killed training."))] = None,
     benchmarks: Annotated[Path | None, typer.Option("--benchmarks", help=(
         "Folder of InsightFace verification .bin files (lfw.bin, cfp_fp.bin, ...): verify the trained model "
-        "on each (10-fold protocol) into RUN/eval/<name>.json."))] = None,
+        "on each (10-fold protocol) into RUN/eval/<name>.json; per-group accuracy for a .bin with its export-pairs "
+        "sidecar (--cells) and for a subfolder of one .bin per group (RFW layout)."))] = None,
     set_: SetOpt = None,
     judge: Annotated[str, typer.Option("--judge", help=(
         "Intrinsic judge: dlib, or an ArcFace .onnx/.pth that is not the generator's conditioning encoder."))]
@@ -468,11 +469,18 @@ def evaluate(
                 typer.echo(intrinsic_table_markdown(result))
                 typer.echo(f"-> {run_dir / EVAL_DIR / INTRINSIC_FILE}")
             if recipe is not None:
-                from facefoundry.evaluate.train_verify import results_table_markdown, train_and_verify
+                from facefoundry.evaluate.train_verify import (
+                    groups_table_markdown,
+                    results_table_markdown,
+                    train_and_verify,
+                )
 
                 result = train_and_verify(run_dir, recipe, benchmarks, address=address, progress=typer.echo)
-                table = results_table_markdown([result])
-                typer.echo(table or f"trained {recipe.name}: {result['training']['backbone']} (no benchmarks given)")
+                verified = (result["benchmarks"] or {}).get("sets")
+                tables = [t for t in (results_table_markdown([result]) if verified else "",
+                                      groups_table_markdown([result])) if t]
+                typer.echo("\n\n".join(tables) or f"trained {recipe.name}: {result['training']['backbone']} "
+                           "(no benchmarks given)")
                 typer.echo(f"-> {result['file']}")
     except KeyboardInterrupt as exc:
         _stopped(exc, "rerun the same command to resume from the last checkpoint")

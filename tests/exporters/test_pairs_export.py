@@ -248,3 +248,24 @@ def test_cli_errors_print_no_class_name(run_dir, tmp_path):
     assert CliRunner().invoke(app, [*args, "--pairs-per-cell", "6"]).exit_code == 0
     result = CliRunner().invoke(app, [*args, "--pairs-per-cell", "6"])
     assert result.exit_code == 1 and result.output.startswith(f"error: {tmp_path / 'c.bin'} exists;"), result.output
+
+
+def test_evaluate_reads_the_cells_of_an_exported_set(exported):
+    """The sidecar export-pairs writes gives ``evaluate`` each pair's cell: one cell whose identities all share one
+    embedding gets its impostors wrong (0.5), the others every pair right (the threshold is 0.01 on every fold)."""
+    from facefoundry.evaluate.verification import evaluate_benchmarks
+
+    out, summary = exported
+    bad = cell_of(0)
+    table = np.eye(len(LABELS))
+    table[[i for i in LABELS if cell_of(i) == bad]] = table[0]
+
+    def embed(images: np.ndarray) -> np.ndarray:  # channel 0 spells the identity (pixels), flipped or not
+        return table[images[:, 0, 0, 0].astype(int) // 15]
+
+    groups = evaluate_benchmarks(embed, out)["groups"]["sets"]["synth"]
+    assert {c: g["accuracy"] for c, g in groups["groups"].items()} == {c: 0.5 if c == bad else 1.0
+                                                                        for c in summary["per_cell"]}
+    assert groups["mean"] == pytest.approx(0.9) and groups["std"] == pytest.approx(0.2)
+    assert groups["gap"] == 0.5 and groups["lowest"] == bad and groups["thresholds"] == [0.01] * 10
+    assert all(g["pairs"] == 2 * PAIRS for g in groups["groups"].values())

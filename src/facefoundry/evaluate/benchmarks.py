@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 IMAGE_SIZE = 112
+PAIRS_SIDECAR_SUFFIX = ".pairs.json"  # export-pairs writes X.bin.pairs.json beside X.bin: each pair with its cell
 # File stems of the standard sets in the order the papers' tables use, with their display names.
 STANDARD_SETS = {"lfw": "LFW", "cfp_fp": "CFP-FP", "cplfw": "CPLFW", "agedb_30": "AgeDB-30", "calfw": "CALFW"}
 
@@ -173,6 +174,20 @@ def _order_key(path: Path) -> tuple[int, str]:
     return paper_order(path.stem)
 
 
+def sidecar_path(bin_path: str | Path) -> Path:
+    """``X.bin`` -> ``X.bin.pairs.json``: the listing export-pairs writes beside its ``.bin`` (every pair's cell)."""
+    bin_path = Path(bin_path)
+    return bin_path.with_name(bin_path.name + PAIRS_SIDECAR_SUFFIX)
+
+
+def find_group_folders(folder: str | Path) -> list[Path]:
+    """The subfolders of ``folder`` that hold ``*.bin`` files (RFW's layout: one ``.bin`` per group), by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and any(f.is_file() for f in p.glob("*.bin")))
+
+
 def find_benchmarks(folder: str | Path) -> list[Path]:
     """Every ``*.bin`` in ``folder``: the standard sets first in the papers' order, then the others by name."""
     folder = Path(folder)
@@ -207,10 +222,16 @@ def load_benchmarks(sources: str | Path | Iterable[str | Path]) -> tuple[list[Be
 
 
 def check_benchmarks(sources: str | Path | Iterable[str | Path]) -> dict[str, str]:
-    """Open and validate every benchmark of ``sources`` without keeping them: what a training checks before it starts
-    (hours of GPU otherwise end in an empty table). Returns the bad sets' reasons; raises :class:`BenchmarkError`
+    """Open and validate every benchmark of ``sources`` (and of its group folders, :func:`find_group_folders`) without
+    keeping them: what a training checks before it starts (hours of GPU otherwise end in an empty table). Returns the
+    bad sets' reasons (``folder/stem`` for a group file); raises :class:`BenchmarkError`
     naming each problem when no set can be verified (no ``.bin`` file, or none readable)."""
     loaded, errors = load_benchmarks(sources)
+    groups = find_group_folders(sources) if isinstance(sources, str | Path) else []
+    for folder in groups:  # RFW-style folders: one .bin per group, named folder/stem
+        in_folder, bad = load_benchmarks(find_benchmarks(folder))
+        loaded += in_folder
+        errors |= {f"{folder.name}/{name}": why for name, why in bad.items()}
     if not loaded:
         found = "; ".join(f"{name}: {why}" for name, why in errors.items()) or "no .bin benchmark files in it"
         raise BenchmarkError(f"{sources}: no benchmark can be verified ({found})")

@@ -2,7 +2,8 @@
 
 ``RUN/eval/<name>.json`` (``name`` = the recipe's ``evaluate.name``) holds the recipe, the training summary
 and, when benchmark files were given, the per-set 10-fold accuracies with their average in the papers'
-column order. :func:`read_results` and :func:`results_table_markdown` feed the report and the card.
+column order, and per-group accuracies where the benchmarks hold groups (:mod:`facefoundry.evaluate.groups`).
+:func:`read_results`, :func:`results_table_markdown` and :func:`groups_table_markdown` feed the report and the card.
 """
 
 from __future__ import annotations
@@ -54,12 +55,16 @@ def train_and_verify(run_dir: str | Path, cfg: EvaluateConfig, benchmarks: str |
                                                    progress=_benchmark_progress(progress))
         for name, error in result["benchmarks"]["errors"].items():
             progress(f"benchmark {name} skipped: {error}")
+        for name, error in _groups(result)["errors"].items():
+            progress(f"per-group accuracy of {name} skipped: {error}")
     path = result_path(run_dir, cfg.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
     result["file"] = str(path)
-    if benchmarks is not None and not result["benchmarks"]["sets"]:  # the training is kept; the verification failed
-        why = "; ".join(f"{name}: {error}" for name, error in result["benchmarks"]["errors"].items())
+    if benchmarks is not None and not result["benchmarks"]["sets"] and not _groups(result)["sets"]:
+        # the training is kept; the verification failed
+        errors = result["benchmarks"]["errors"] | _groups(result)["errors"]
+        why = "; ".join(f"{name}: {error}" for name, error in errors.items())
         raise BenchmarkError(f"{benchmarks}: no benchmark could be verified ({why}); the training is kept in {path}")
     return result
 
@@ -107,12 +112,38 @@ def results_table_markdown(results: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in verified:
         sets = r["benchmarks"]["sets"]
-        cells = [f"{r['name']} ({r['recipe']['backbone']} + {r['recipe']['head']['kind']}, "
-                 f"{r['training']['epochs']} ep)"]
+        cells = [_model(r)]
         cells += [_pct(sets[c]["accuracy"]) if c in sets else "–" for c in columns]
         cells.append(_pct(r["benchmarks"].get("standard_average")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _groups(result: dict) -> dict:
+    """A result's sets of groups (``benchmarks.groups``; see :mod:`facefoundry.evaluate.groups`), empty if none."""
+    return (result.get("benchmarks") or {}).get("groups") or {"sets": {}, "errors": {}}
+
+
+def groups_table_markdown(results: list[dict]) -> str:
+    """One row per trained recipe and set of groups: each group's accuracy (%), mean ± std over the groups (std:
+    population) and the gap (highest - lowest, with the lowest group); empty when no result has groups."""
+    rows = [(r, name, g) for r in results for name, g in _groups(r)["sets"].items()]
+    if not rows:
+        return ""
+    head = ["model", "groups", "accuracy per group (%)", "mean ± std (%)", "gap (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r, name, g in rows:
+        per_group = " · ".join(f"{label} {_pct(g['groups'][label]['accuracy'])}" for label in g["order"])
+        gap = f"{_pct(g['gap'])} ({g['lowest']} lowest)"
+        cells = [_model(r), f"{name} ({g['source']})", per_group, g["summary"], gap]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _model(result: dict) -> str:
+    """A recipe as the tables name it: ``name (backbone + head, epochs ep)``."""
+    return (f"{result['name']} ({result['recipe']['backbone']} + {result['recipe']['head']['kind']}, "
+            f"{result['training']['epochs']} ep)")
 
 
 def _pct(value: float | None) -> str:

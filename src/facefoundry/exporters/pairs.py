@@ -44,12 +44,11 @@ import pyarrow.parquet as pq
 from facefoundry import __version__
 from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.dataset.storage import LocalStore
-from facefoundry.evaluate.benchmarks import IMAGE_SIZE, encode_image, write_bin
+from facefoundry.evaluate.benchmarks import IMAGE_SIZE, encode_image, sidecar_path, write_bin
 from facefoundry.exporters.export import ExportError, _shards
 from facefoundry.runfolder.rows import iter_row_groups, kept_mask
 
 UNKNOWN = "unknown"
-SIDECAR_SUFFIX = ".pairs.json"
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 Image = tuple[int, int]  # (identity, image_index)
 Pair = tuple[Image, Image, bool]
@@ -57,12 +56,6 @@ Pair = tuple[Image, Image, bool]
 
 class PairsError(ExportError):
     """The pairs cannot be exported as asked."""
-
-
-def sidecar_path(out_path: str | Path) -> Path:
-    """``X.bin`` -> ``X.bin.pairs.json``."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.name + SIDECAR_SUFFIX)
 
 
 def _digest(text: str) -> int:

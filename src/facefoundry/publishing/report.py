@@ -14,7 +14,8 @@ mode rejected rows are stored too, so manifest ``stats`` and the sample include 
 ``filter_reason`` in the plots).
 
 Output (``<run>/report/`` by default): ``separation.png``, ``consistency.png``, ``funnel.png``,
-``quality.png``, ``pose.png``, ``grid.png`` and ``summary.json``.
+``quality.png``, ``pose.png``, ``grid.png`` and ``summary.json``; with per-group verification results
+(:mod:`facefoundry.evaluate.groups`), ``verification_groups.png``.
 
 Pose is a *proxy* from the 5 dlib landmarks (no 3-D model): with eye centres ``R`` (image-right)
 and ``L`` and the nose base ``N``, ``d = |R - L|`` and ``u = (R - L) / d``:
@@ -33,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facefoundry.evaluate.intrinsic_run import report_intrinsic
-from facefoundry.evaluate.train_verify import read_results, results_table_markdown
+from facefoundry.evaluate.train_verify import groups_table_markdown, read_results, results_table_markdown
 from facefoundry.jsonsafe import json_safe
 from facefoundry.layout import IDENTITIES_FILE, PLOTS, REPORT_DIR, SUMMARY_FILE
 from facefoundry.publishing.report_plots import (
@@ -43,6 +44,7 @@ from facefoundry.publishing.report_plots import (
     plot_consistency,
     plot_funnel,
     plot_grid,
+    plot_groups,
     plot_pose,
     plot_quality,
     plot_separation,
@@ -58,6 +60,7 @@ SCORE_COLUMNS = ("identity", "face_count", "face_score", "face_box", "landmarks"
 
 
 MAX_SAMPLE_SHARDS = 2_000  # the sample's other bound (see _sample)
+GROUPS_PLOT = "verification_groups.png"  # per-group verification accuracy, only when a result has groups
 
 class ReportError(RuntimeError):
     """The folder is not a run, or holds nothing to report yet."""
@@ -87,19 +90,33 @@ def build_report(run_dir: Path, out_dir: Path | None = None, max_rows: int = 200
                     run_id)
     summary["grid"] = plot_grid(out_dir / "grid.png", run_dir, manifests, run_id)
     summary["intrinsic"] = report_intrinsic(run_dir, out_dir)  # independent-judge metrics, eval/intrinsic.json
-    summary["train_verify"] = _train_verify(run_dir)
+    summary["train_verify"] = _train_verify(run_dir, out_dir, run_id)
     summary["plots"] = list(PLOTS)
     summary = json_safe(summary)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
-def _train_verify(run_dir: Path) -> dict:
-    """Train-then-verify accuracies per recipe (``eval/<name>.json``) and their table in the papers' order."""
+def _train_verify(run_dir: Path, out_dir: Path | None = None, run_id: str = "") -> dict:
+    """Train-then-verify accuracies per recipe (``eval/<name>.json``) and their table in the papers' order; where
+    a result has sets of groups, their mean, std and gap, their table and (with ``out_dir``) ``GROUPS_PLOT``."""
     results = read_results(run_dir)
     per_recipe = {r["name"]: {name: s["accuracy"] for name, s in (r.get("benchmarks") or {}).get("sets", {}).items()}
                   | {"standard_average": (r.get("benchmarks") or {}).get("standard_average")} for r in results}
-    return {"results": per_recipe, "table": results_table_markdown(results)}
+    out = {"results": per_recipe, "table": results_table_markdown(results)}
+    panels = [(f"{r['name']}: {name}", g) for r in results
+              for name, g in ((r.get("benchmarks") or {}).get("groups") or {}).get("sets", {}).items()]
+    if panels:
+        out["groups"] = {heading: {k: g[k] for k in ("mean", "std", "gap", "lowest", "highest")}
+                         | {"accuracy": {label: g["groups"][label]["accuracy"] for label in g["order"]}}
+                         for heading, g in panels}
+        out["groups_table"] = groups_table_markdown(results)
+    if out_dir is not None:
+        (out_dir / GROUPS_PLOT).unlink(missing_ok=True)  # never a plot of results that are gone
+        if panels:
+            plot_groups(out_dir / GROUPS_PLOT, panels, f"{run_id} — per-group verification accuracy")
+            out["plots"] = [GROUPS_PLOT]
+    return out
 
 
 # ---------------------------------------------------------------- reading

@@ -359,3 +359,26 @@ def plot_attributes(path: Path, label_counts: dict[str, dict[str, int]], balance
     else:
         _no_data(right, name, "the run was not balanced (no balance section)")
     _save(fig, path)
+
+
+def plot_groups(path: Path, panels: list[tuple[str, dict]], title: str) -> None:
+    """Per-group verification: one panel per (recipe, set of groups), each group's accuracy as a bar (the lowest in
+    red) with the mean over the groups as a dashed line. ``panels``: (heading, a set's result as
+    :mod:`facefoundry.evaluate.groups` describes it)."""
+    most = max(len(g["order"]) for _, g in panels)
+    fig, axes = _figure(len(panels), title, width=5.4, height=max(3.0, 1.2 + 0.35 * most))
+    for ax, (heading, g) in zip(axes, panels, strict=True):
+        labels = list(g["order"])
+        accuracies = [100 * g["groups"][label]["accuracy"] for label in labels]
+        ys = np.arange(len(labels))
+        ax.barh(ys, accuracies, color=["#d1495b" if label == g["lowest"] else "#3d6fb6" for label in labels])
+        ax.axvline(100 * g["mean"], color="black", linestyle="--", linewidth=1)
+        for y, accuracy in zip(ys, accuracies, strict=True):
+            ax.text(accuracy, y, f" {accuracy:.2f}", va="center", fontsize=8)
+        ax.set_yticks(ys, labels, fontsize=8)
+        ax.invert_yaxis()
+        low = min(accuracies)
+        ax.set_xlim(max(0.0, low - max(5.0, 100 * g["gap"])), 100.5)
+        ax.set_xlabel("verification accuracy (%)")
+        ax.set_title(f"{heading}\nmean ± std {g['summary']} (dashed), gap {100 * g['gap']:.2f}", fontsize=10)
+    _save(fig, path)

@@ -7,7 +7,7 @@ import json
 from facefoundry.evaluate.anchors import anchors_table_markdown
 from facefoundry.evaluate.intrinsic import intrinsic_table_markdown
 from facefoundry.evaluate.intrinsic_run import INTRINSIC_FILE
-from facefoundry.evaluate.train_verify import read_results, results_table_markdown
+from facefoundry.evaluate.train_verify import groups_table_markdown, read_results, results_table_markdown
 from facefoundry.layout import EVAL_DIR
 from facefoundry.publishing.card.context import CardContext
 
@@ -23,7 +23,8 @@ def evaluation(ctx: CardContext) -> list[str]:
                   "Metrics of the kept images under a face model that is not the generator's conditioning encoder "
                   f"(`facefoundry evaluate --intrinsic`; full results in `{EVAL_DIR}/{INTRINSIC_FILE}`):\n",
                   intrinsic_table_markdown(result)]
-    table = results_table_markdown(read_results(run_dir))
+    results = read_results(run_dir)
+    table = results_table_markdown(results)
     if table:
         lines += ["### Train then verify\n",
                   "Verification accuracy (%, 10-fold, image + flip) of a face recognition model trained on this "
@@ -32,6 +33,13 @@ def evaluation(ctx: CardContext) -> list[str]:
                   "Published results of other training sets, for comparison (different recipes move these figures by "
                   "about 2 points):\n",
                   anchors_table_markdown() + "\n"]
+    groups = groups_table_markdown(results)
+    if groups:
+        lines += ["### Per-group verification\n",
+                  "Accuracy (%) of the trained model on each group of a balanced evaluation set (export-pairs "
+                  "`--cells`, or one `.bin` per group as in RFW), the mean ± standard deviation over the groups and "
+                  "the gap between the best and the worst group (lower is fairer):\n",
+                  groups + "\n"]
     if len(lines) == 2:
         lines.append("Not evaluated yet: `facefoundry evaluate RUN --intrinsic` measures the set with an independent "
                      "judge, `--train configs/evaluate.yaml --benchmarks DIR` trains and verifies a model on it.\n")
