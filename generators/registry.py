@@ -12,13 +12,14 @@ from facefoundry.generators.arc2face.spec import Arc2FaceSpec
 from facefoundry.generators.dcface.spec import DCFaceSpec
 from facefoundry.generators.id_booth.spec import IDBoothSpec
 from facefoundry.generators.idiff_face.spec import IDiffFaceSpec
+from facefoundry.generators.merged.spec import MergedSpec
 from facefoundry.generators.noop.spec import NoopSpec
 from facefoundry.generators.spec import GeneratorSpec
 from facefoundry.generators.vec2face.spec import Vec2FaceSpec
 
 SPECS: dict[str, GeneratorSpec] = {
     spec.kind: spec for spec in (Arc2FaceSpec(), Vec2FaceSpec(), IDiffFaceSpec(), DCFaceSpec(), IDBoothSpec(),
-                                  NoopSpec())
+                                  NoopSpec(), MergedSpec())
 }
 DEFAULT_KIND = "arc2face"  # the generator of a config whose generator section names no kind
 

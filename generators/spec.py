@@ -105,6 +105,7 @@ class GeneratorSpec:
     # Config keys added after runs existed, with the value meaning "as before" (left out of the config hash there).
     later_keys: ClassVar[dict[str, Any]] = {}
     rehearsal: ClassVar[bool] = False  # a pipeline rehearsal (noise, never a dataset): never published
+    renders: ClassVar[bool] = True  # False: the run's rows are copied from other runs (merged), never generated
     real_people: ClassVar[bool] = False  # the identities are real (consenting) people, not synthetic ones
     identities_are: ClassVar[str] = "random vectors in a face-recognition embedding space"
     # What varies one identity's images besides seeds and vector noise (the card's limitations), if anything.
@@ -178,4 +179,9 @@ class GeneratorSpec:
 
     def card_sections(self, gen: Any, run_dir: Path) -> list[str]:
         """Card sections of this generator's own (markdown, after 'Image generation'), from the run folder."""
+        return []
+
+    def source_configs(self, gen: Any) -> list[dict[str, Any]]:
+        """The configs of the runs whose rows this run holds instead of generating them (a merged dataset: its
+        source runs, in label order); none for a generator that renders images."""
         return []

@@ -33,7 +33,7 @@ from facefoundry.pipelines import tinycache
 from facefoundry.pipelines.progress import Progress, StartupTicker
 from facefoundry.runfolder.removal import finish_pending
 from facefoundry.runfolder.repair import set_aside_bad_identities, set_aside_corrupt, set_aside_orphans
-from facefoundry.runfolder.runinfo import prepare_run_folder, run_id
+from facefoundry.runfolder.runinfo import RunFolderError, prepare_run_folder, run_id
 from facefoundry.runfolder.runlock import run_lock
 from facefoundry.runfolder.runlog import LOG_DIR, new_log_path, run_log
 
@@ -204,6 +204,10 @@ def _run(cfg: RunConfig, store: RunStore, local: Path, resuming: bool, log: Text
     done = {m["unit"] for m in finished_manifests(store, cfg.config_hash(), files)} if resuming else set()
     pending = [u for u in units if u.name not in done]
     skipped = len(units) - len(pending)
+    if pending and not spec_of(cfg.generator).renders:
+        raise RunFolderError(f"{len(pending)} units of {run_id(cfg)} are missing or corrupt, and a merged dataset is "
+                             "not generated: run `facefoundry merge` again with its source runs (run.json: "
+                             "generator.sources, in order) and the same --out to finish or repair it")
     from facefoundry.identities.sampling import check_input_files
 
     check_input_files(cfg.identities)  # a bad vector file fails now, not after the tiny build and Ray's start

@@ -293,6 +293,54 @@ def remove(
     _refresh_after_removal(run_dir)
 
 
+@app.command()
+def merge(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more finished run folders, in label order.")],
+    out: OutOpt,
+    name: Annotated[str, typer.Option("--name", help="The merged run's name (run.name).")] = "merged",
+    duplicates: Annotated[str, typer.Option("--duplicates", help=(
+        "Identities of different runs found to be one: drop (the side with fewer kept images) or keep."))] = "drop",
+    judge: Annotated[str, typer.Option("--judge", help=(
+        "Judge of identities across different identity spaces: dlib, an ArcFace .onnx/.pth that conditioned none "
+        "of the runs, or none (not checked; the card says so)."))] = "dlib",
+    judge_images: Annotated[int, typer.Option("--judge-images", min=1, help=(
+        "Kept images per identity averaged into its judge centroid."))] = 4,
+    identities_per_unit: Annotated[int | None, typer.Option("--identities-per-unit", min=1, help=(
+        "Identities per shard of the merged run (default: the first run's)."))] = None,
+    include_rejected: Annotated[bool, typer.Option("--include-rejected", help=(
+        "Take the rows a filter rejected too (runs filtered in annotate mode), with their reasons."))] = False,
+) -> None:
+    """One dataset from several finished runs: relabelled identities, provenance columns, cross-run duplicates
+    checked; a normal run folder (verify, report, card, export, publish work on it). Rerun to resume."""
+    from facefoundry.exporters.merge import MergeError, merge_runs
+    from facefoundry.runfolder.runinfo import RunFolderError
+
+    if duplicates not in ("drop", "keep"):
+        _fail(f"--duplicates {duplicates!r}: give drop or keep", 2)
+    try:
+        report = merge_runs(runs, out, name=name, duplicates=duplicates,
+                            judge=None if judge == "none" else judge, judge_images=judge_images,
+                            identities_per_unit=identities_per_unit, include_rejected=include_rejected, notify=_say)
+    except KeyboardInterrupt as exc:
+        _stopped(exc, "rerun the same command to finish the merge")
+    except (MergeError, RunFolderError) as exc:
+        _fail(str(exc), 2)
+    except Exception as exc:
+        _fail(error_line(exc))
+    for dup in report["duplicates"]:
+        first, second = dup["first"], dup["second"]
+        typer.echo(f"duplicate ({dup['by']}, {dup['score']:.4f}): {first['run_id']} identity {first['identity']} and "
+                   f"{second['run_id']} identity {second['identity']}"
+                   + (f"; dropped {dup['dropped']['run_id']} identity {dup['dropped']['identity']}"
+                      if dup["dropped"] else "; both kept"))
+    for line in report["unchecked"]:
+        typer.echo(f"not checked: {line}", err=True)
+    taken = ", ".join(f"{s['identities_taken']} of {s['run_id']}" for s in report["sources"])
+    typer.echo(f"{report['run_id']}: {taken} identities; {len(report['duplicates'])} duplicate(s), "
+               f"{report['dropped']} dropped; {report['units']['written']} units written, "
+               f"{report['units']['skipped']} already done -> {out}")
+
+
 def _say(text: str) -> None:
     """A progress line on stderr."""
     typer.echo(text, err=True)

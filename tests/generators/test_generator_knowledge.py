@@ -76,18 +76,33 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
     assert [line.split(":")[1] for line in found] == ["1", "3", "4", "5", "6"], found
 
 
+def tiny_section(kind: str):
+    """A generator section of ``kind`` for a tiny build (a merged run: of two tiny source runs)."""
+    spec = SPECS[kind]
+    if not spec.renders:
+        sources = [{"run_id": f"{k}-0", "config_hash": "0", "config": {"generator": {"kind": k, "tiny": True}},
+                    "identities": 2, "first_label": 2 * i} for i, k in enumerate(("arc2face", "vec2face"))]
+        return spec.config(sources=sources)
+    return spec.config(tiny=True) if "tiny" in spec.config.model_fields else spec.config()
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_spec_is_complete(kind):
     """What the pipeline, config, card and licence chain read: declared for every registered generator."""
     spec = SPECS[kind]
-    gen = spec.config(tiny=True) if "tiny" in spec.config.model_fields else spec.config()
+    gen = tiny_section(kind)
     assert spec.kind == kind and spec.config.model_fields["kind"].default == kind
     assert spec.display_name and ":" in spec.generator_class
     assert spec.components(gen), "a tiny build still names its licence record"
     assert spec.card_lines(gen) and all(line.startswith("- ") for line in spec.card_lines(gen))
     assert isinstance(spec.shard_metadata(gen), dict)
-    assert spec.output_size(gen), "a stored image size is known"
-    if not spec.rehearsal:
+    if spec.renders:
+        assert spec.output_size(gen), "a stored image size is known"
+        assert not spec.source_configs(gen)
+    else:  # a merged run: its sources' facts
+        assert spec.source_configs(gen) and spec.conditioning_names(gen) == {
+            name for k in ("arc2face", "vec2face") for name in SPECS[k].conditioning_files}
+    if not spec.rehearsal and spec.renders:
         assert spec.conditioning_files, "a real generator declares the encoders a judge must not be"
         assert spec.citations and spec.native_size
 
@@ -97,14 +112,14 @@ def test_shards_record_the_sampling_settings(kind):
     """Every setting that decides how a generator samples (steps, eta, guidance, sampler) is in the shard metadata
     of every generator that has it (Arc2Face's steps were not)."""
     spec = SPECS[kind]
-    gen = spec.config(tiny=True) if "tiny" in spec.config.model_fields else spec.config()
+    gen = tiny_section(kind)
     recorded = spec.shard_metadata(gen)
     for setting in ("sampler", "steps", "eta", "guidance_scale"):
         if setting in spec.config.model_fields:
             assert setting in recorded, f"{kind}: shard metadata lacks {setting}"
 
 
-@pytest.mark.parametrize("kind", sorted(k for k in KINDS if not SPECS[k].rehearsal))
+@pytest.mark.parametrize("kind", sorted(k for k in KINDS if not SPECS[k].rehearsal and SPECS[k].renders))
 def test_the_judge_refuses_every_declared_conditioning_encoder(kind, tmp_path):
     """Grading a run with the generator's own conditioning encoder is refused for every generator (the check knew
     only Arc2Face's and Vec2Face's), whether the run names its kind or its whole generator section."""

@@ -113,10 +113,16 @@ def write_identities(out: str | Path | RunStore, cfg: RunConfig, progress: TextI
             "morph_cosine": icfg.leakage.morph_cosine,
         } if leakage else None,
     }
-    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    with store.commit(IDENTITIES_FILE) as tmp:
-        pq.write_table(table, tmp, row_group_size=IDENTITY_ROW_GROUP)
+    commit_identities(store, table, meta)
     return meta
+
+
+def commit_identities(out: str | Path | RunStore, table: pa.Table, meta: dict) -> None:
+    """Write ``table`` as the run's ``identities.parquet`` with ``meta`` as its metadata, atomically (the same bytes
+    for the same inputs: no timings in ``meta``)."""
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    with open_store(out).commit(IDENTITIES_FILE) as tmp:
+        pq.write_table(table, tmp, row_group_size=IDENTITY_ROW_GROUP)
 
 
 def read_metadata(source: Path | pa.NativeFile, name: str | None = None) -> dict:

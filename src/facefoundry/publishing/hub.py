@@ -217,7 +217,10 @@ def publish(run_dir: str | Path, repo_id: str, private: bool = False, gated: boo
     if spec_of(facts.config.generator).rehearsal:
         raise PublishError(f"{run_dir} was made by the no-op generator (generator.kind: noop): its images are noise "
                            "from a pipeline rehearsal, not a dataset; it is never published")
-    if include_identities and facts.config.identities.sampler == "from_file":
+    gen = facts.config.generator
+    samplers = {facts.config.identities.sampler} | {c["identities"].get("sampler") for c in
+                                                      spec_of(gen).source_configs(gen)}  # a merged run: its sources'
+    if include_identities and "from_file" in samplers:
         raise PublishError("identity vectors of the from_file sampler may be embeddings of real people: "
                            "they are never published")
     if include_identities and facts.removals:

@@ -57,8 +57,13 @@ def component(key: str, role: str, source: str, revision: str | None = None) -> 
 
 
 def run_components(cfg: RunConfig) -> list[Component]:
-    """The upstream models a run used, from its typed config."""
+    """The upstream models a run used, from its typed config (a merged run: every source run's, each once)."""
     gen, filt = cfg.generator, cfg.filter
+    sources = spec_of(gen).source_configs(gen)
+    if sources:
+        from facefoundry.config import validate_config
+
+        return list(dict.fromkeys(c for source in sources for c in run_components(validate_config(source))))
     comps = [component(use.key, use.role, use.source, use.revision) for use in spec_of(gen).components(gen)]
     comps += [
         component("dlib-cnn", "face detector", "dlib-models (mmod_human_face_detector.dat)") if filt.detector == "cnn"

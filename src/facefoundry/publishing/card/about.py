@@ -140,6 +140,10 @@ def generator_sections(ctx: CardContext) -> list[str]:
 
 def generation(ctx: CardContext) -> list[str]:
     cfg, rec, filt = ctx.cfg, ctx.facts.record, ctx.cfg.filter
+    if spec_of(cfg.generator).source_configs(cfg.generator):  # a merged dataset: its sources describe it
+        from facefoundry.publishing.card.merged import merged_generation
+
+        return merged_generation(ctx)
     out = ["## How it was generated\n",
            "Identities → generator → face filter"
            + (" → identity filter" if cfg.id_filter is not None else "")

@@ -73,7 +73,7 @@ def build_card(run_dir: str | Path, license: str = DEFAULT_LICENSE, pretty_name:
     cfg = facts.config
     kind_name = generator_name(facts)
     spec = spec_of(cfg.generator)
-    gen_name = (f"tiny random {kind_name}-layout model" if cfg.generator.tiny and not spec.rehearsal
+    gen_name = (f"tiny random {kind_name}-layout model" if cfg.generator.tiny and not spec.rehearsal and spec.renders
                 else kind_name)
     faces = "generated faces of consenting people" if spec.real_people else "synthetic faces"
     pretty_name = pretty_name or (f"{cfg.run.name}: {faces} ({gen_name}, {cfg.identities.count:,} "

@@ -1,0 +1,1 @@
+"""A merged dataset (``facefoundry merge``): the rows of several finished runs in one label space; never generated."""
