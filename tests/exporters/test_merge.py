@@ -41,7 +41,8 @@ def _source(out, name, generator, images_of, per_identity=3, count=4, space=None
     identities = {"count": count, **(space or {})}
     seed = int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)  # runs of other names sample other vectors
     write_run(out, {"run": {"name": name, "seed": seed}, "identities": identities,
-                    "images": {"per_identity": per_identity}, "generator": generator, "output": {"identities_per_unit": 2}, "filter": {"mode": "annotate"}},
+                    "images": {"per_identity": per_identity}, "generator": generator,
+                    "output": {"identities_per_unit": 2}, "filter": {"mode": "annotate"}},
               unit_rows)
     return out
 
