@@ -207,9 +207,13 @@ def merged_config(sources: list[SourceRun], plan: MergePlan, name: str, duplicat
     output = {**first["output"]}
     if identities_per_unit is not None:
         output["identities_per_unit"] = identities_per_unit
+    # The filters as the rows carry them: the sources' decisions, stored (annotate) only with include_rejected.
+    mode = "annotate" if include_rejected else "drop"
+    id_filter = next((c["id_filter"] for c in (s.record["config"] for s in sources) if c.get("id_filter")), None)
     data = {"run": {"name": name}, "identities": {**first["identities"], "count": max(len(plan.taken), 1)},
             "images": {**first["images"], "per_identity": max(s.cfg.images.per_identity for s in sources)},
-            "generator": section, "output": output}
+            "generator": section, "output": output, "filter": {**first["filter"], "mode": mode},
+            "id_filter": None if id_filter is None else {**id_filter, "mode": mode}}
     return validate_config(data, "the merged config")
 
 
