@@ -314,3 +314,26 @@ def test_pth_encoder_runs_vec2face_arcface_r100_in_torch(models, tmp_path):
     assert [r["feature_norm"] for r in out] == pytest.approx(np.linalg.norm(raw, axis=1).tolist(), rel=1e-5)
     with pytest.raises(ValueError, match="identity vectors are 256-d"):
         IdentityFilter(cfg, np.ones((1, 256))).setup()
+
+
+def test_remove_like_embeds_a_face_image_as_the_filter_does(models, tmp_path):
+    """``facefoundry remove --like photo``: the largest face, aligned and embedded by the run's id_filter encoder."""
+    from facefoundry.config import validate_config
+    from facefoundry.runfolder.likeness import RemovalError, embed_face_image, query_vector
+
+    id_filter = {"detector_model": models["one"], "encoder_model": models["encoder"], "input_size": [SIZE, SIZE],
+                 "device": "cpu"}
+    cfg = validate_config({"identities": {"count": 2}, "images": {"per_identity": 1}, "id_filter": id_filter})
+    image = blocks(7)
+    (tmp_path / "face.png").write_bytes(png(image))
+    expected = l2_normalize(embed(models, [image]))[0]
+    np.testing.assert_allclose(embed_face_image(tmp_path / "face.png", cfg, 512), expected, atol=1e-5)
+    query, kind = query_vector(tmp_path / "face.png", cfg, 512)
+    assert kind == "image" and np.linalg.norm(query) == pytest.approx(1.0)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(RemovalError, match="not an image this tool can decode"):
+        embed_face_image(tmp_path / "text.png", cfg, 512)
+    nobody = validate_config({"identities": {"count": 2}, "images": {"per_identity": 1},
+                              "id_filter": id_filter | {"detector_model": models["weak"], "det_thresh": 0.5}})
+    with pytest.raises(RemovalError, match="no face found"):
+        embed_face_image(tmp_path / "face.png", nobody, 512)
