@@ -15,6 +15,7 @@
       orphans/                  ORPHANS_DIR: files no unit owns and corrupt shards, set aside by a rerun
       README.md                 CARD_FILE: the dataset card
       removals.json             REMOVALS_FILE: the removal log of ``facefoundry remove`` (takedowns)
+      merge/                    MERGE_DIR: a merge's judge centroids per source, kept for a rerun (never published)
 
 This module imports nothing from facefoundry, so any module may import it.
 """
@@ -32,6 +33,7 @@ LOG_DIR = "logs"
 CARD_FILE = "README.md"
 ORPHANS_DIR = "orphans"
 REMOVALS_FILE = "removals.json"
+MERGE_DIR = "merge"
 BALANCE_DIR = "balance"
 
 SHARD_PREFIX = "train-"
@@ -46,7 +48,7 @@ HUB_MAX_FILES_PER_FOLDER = 10_000
 
 # Everything a run writes into its folder; ``--fresh`` removes exactly these and nothing else.
 RUN_ENTRIES = (RUN_FILE, IDENTITIES_FILE, DATA_DIR, MANIFEST_DIR, MODELS_DIR, REPORT_DIR, EVAL_DIR, CARD_FILE, LOG_DIR,
-               ORPHANS_DIR, BALANCE_DIR, REMOVALS_FILE)
+               ORPHANS_DIR, BALANCE_DIR, REMOVALS_FILE, MERGE_DIR)
 
 
 def shard_file(unit_name: str) -> str:

@@ -96,7 +96,7 @@ def test_same_space_duplicate_is_found_by_vectors_and_the_less_supported_side_dr
 
 
 @needs_photo
-def test_a_duplicate_across_identity_spaces_is_found_by_the_judge_and_the_merge_is_a_run(tmp_path):
+def test_a_duplicate_across_identity_spaces_is_found_by_the_judge_and_the_merge_is_a_run(tmp_path, monkeypatch):
     """An Arc2Face-space run and a Vec2Face-space run (tiny configs), one person planted in both: the dlib judge's
     centroids find it; the merged folder verifies, loads with datasets, has a card naming both sources, and a merge
     into another folder gives the same bytes."""
@@ -133,7 +133,17 @@ def test_a_duplicate_across_identity_spaces_is_found_by_the_judge_and_the_merge_
     assert "duplicate (judge centroids" in again.output
     first = _digests(merged)
     del first["README.md"]
-    assert _digests(tmp_path / "m2") == first  # byte-identical
+    assert _digests(tmp_path / "m2") == first  # byte-identical (the judge centroids kept in merge/ included)
+    assert len(list((merged / "merge").glob("centroids-*.npy"))) == 2
+
+    from facefoundry.evaluate import judge as judge_module
+
+    def no_judging(self, images):
+        raise AssertionError("a rerun judged again instead of reading merge/")
+
+    monkeypatch.setattr(judge_module.FaceJudge, "__call__", no_judging)
+    rerun = merge_runs([a, b], merged, judge_images=2)
+    assert rerun["units"]["written"] == 0 and rerun["duplicates"] == report["duplicates"]
 
 
 def test_a_killed_merge_is_finished_by_the_same_command_to_the_same_bytes(tmp_path):
@@ -176,6 +186,8 @@ def test_what_cannot_be_merged_is_refused_in_one_line(tmp_path):
         merge_runs([a, b], b, judge=None)
     with pytest.raises(MergeError, match="two or more runs"):
         merge_runs([a], tmp_path / "m", judge=None)
+    with pytest.raises(MergeError, match="holds a generated run, not a merge"):
+        merge_runs([a, b], _source(tmp_path / "c", "c", ARC2FACE, _noise(4)), judge=None)
     (b / "manifests" / "0000002-0000004.json").unlink()
     with pytest.raises(MergeError, match="does not verify .*0000002-0000004.json"):
         merge_runs([a, b], tmp_path / "m", judge=None)

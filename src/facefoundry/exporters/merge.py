@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,6 +34,7 @@ import pyarrow.parquet as pq
 
 from facefoundry import __version__
 from facefoundry.config import RunConfig, validate_config
+from facefoundry.dataset.atomic import atomic_write_bytes
 from facefoundry.dataset.manifest import finished_manifests, is_done, plan_units
 from facefoundry.dataset.shards import write_unit
 from facefoundry.dataset.storage import arrow_reader, open_store
@@ -47,10 +50,10 @@ from facefoundry.faces.image_decode import decode_image
 from facefoundry.generators.registry import spec_of
 from facefoundry.identities.separation import nearest_neighbours, separation_summary
 from facefoundry.identities.store import IDENTITIES_FILE, commit_identities, read_metadata, read_run_vectors
-from facefoundry.layout import DATA_DIR, MANIFEST_DIR, RUN_ENTRIES, RUN_FILE
+from facefoundry.layout import DATA_DIR, MANIFEST_DIR, MERGE_DIR, RUN_ENTRIES, RUN_FILE
 from facefoundry.runfolder.repair import set_aside_corrupt, set_aside_orphans
 from facefoundry.runfolder.rows import kept_mask, read_shard, rejection_reasons
-from facefoundry.runfolder.runinfo import RunFolderError, read_record, run_id, run_record
+from facefoundry.runfolder.runinfo import RunFolderError, read_record, read_run, run_id, run_record
 from facefoundry.runfolder.verify import verify_run
 
 # The provenance columns every merged row gets, after the sources' own.
@@ -160,9 +163,30 @@ class MergePlan:
     judge: dict | None
 
 
+def _centroids(source: SourceRun, side: MergeSide, judge, per_identity: int, cache_dir: Path | None) -> np.ndarray:
+    """The judge centroids of ``side``, read from ``cache_dir`` when an earlier (killed) merge judged this source with
+    this judge, else computed and saved there (judging is the long part of a large merge)."""
+    key = hashlib.sha256(json.dumps([source.cfg.config_hash(), source.include_rejected, per_identity,
+                                     [f["sha256"] for f in judge.info()["files"]], judge.threshold]).encode())
+    path = None if cache_dir is None else cache_dir / f"centroids-{source.run_id}-{key.hexdigest()[:16]}.npy"
+    if path is not None and path.is_file():
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape == (len(side.identities), judge.dim):
+            return cached
+    centroids = judge_centroids(_judged_images(source, side, per_identity), len(side.identities), judge)
+    if path is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, centroids, allow_pickle=False)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+    return centroids
+
+
 def plan_merge(sources: list[SourceRun], duplicates: str = "drop", judge: str | None = "dlib",
-               judge_images: int = 4, notify: Callable[[str], None] = lambda _: None) -> MergePlan:
-    """Check the sources against each other and choose the identities of the merged run."""
+               judge_images: int = 4, notify: Callable[[str], None] = lambda _: None,
+               cache_dir: Path | None = None) -> MergePlan:
+    """Check the sources against each other and choose the identities of the merged run (judge centroids are kept
+    in ``cache_dir``, when given, for a rerun)."""
     names = [s.run_id for s in sources]
     if len(set(names)) != len(names):
         raise MergeError(f"a run is given twice ({', '.join(n for n in names if names.count(n) > 1)})")
@@ -179,8 +203,11 @@ def plan_merge(sources: list[SourceRun], duplicates: str = "drop", judge: str | 
         face_judge = FaceJudge(judge)
         for source in sources:
             face_judge.check_independent(source.record["config"]["generator"])
-        unjudged = judge_centroids(lambda s: _judged_images(sources[s], sides[s], judge_images), sides, face_judge,
-                                   notify)
+        for s, (source, side) in enumerate(zip(sources, sides, strict=True)):
+            side.centroids = _centroids(source, side, face_judge, judge_images, cache_dir)
+            unjudged[s] = int((~np.isfinite(side.centroids).all(axis=1)).sum())
+            notify(f"merge: judged {len(side.identities) - unjudged[s]} of {len(side.identities)} identities of "
+                   f"{side.name} ({unjudged[s]} without a face)")
         info = {"name": face_judge.name, "metric": face_judge.metric, "same_person_threshold": face_judge.threshold,
                 "images_per_identity": judge_images}
     found = find_duplicates(sides, face_judge.metric if face_judge else None,
@@ -312,7 +339,7 @@ def _prepare_output(out: Path, cfg: RunConfig) -> bool:
             raise MergeError(f"{out} holds run {stored.get('run_id')}, not this merge (other runs or options); use "
                              "another --out")
         return True
-    if store.entries() & set(RUN_ENTRIES):
+    if store.entries() & (set(RUN_ENTRIES) - {MERGE_DIR}):  # merge/: this merge's judge caches, written first
         raise MergeError(f"{out} holds run files but no {RUN_FILE}; use another --out")
     store.put_bytes(RUN_FILE, (json.dumps(run_record(cfg), indent=2, sort_keys=True) + "\n").encode())
     return False
@@ -374,9 +401,11 @@ def merge_runs(runs: list[str | Path], out: str | Path, *, name: str = "merged",
     sources = [read_source(run, include_rejected) for run in runs]
     if any(s.path.resolve() == out.resolve() for s in sources):
         raise MergeError(f"--out {out} is one of the runs: sources are never modified; use another --out")
+    if (out / RUN_FILE).is_file() and spec_of(read_run(out).generator).renders:  # before the judge caches go there
+        raise MergeError(f"{out} holds a generated run, not a merge; use another --out")
     for source in sources:
         notify(f"merge: {source.run_id}: {len(source.taken())} identities offered")
-    plan = plan_merge(sources, duplicates, judge, judge_images, notify)
+    plan = plan_merge(sources, duplicates, judge, judge_images, notify, out / MERGE_DIR)
     if not plan.taken:
         raise MergeError("no identity with a kept image in any of the runs: nothing to merge (runs filtered in "
                          "annotate mode: --include-rejected takes their rejected rows too)")

@@ -20,7 +20,7 @@ first, and a pair one of whose sides is already dropped needs nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,26 +144,18 @@ def resolve(duplicates: list[Duplicate], sides: list[MergeSide], mode: str) -> s
     return dropped
 
 
-def judge_centroids(images_of: Callable[[int], Iterable[tuple[int, list]]], sides: list[MergeSide], judge,
-                    notify: Callable[[str], None] = lambda _: None) -> dict[int, int]:
-    """Set each side's :attr:`MergeSide.centroids` from the judge's embeddings of ``images_of(side index)``: pairs of
-    (position of the identity in the side, its images: decoded RGB arrays or None). Returns the unjudged identities
-    per side."""
-    unjudged = {}
-    for s, side in enumerate(sides):
-        centroids = np.full((len(side.identities), judge.dim), np.nan)
-        for k, images in images_of(s):
-            if not images:
-                continue
-            emb = judge(images).embeddings
-            emb = emb[np.isfinite(emb).all(axis=1)]
-            if len(emb) and judge.metric == "euclidean":  # dlib: its rule is a distance between raw descriptors
-                centroids[k] = emb.mean(axis=0)
-            elif len(emb):
-                mean = _unit_rows(emb).mean(axis=0)
-                centroids[k] = mean / max(float(np.linalg.norm(mean)), 1e-12)
-        side.centroids = centroids
-        unjudged[s] = int((~np.isfinite(centroids).all(axis=1)).sum())
-        notify(f"merge: judged {len(side.identities) - unjudged[s]} of {len(side.identities)} identities of "
-               f"{side.name} ({unjudged[s]} without a face)")
-    return unjudged
+def judge_centroids(images: Iterable[tuple[int, list]], count: int, judge) -> np.ndarray:
+    """The judge centroid of each of ``count`` identities (NaN rows: unjudged) from ``images``: pairs of (the
+    identity's position, its images: decoded RGB arrays or None)."""
+    centroids = np.full((count, judge.dim), np.nan)
+    for k, batch in images:
+        if not batch:
+            continue
+        emb = judge(batch).embeddings
+        emb = emb[np.isfinite(emb).all(axis=1)]
+        if len(emb) and judge.metric == "euclidean":  # dlib: its rule is a distance between raw descriptors
+            centroids[k] = emb.mean(axis=0)
+        elif len(emb):
+            mean = _unit_rows(emb).mean(axis=0)
+            centroids[k] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return centroids
