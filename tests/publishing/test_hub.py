@@ -291,3 +291,22 @@ def test_publish_after_a_removal_replaces_the_shards_and_says_so(run, stub):
     assert "removals: 1 identities removed (removals.json); the 1 shard(s) they were in are replaced on the Hub by " \
            "this commit" in lines
     assert any("super_squash_history('org/faces', repo_type='dataset')" in line for line in lines)
+
+
+def test_a_merged_run_publishes_with_its_sources_in_the_card(tmp_path, stub):
+    """facefoundry merge writes a normal run folder: verify, card and publish work on it."""
+    from facefoundry.exporters.merge import merge_runs
+
+    first = make_run(tmp_path / "a")
+    second = make_run(tmp_path / "b", extra={"run": {"name": "second", "seed": 4}})
+    report = merge_runs([first, second], tmp_path / "m", judge=None)
+    assert report["duplicates"] == [] and [s["identities_taken"] for s in report["sources"]] == [4, 4]
+    result = hub.publish(tmp_path / "m", "org/merged", endpoint=stub.url, token="hf_x")
+    assert result.changed is True
+    files = stub.repos["org/merged"]["files"]
+    assert {f"data/train-000000{k}-000000{k + 2}.parquet" for k in (0, 2, 4, 6)} <= set(files)
+    card = files["README.md"].decode()
+    found = sections(card)
+    assert all(f"`{s['run_id']}`" in found["Sources"] for s in report["sources"])
+    assert "merges 2 finished facefoundry runs" in found["How it was generated"]
+    assert "merge/" not in " ".join(files)  # the judge caches stay local
