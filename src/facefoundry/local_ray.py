@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -29,9 +30,28 @@ class RayStartError(RuntimeError):
 
 
 # Ray gives its raylet a fixed time to register with the GCS (ray/_private/node.py) and then raises a bare
-# Exception with this text.
+# Exception with this text. On a busy machine the start is tried again, after the half-started daemons of the failed
+# try are killed (they are this process's children; Ray does not stop them), at most this many times in all.
 RAY_NODE_START_WAIT_S = 30
+START_ATTEMPTS = 3
 _NODE_START_TIMEOUT = "timed out during startup"
+
+
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _kill_new_children(before: set[int]) -> None:
+    """Kill this process's children that were not there before (a failed start's GCS, raylet and agents)."""
+    import psutil
+
+    new = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for proc in new:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(new, timeout=30)
 
 
 def _init(cfg: RayConfig, temp_dir: str | None) -> None:
@@ -40,23 +60,30 @@ def _init(cfg: RayConfig, temp_dir: str | None) -> None:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False, logging_level="ERROR")
         return
-    try:
-        ray.init(
-            num_cpus=cfg.num_cpus or os.cpu_count(),
-            num_gpus=cfg.num_gpus,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            _temp_dir=temp_dir,  # Unix socket paths are limited to ~107 bytes: keep it short
-            log_to_driver=False,
-            logging_level="ERROR",
-        )
-    except Exception as exc:
-        if _NODE_START_TIMEOUT not in str(exc):
-            raise
-        raise RayStartError(
-            f"the embedded Ray's node did not start within Ray's {RAY_NODE_START_WAIT_S} s: the machine is too busy "
-            f"({os.cpu_count()} cores; `uptime` shows the load). Let other work finish, or set a smaller "
-            "ray.num_cpus, then rerun the same command: it resumes") from exc
+    for attempt in range(1, START_ATTEMPTS + 1):
+        before = _children()
+        try:
+            ray.init(
+                num_cpus=cfg.num_cpus or os.cpu_count(),
+                num_gpus=cfg.num_gpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=temp_dir,  # Unix socket paths are limited to ~107 bytes: keep it short
+                log_to_driver=False,
+                logging_level="ERROR",
+            )
+            return
+        except Exception as exc:
+            if _NODE_START_TIMEOUT not in str(exc):
+                raise
+            _kill_new_children(before)
+            if attempt == START_ATTEMPTS:
+                raise RayStartError(
+                    f"the embedded Ray's node did not start within Ray's {RAY_NODE_START_WAIT_S} s, {START_ATTEMPTS} "
+                    f"times: the machine is too busy ({os.cpu_count()} cores; `uptime` shows the load). Let other "
+                    "work finish, or set a smaller ray.num_cpus, then rerun the same command: it resumes") from exc
+            sys.stderr.write(f"the embedded Ray's node did not start within Ray's {RAY_NODE_START_WAIT_S} s (a busy "
+                             f"machine): starting it again ({attempt + 1} of {START_ATTEMPTS})\n")
 
 
 class _Starting:
