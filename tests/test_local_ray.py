@@ -132,3 +132,29 @@ def test_a_node_that_missed_rays_start_wait_is_started_again_and_serves_tasks(mo
         assert spawned and not alive & set(spawned)  # the first try's GCS and raylet are gone
     assert "starting it again (2 of 3)" in capsys.readouterr().err
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_ray_is_shut_down_only_after_ray_datas_execution_threads_end(monkeypatch, background):
+    """Ray Data waits 2 s for its execution thread; a session must not shut Ray down under a thread still stopping
+    its operators (a core-worker call after shutdown ends the process: a finished job exited 1 once)."""
+    import ray
+
+    stopping = threading.Event()
+
+    def executor_winding_down():
+        stopping.wait(10)
+        time.sleep(1.5)
+
+    shutdown, seen = ray.shutdown, []
+
+    def checked_shutdown(*args, **kwargs):
+        seen.append([t.name for t in threading.enumerate() if t.name.startswith("StreamingExecutor-")])
+        return shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "shutdown", checked_shutdown)
+    with ray_session(RayConfig(num_cpus=1), background=background) as ready:
+        ready()
+        threading.Thread(target=executor_winding_down, name="StreamingExecutor-test", daemon=True).start()
+        stopping.set()
+    assert seen and seen[0] == []  # the thread had ended when Ray was shut down

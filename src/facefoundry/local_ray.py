@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from facefoundry.sections import RayConfig
@@ -126,9 +127,26 @@ class _Starting:
             self.wait()
         import ray
 
+        _let_ray_data_stop()
         ray.shutdown()
         self._ended.set()
         self._thread.join()
+
+
+# Ray Data runs each dataset's execution in a thread of this name; at the end of an execution it waits for that thread
+# only 2 s. On a busy machine the thread may still be stopping its operators (actor calls) when the session shuts Ray
+# down, and a call into Ray's core worker after ``ray.shutdown`` ends the process at once ("The core worker has
+# already been shutdown ... The process will exit": a finished run or job then exits 1).
+RAY_DATA_THREAD_PREFIX = "StreamingExecutor-"
+RAY_DATA_STOP_WAIT_S = 120.0
+
+
+def _let_ray_data_stop(timeout: float = RAY_DATA_STOP_WAIT_S) -> None:
+    """Wait (at most ``timeout`` in all) for Ray Data's execution threads to end before Ray is shut down."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith(RAY_DATA_THREAD_PREFIX) and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _no_sigterm_warning(record: logging.LogRecord) -> bool:
@@ -164,6 +182,7 @@ def ray_session(cfg: RayConfig, background: bool = False) -> Iterator[Callable[[
             if background:
                 starting.shutdown()
             else:
+                _let_ray_data_stop()
                 ray.shutdown()
     finally:
         if temp_dir:
