@@ -290,7 +290,7 @@ class WriteStage(Stage):
         self.setup()
         # A unit written again after a takedown (run --repair) leaves the removed identities out, as the removal did.
         table, rows, accepted = without_removed(result.table, self.removed)
-        drops = result.drops | ({REMOVED: result.drops.get(REMOVED, 0) + accepted} if rows else {})
+        drops = result.drops | ({REMOVED: accepted} if rows else {})  # no filter gives this reason
         return write_unit(
             self.out,
             result.unit,

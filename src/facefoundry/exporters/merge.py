@@ -157,6 +157,7 @@ class MergePlan:
     """What the merge writes: the identities taken (source index, label) in merged order, and its report."""
 
     taken: list[tuple[int, int]]
+    vectors: np.ndarray  # the taken identities' vectors, one row each, as their identities files hold them
     duplicates: list[Duplicate]
     unchecked: list[str]
     unjudged: dict[int, int]
@@ -213,10 +214,13 @@ def plan_merge(sources: list[SourceRun], duplicates: str = "drop", judge: str | 
     found = find_duplicates(sides, face_judge.metric if face_judge else None,
                             face_judge.threshold if face_judge else None)
     dropped = resolve(found, sides, duplicates)
-    taken = [(s, int(i)) for s, side in enumerate(sides) for i in side.identities if (s, int(i)) not in dropped]
+    chosen = [(s, k) for s, side in enumerate(sides) for k, i in enumerate(side.identities)
+              if (s, int(i)) not in dropped]  # (source, position in its side)
+    taken = [(s, int(sides[s].identities[k])) for s, k in chosen]
+    vectors = np.array([sides[s].vectors[k] for s, k in chosen], np.float32).reshape(len(chosen), dims.pop())
     notify(f"merge: {len(found)} cross-run duplicate(s) found, {len(dropped)} identities dropped; "
            f"{len(taken)} identities taken")
-    return MergePlan(taken, found, unchecked_pairs(sides, needs_judge), unjudged, info)
+    return MergePlan(taken, vectors, found, unchecked_pairs(sides, needs_judge), unjudged, info)
 
 
 def merged_config(sources: list[SourceRun], plan: MergePlan, name: str, duplicates: str, judge: str | None,
@@ -245,8 +249,7 @@ def merged_config(sources: list[SourceRun], plan: MergePlan, name: str, duplicat
 
 
 def _identities_table(sources: list[SourceRun], plan: MergePlan) -> tuple[pa.Table, dict]:
-    vectors_of = [read_run_vectors(s.path) for s in sources]
-    vectors = np.stack([vectors_of[s][i] for s, i in plan.taken]).astype(np.float32)
+    vectors = plan.vectors
     nn_cos, nn_idx = np.full(len(vectors), -np.inf), np.full(len(vectors), -1, np.int64)
     for space in dict.fromkeys(sources[s].space for s, _ in plan.taken):  # nearest neighbours within a space only
         rows = np.array([k for k, (s, _) in enumerate(plan.taken) if sources[s].space == space])

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facefoundry.evaluate.embedding_stats import Metric, cross_scores, normalize, same_person, similarity
+
 BLOCK = 4096  # identities compared at a time (a BLOCK x BLOCK float64 block is 128 MB)
 
 
@@ -58,40 +60,21 @@ class Duplicate:
                 "dropped": side(self.dropped) if self.dropped else None}
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    v = np.asarray(vectors, np.float64)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
-def close_pairs(a: np.ndarray, b: np.ndarray, above: float) -> list[tuple[int, int, float]]:
-    """Every ``(i, j, cosine)`` with cosine of rows ``a[i]`` and ``b[j]`` above ``above``, computed blockwise."""
-    a, b = _unit_rows(a), _unit_rows(b)
-    found = []
-    for start in range(0, len(a), BLOCK):
-        cos = a[start:start + BLOCK] @ b.T
-        for i, j in zip(*np.nonzero(cos > above), strict=True):
-            found.append((start + int(i), int(j), float(cos[i, j])))
-    return found
-
-
-def same_person_pairs(a: np.ndarray, b: np.ndarray, metric: str, threshold: float) -> list[tuple[int, int, float]]:
-    """Centroid pairs the judge calls one person (``metric`` euclidean: distance below; cosine: above)."""
-    ok_a, ok_b = np.isfinite(a).all(axis=1), np.isfinite(b).all(axis=1)
-    ia, ib = np.flatnonzero(ok_a), np.flatnonzero(ok_b)
-    if not len(ia) or not len(ib):
-        return []
-    if metric == "cosine":
-        return [(int(ia[i]), int(ib[j]), c) for i, j, c in close_pairs(a[ia], b[ib], threshold)]
+def close_pairs(a: np.ndarray, b: np.ndarray, metric: Metric, threshold: float) -> list[tuple[int, int, float]]:
+    """Every ``(i, j, score)`` whose native score (cosine, or Euclidean distance) of rows ``a[i]`` and ``b[j]`` meets
+    the same-person rule at ``threshold`` (cosine above, distance below), computed blockwise; rows with NaN (an
+    identity without a judge centroid) never match."""
+    ia, ib = np.flatnonzero(np.isfinite(a).all(axis=1)), np.flatnonzero(np.isfinite(b).all(axis=1))
     found = []
     for start in range(0, len(ia), BLOCK):
-        block = a[ia[start:start + BLOCK]]
-        dist = np.sqrt(np.maximum(((block[:, None, :] - b[ib][None, :, :]) ** 2).sum(-1), 0.0))
-        for i, j in zip(*np.nonzero(dist < threshold), strict=True):
-            found.append((int(ia[start + i]), int(ib[j]), float(dist[i, j])))
+        rows = ia[start:start + BLOCK]
+        scores = cross_scores(a[rows], b[ib], metric)
+        for i, j in zip(*np.nonzero(same_person(scores, metric, threshold)), strict=True):
+            found.append((int(rows[i]), int(ib[j]), float(scores[i, j])))
     return found
 
 
-def find_duplicates(sides: list[MergeSide], judge_metric: str | None = None,
+def find_duplicates(sides: list[MergeSide], judge_metric: Metric | None = None,
                     judge_threshold: float | None = None) -> list[Duplicate]:
     """Every pair of identities of two different sources that is one identity, most similar first (vector pairs
     before judge pairs; ties by source and label). Judge pairs need the sides' :attr:`MergeSide.centroids`."""
@@ -104,14 +87,14 @@ def find_duplicates(sides: list[MergeSide], judge_metric: str | None = None,
                 if rules:
                     found += [Duplicate((s, int(left.identities[i])), (t, int(right.identities[j])),
                                         "identity vectors", c)
-                              for i, j, c in close_pairs(left.vectors, right.vectors, min(rules))]
+                              for i, j, c in close_pairs(left.vectors, right.vectors, "cosine", min(rules))]
             elif left.centroids is not None and right.centroids is not None and judge_metric:
                 found += [Duplicate((s, int(left.identities[i])), (t, int(right.identities[j])), "judge centroids", d)
-                          for i, j, d in same_person_pairs(left.centroids, right.centroids, judge_metric,
-                                                           judge_threshold)]
+                          for i, j, d in close_pairs(left.centroids, right.centroids, judge_metric,
+                                                     judge_threshold)]
     def closest_first(d: Duplicate) -> tuple:
-        distance = d.by == "judge centroids" and judge_metric == "euclidean"
-        return d.by != "identity vectors", d.score if distance else -d.score, d.first, d.second
+        metric = judge_metric if d.by == "judge centroids" else "cosine"
+        return d.by != "identity vectors", -float(similarity(d.score, metric)), d.first, d.second
 
     return sorted(found, key=closest_first)
 
@@ -156,6 +139,5 @@ def judge_centroids(images: Iterable[tuple[int, list]], count: int, judge) -> np
         if len(emb) and judge.metric == "euclidean":  # dlib: its rule is a distance between raw descriptors
             centroids[k] = emb.mean(axis=0)
         elif len(emb):
-            mean = _unit_rows(emb).mean(axis=0)
-            centroids[k] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+            centroids[k] = normalize(normalize(emb).mean(axis=0))
     return centroids

@@ -121,7 +121,7 @@ def _apply(store: RunStore, cfg: RunConfig, entries: list[dict], index: int,
     """Carry out the pending entry ``entries[index]`` (steps 2 and 3 of the module doc)."""
     entry = entries[index]
     units = {u.name: u for u in plan_units(cfg.identities.count, cfg.output.identities_per_unit)}
-    removed = frozenset(int(label) for label in entry["labels"])
+    removed = removed_labels([entry])
     for n, (name, plan) in enumerate(sorted(entry["units"].items()), 1):
         unit = units.get(name)
         if unit is None:

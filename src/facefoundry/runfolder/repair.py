@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from facefoundry.dataset.manifest import DATA_DIR, MANIFEST_DIR, Unit, UnitFiles, list_unit_files, read_manifest
 from facefoundry.dataset.storage import RunStore, arrow_reader
 from facefoundry.layout import ORPHANS_DIR
+from facefoundry.runfolder.removal import without_removed
 
 
 def repair_command(run_dir: str) -> str:
@@ -94,8 +93,7 @@ def _holds(data: bytes, labels: frozenset[int]) -> bool:
     """Whether the shard ``data`` has a row of one of ``labels``."""
     if not labels:
         return False
-    ids = pq.read_table(arrow_reader(data), columns=["identity"]).column("identity")
-    return bool(pc.any(pc.is_in(ids, value_set=pa.array(sorted(labels), pa.int64()))).as_py())
+    return without_removed(pq.read_table(arrow_reader(data), columns=["identity"]), labels)[1] > 0
 
 
 def set_aside_bad_identities(store: RunStore, config_hash: str, count: int) -> list[str]:
